@@ -1,0 +1,141 @@
+"""The Elastic mechanism on its own: resampling, odd sizes, path splits, options, errors."""
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from timm_elastic.layers import RESAMPLE_MODES, Elastic, check_elastic_args, split_paths
+from timm_elastic.layers.elastic import FilterDown, FilterUp
+
+
+class Path(nn.Sequential):
+    """A tiny T_i: 1x1 conv to `paths` channels, 3x3 conv (with the given dilation) to out_chs."""
+
+    def __init__(self, in_chs, out_chs, paths, dilation):
+        super().__init__(
+            nn.Conv2d(in_chs, paths, 1, bias=False),
+            nn.ReLU(),
+            nn.Conv2d(paths, out_chs, 3, padding=dilation, dilation=dilation, bias=False),
+        )
+        self.dilation = dilation
+
+
+def make_elastic(in_chs=6, out_chs=5, paths=8, **kwargs):
+    return Elastic(lambda n, d: Path(in_chs, out_chs, n, d), paths, in_chs, out_chs, **kwargs)
+
+
+def original_recipe(m: Elastic, x):
+    """The original implementation, written out: replicate-pad odd sizes, 2x2 average pool,
+    low paths, bilinear 2x upsampling (align_corners=False), crop, add the high paths."""
+    h, w = x.shape[-2:]
+    low = F.avg_pool2d(F.pad(x, (0, w % 2, 0, h % 2), mode='replicate'), 2, stride=2)
+    low = F.interpolate(m.low(low), scale_factor=2, mode='bilinear', align_corners=False)
+    return m.high(x) + low[:, :, :h, :w]
+
+
+@pytest.mark.parametrize('size', [(8, 8), (7, 7), (15, 14), (9, 16), (1, 1), (3, 2)])
+def test_default_matches_original_recipe(size):
+    m = make_elastic().eval()
+    x = torch.randn(2, 6, *size)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), original_recipe(m, x), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize('size', [(7, 7), (15, 14), (1, 1), (5, 2)])
+def test_ceil_mode_pooling_is_replicate_padding(size):
+    x = torch.randn(1, 3, *size)
+    h, w = size
+    expected = F.avg_pool2d(F.pad(x, (0, w % 2, 0, h % 2), mode='replicate'), 2, stride=2)
+    torch.testing.assert_close(make_elastic(in_chs=3).down(x), expected, rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize('mode', list(RESAMPLE_MODES))
+@pytest.mark.parametrize('size', [(8, 8), (7, 9)])
+def test_every_resample_mode_keeps_size_and_trains(mode, size):
+    m = make_elastic(elastic_resample=mode).train()
+    x = torch.randn(2, 6, *size, requires_grad=True)
+    y = m(x)
+    assert y.shape == (2, 5, *size)
+    y.square().mean().backward()
+    assert all(p.grad is not None for p in m.parameters())
+    assert x.grad is not None
+
+
+def test_resample_modes_differ_as_table_6_says():
+    x = torch.randn(1, 6, 8, 8)
+    low_input = {mode: make_elastic(elastic_resample=mode).down(x).shape[-1] for mode in RESAMPLE_MODES}
+    assert low_input == {'bilinear': 4, 'nearest': 4, 'filter': 4, 'dilated': 8, 'dilated_avg': 8}
+    assert isinstance(make_elastic(elastic_resample='filter').down, FilterDown)
+    assert isinstance(make_elastic(elastic_resample='filter').up, FilterUp)
+    # only the trained filters add parameters
+    base = sum(p.numel() for p in make_elastic().parameters())
+    for mode in RESAMPLE_MODES:
+        extra = sum(p.numel() for p in make_elastic(elastic_resample=mode).parameters()) - base
+        assert extra == (6 * 4 + 5 * 16 if mode == 'filter' else 0), mode
+
+
+def test_low_path_dilation():
+    # at half resolution a full-resolution dilation d covers the input span of d / 2
+    assert make_elastic().low.dilation == 1
+    assert make_elastic(dilation=2).low.dilation == 1
+    assert make_elastic(dilation=4).low.dilation == 2
+    assert make_elastic(dilation=2).high.dilation == 2
+    # the dilated rows of Table 6 stay at full resolution and dilate instead
+    assert make_elastic(elastic_resample='dilated').low.dilation == 2
+    assert make_elastic(elastic_resample='dilated_avg', dilation=2).low.dilation == 4
+
+
+def test_trained_filters_start_as_the_fixed_ones():
+    x = torch.randn(1, 4, 10, 12)
+    torch.testing.assert_close(FilterDown(4)(x), F.avg_pool2d(x, 2))
+    # odd sizes are replicate-padded like the default
+    xo = torch.randn(1, 4, 7, 9)
+    torch.testing.assert_close(FilterDown(4)(xo), F.avg_pool2d(xo, 2, ceil_mode=True))
+    y = torch.randn(1, 4, 6, 6)
+    up = FilterUp(4)(y)
+    bilinear = F.interpolate(y, scale_factor=2, mode='bilinear', align_corners=False)
+    assert up.shape == bilinear.shape
+    # identical away from the border, where bilinear clamps and the transposed filter zero-pads
+    torch.testing.assert_close(up[..., 1:-1, 1:-1], bilinear[..., 1:-1, 1:-1])
+
+
+def test_dilated_avg_smooths_at_full_resolution():
+    m = make_elastic(elastic_resample='dilated_avg')
+    x = torch.arange(9.).view(1, 1, 3, 3).expand(1, 6, 3, 3)
+    expected = F.avg_pool2d(F.pad(x, (0, 1, 0, 1), mode='replicate'), 2, stride=1)
+    torch.testing.assert_close(m.down(x), expected)
+
+
+@pytest.mark.parametrize('paths,ratio,expected', [
+    (32, 0.5, (16, 16)), (32, 0.25, (24, 8)), (32, 0.75, (8, 24)), (64, 0.5, (32, 32)),
+    (50, 0.5, (25, 25)), (128, 0.5, (64, 64)), (2, 0.5, (1, 1)),
+])
+def test_split_paths(paths, ratio, expected):
+    assert split_paths(paths, ratio) == expected
+
+
+def test_elastic_widths_follow_the_ratio():
+    m = make_elastic(paths=32, elastic_ratio=0.25)
+    assert m.high[0].out_channels == 24 and m.low[0].out_channels == 8
+
+
+@pytest.mark.parametrize('ratio', [1.5, 0, 1, 1.0, -0.5, True, '0.5', None, float('nan')])
+def test_bad_ratio(ratio):
+    with pytest.raises(ValueError, match=r'elastic_ratio must be a number in \(0, 1\), got'):
+        check_elastic_args(ratio)
+    with pytest.raises(ValueError, match='elastic_ratio'):
+        make_elastic(elastic_ratio=ratio)
+
+
+def test_ratio_that_leaves_a_group_empty():
+    with pytest.raises(ValueError, match=r'elastic_ratio=0.01 splits a block of 32 paths into 32 high- and 0 low'):
+        split_paths(32, 0.01)
+    with pytest.raises(ValueError, match='both need at least one'):
+        make_elastic(paths=2, elastic_ratio=0.9)
+
+
+@pytest.mark.parametrize('mode', ['cubic', 'Bilinear', '', None])
+def test_bad_resample(mode):
+    with pytest.raises(ValueError, match=r"elastic_resample must be one of 'bilinear', 'nearest', 'filter', "
+                                         r"'dilated', 'dilated_avg', got"):
+        make_elastic(elastic_resample=mode)

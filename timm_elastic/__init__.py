@@ -1,0 +1,10 @@
+"""timm-elastic: ELASTIC (Wang et al., CVPR 2019) models in timm's registry.
+
+Importing the package registers every Elastic model, so `timm.create_model('resnext50_elastic')`
+works. It is also a pytest plugin (`pytest -p timm_elastic`) for running timm's own model tests
+against the Elastic models.
+"""
+from .layers import Elastic, RESAMPLE_MODES, check_elastic_args, split_paths
+from .models import PAPER_ROWS
+
+__version__ = '0.1.0'

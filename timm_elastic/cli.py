@@ -1,0 +1,77 @@
+"""The `timm-elastic` command. Argument parsing only; the work is done by the package's modules."""
+import argparse
+import fnmatch
+import json
+import sys
+from typing import List, Optional
+
+__all__ = ['main']
+
+
+def _models(args: argparse.Namespace) -> int:
+    import timm
+    from .complexity import count_gmacs, count_params
+    from .models import PAPER_ROWS
+
+    names = [n for n in PAPER_ROWS if fnmatch.fnmatch(n, args.filter)]
+    if not names:
+        print(f'timm-elastic models: no registered Elastic model matches {args.filter!r}; '
+              f'registered: {", ".join(PAPER_ROWS)}', file=sys.stderr)
+        return 2
+    rows = []
+    for name in names:
+        paper = PAPER_ROWS[name]
+        model = timm.create_model(name)
+        rows.append(dict(
+            model=name, paper_row=paper.row, source=paper.source,
+            params_m=count_params(model) / 1e6, paper_params_m=paper.params_m,
+            gmacs=count_gmacs(model, (3, args.img_size, args.img_size)), paper_gmacs=paper.gmacs,
+        ))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f'Elastic models registered in timm: parameters and GMACs (multiply-adds) at '
+          f'{args.img_size}x{args.img_size}, beside the published numbers (at 224x224).')
+    header = (f'{"model":<22} {"paper row":<22} {"params (M)":>10} {"paper":>7} {"diff":>7} '
+              f'{"GMACs":>7} {"paper":>6} {"diff":>7}  source')
+    print(header)
+    print('-' * len(header))
+    for r in rows:
+        dp = 100 * (r['params_m'] / r['paper_params_m'] - 1)
+        dg = 100 * (r['gmacs'] / r['paper_gmacs'] - 1)
+        print(f'{r["model"]:<22} {r["paper_row"]:<22} {r["params_m"]:>10.2f} {r["paper_params_m"]:>7.2f} '
+              f'{dp:>+6.2f}% {r["gmacs"]:>7.2f} {r["paper_gmacs"]:>6.2f} {dg:>+6.2f}%  {r["source"]}')
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog='timm-elastic',
+        description='ELASTIC (Wang et al., CVPR 2019) models for timm. Every model is also available '
+                    'through timm.create_model(NAME) once timm_elastic is imported.')
+    sub = parser.add_subparsers(dest='command', metavar='COMMAND')
+    sub.required = True
+
+    p = sub.add_parser(
+        'models', help='list the registered Elastic models with their parameters and GMACs',
+        description='Build every registered Elastic model and print its parameter count and '
+                    'multiply-adds beside the numbers of the paper / original code.')
+    p.add_argument('--filter', default='*', metavar='PATTERN',
+                   help="only models whose name matches this wildcard pattern, e.g. 'resnext*' (default: all)")
+    p.add_argument('--img-size', type=int, default=224, metavar='N',
+                   help='square input size for counting multiply-adds (default: 224, as in the paper)')
+    p.add_argument('--json', action='store_true', help='print the rows as JSON instead of a table')
+    p.set_defaults(func=_models)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, 'img_size', 224) < 32:
+        print(f'timm-elastic: --img-size must be at least 32, got {args.img_size}', file=sys.stderr)
+        return 2
+    return args.func(args)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
