@@ -4,7 +4,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from timm_elastic.layers import RESAMPLE_MODES, Elastic, check_elastic_args, split_paths
+from timm_elastic.layers import RESAMPLE_MODES, Elastic, check_elastic_args, pop_elastic_args, split_paths
 from timm_elastic.layers.elastic import FilterDown, FilterUp
 
 
@@ -139,3 +139,12 @@ def test_bad_resample(mode):
     with pytest.raises(ValueError, match=r"elastic_resample must be one of 'bilinear', 'nearest', 'filter', "
                                          r"'dilated', 'dilated_avg', got"):
         make_elastic(elastic_resample=mode)
+
+
+def test_pop_elastic_args():
+    kwargs = dict(elastic_ratio=0.25, elastic_resample='nearest', num_classes=3)
+    assert pop_elastic_args(kwargs) == dict(elastic_ratio=0.25, elastic_resample='nearest')
+    assert kwargs == dict(num_classes=3)
+    assert pop_elastic_args(kwargs) == {}
+    with pytest.raises(ValueError, match='elastic_resample must be one of'):
+        pop_elastic_args(dict(elastic_resample='area'))

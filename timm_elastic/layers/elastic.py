@@ -14,13 +14,13 @@ replicate-padded on the bottom / right to an even size, and the upsampled output
 """
 import math
 from numbers import Real
-from typing import Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ['Elastic', 'RESAMPLE_MODES', 'split_paths', 'check_elastic_args']
+__all__ = ['Elastic', 'RESAMPLE_MODES', 'split_paths', 'check_elastic_args', 'pop_elastic_args']
 
 # elastic_resample value -> the row of Table 6 it reproduces
 RESAMPLE_MODES: Dict[str, str] = {
@@ -40,6 +40,14 @@ def check_elastic_args(elastic_ratio: float = 0.5, elastic_resample: str = 'bili
     if elastic_resample not in RESAMPLE_MODES:
         allowed = ', '.join(repr(m) for m in RESAMPLE_MODES)
         raise ValueError(f'elastic_resample must be one of {allowed}, got {elastic_resample!r}')
+
+
+def pop_elastic_args(kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """Take the Elastic options (`elastic_ratio`, `elastic_resample`) out of a model's kwargs,
+    checked, so that a bad value fails before anything is built; the rest stay in `kwargs`."""
+    args = {k: kwargs.pop(k) for k in ('elastic_ratio', 'elastic_resample') if k in kwargs}
+    check_elastic_args(**args)
+    return args
 
 
 def split_paths(paths: int, elastic_ratio: float = 0.5) -> Tuple[int, int]:

@@ -24,7 +24,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.resnet import Bottleneck, ResNet
 
 from ..complexity import PaperRow
-from ..layers import Elastic, check_elastic_args
+from ..layers import Elastic, pop_elastic_args
 
 __all__ = ['BottleneckPath', 'ElasticBottleneck', 'StageBlocks', 'PAPER_ROWS']
 
@@ -177,12 +177,8 @@ ELASTIC_STAGES = (StageBlocks(True), StageBlocks(True), StageBlocks(True), Stage
 
 def _create_resnet_elastic(variant: str, pretrained: bool = False, **kwargs) -> ResNet:
     # Elastic options arrive as model kwargs (timm.create_model(name, elastic_ratio=...)); the
-    # blocks take them, so they travel in block_args. Checked here so a bad value fails first.
-    block_args = dict(kwargs.pop('block_args', None) or {})
-    for name in ('elastic_ratio', 'elastic_resample'):
-        if name in kwargs:
-            block_args[name] = kwargs.pop(name)
-    check_elastic_args(**{k: v for k, v in block_args.items() if k.startswith('elastic_')})
+    # blocks take them, so they travel in block_args
+    block_args = dict(kwargs.pop('block_args', None) or {}, **pop_elastic_args(kwargs))
     return build_model_with_cfg(ResNet, variant, pretrained, block_args=block_args, **kwargs)
 
 
