@@ -2,8 +2,11 @@
 
 The suite is `tests/test_models.py` from the source distribution of the *installed* timm version,
 fetched with pip at test time and cached outside the repository (TIMM_ELASTIC_CACHE, default
-~/.cache/timm-elastic). It runs in a subprocess as `pytest -p timm_elastic test_models.py -k elastic`,
-exactly as a user would run it, and every selected test must pass.
+~/.cache/timm-elastic). It runs in a subprocess as `pytest -p timm_elastic test_models.py -k MODELS`,
+exactly as a user would run it, for every model the package registers, and every selected test must
+pass. "Like timm's own models": each of our models must pass every core test that the suite runs on
+the stock timm model of its family (the suite excludes some families from some tests, e.g. DenseNet
+from TorchScript).
 """
 import os
 import shutil
@@ -20,14 +23,17 @@ import timm
 
 import timm_elastic
 
-# the model tests every Elastic model must go through, where the installed timm's suite has them
-# (timm selects the intermediates tests by the family's module name: 'resnet', 'dla', 'densenet')
+# the model tests every model must go through, where the installed timm's suite runs them on the
+# stock model of the same family (timm selects the intermediates tests by the family's module name:
+# 'resnet', 'dla', 'densenet')
 CORE_TESTS = (
     'test_model_forward', 'test_model_backward', 'test_model_default_cfgs', 'test_model_forward_torchscript',
     'test_model_forward_features', 'test_model_forward_intermediates_features', 'test_model_forward_intermediates',
     'test_prune_intermediate_layers_contract', 'test_model_forward_fx', 'test_model_backward_fx',
     'test_model_forward_fx_torchscript',
 )
+# family module -> the stock timm model whose selection of tests ours must match
+FAMILY_REFERENCE = {'resnet': 'resnext50_32x4d', 'dla': 'dla60x', 'densenet': 'densenet201'}
 
 
 def timm_test_dir() -> Path:
@@ -60,17 +66,35 @@ def timm_test_dir() -> Path:
     return target
 
 
-def run_conformance(junit: Path, extra_args=()) -> subprocess.CompletedProcess:
+def run_suite(models, *extra_args) -> subprocess.CompletedProcess:
+    """`pytest -p timm_elastic test_models.py -k 'm1 or m2 ...'` in the suite's folder."""
     test_dir = timm_test_dir()
     env = dict(os.environ)
     # timm_elastic must be importable as a plugin from wherever the suite runs
     env['PYTHONPATH'] = os.pathsep.join(filter(None, [str(Path(timm_elastic.__file__).parents[1]), env.get('PYTHONPATH')]))
     cmd = [
         sys.executable, '-m', 'pytest', '-p', 'timm_elastic', str(test_dir / 'test_models.py'),
-        '-k', 'elastic', '-q', '-p', 'no:cacheprovider', '-W', 'ignore::pytest.PytestUnknownMarkWarning', f'--junitxml={junit}', '--rootdir', str(test_dir),
-        *extra_args,
+        '-k', ' or '.join(models), '-q', '-p', 'no:cacheprovider', '-W', 'ignore::pytest.PytestUnknownMarkWarning',
+        '--rootdir', str(test_dir), *extra_args,
     ]
     return subprocess.run(cmd, cwd=test_dir, env=env, capture_output=True, text=True)
+
+
+def model_of(params: str) -> str:
+    """The model of a test's parameters: '1-densenet201.tv_in1k]' -> 'densenet201'."""
+    return params.rstrip(']').split('-')[-1].split('.')[0]
+
+
+def collected(models):
+    """{(test name, model name)} that the suite selects for these models."""
+    proc = run_suite(models, '--collect-only')
+    pairs = set()
+    for line in proc.stdout.splitlines():
+        if '::' in line and '[' in line:
+            test, _, params = line.split('::', 1)[1].partition('[')
+            pairs.add((test, model_of(params)))
+    assert pairs, f'collecting timm\'s suite failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}'
+    return pairs
 
 
 def read_junit(junit: Path):
@@ -92,21 +116,24 @@ def read_junit(junit: Path):
 @pytest.mark.timeout(3000)
 def test_timm_model_suite(tmp_path):
     junit = tmp_path / 'timm_test_models.xml'
-    proc = run_conformance(junit)
+    models = timm_elastic.list_models()
+    proc = run_suite(models, f'--junitxml={junit}')
     assert junit.exists(), f'timm test suite did not run:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}'
     rows = read_junit(junit)
     counts = Counter(outcome for *_, outcome, _ in rows)
-    print(f'timm {timm.__version__} tests/test_models.py -k elastic: ' + ', '.join(
+    print(f'timm {timm.__version__} tests/test_models.py, {len(models)} models: ' + ', '.join(
         f'{n} {k}' for k, n in sorted(counts.items())))
 
     bad = [r for r in rows if r[2] in ('failure', 'error')]
     assert not bad, 'timm conformance failures:\n' + '\n'.join(f'{t}[{p}]: {m}' for t, p, _, m in bad)
 
-    models = timm.list_models('*elastic*')
-    suite = (timm_test_dir() / 'test_models.py').read_text()
-    core = [t for t in CORE_TESTS if f'def {t}(' in suite]
-    assert 'test_model_forward' in core and 'test_model_default_cfgs' in core
-    passed = {(t, p.split('-')[-1]) for t, p, o, _ in rows if o == 'passed'}
-    missing = [(t, m) for t in core for m in models if (t, m) not in passed]
-    assert not missing, f'tests that did not pass for some Elastic models: {missing[:20]}'
+    reference = collected(list(FAMILY_REFERENCE.values()))
+    passed = {(t, model_of(p)) for t, p, o, _ in rows if o == 'passed'}
+    missing = []
+    for m in models:
+        family = timm.models.model_entrypoint(m).__module__.rsplit('.', 1)[-1]
+        required = [t for t in CORE_TESTS if (t, FAMILY_REFERENCE[family]) in reference]
+        assert 'test_model_forward' in required and 'test_model_default_cfgs' in required, (m, required)
+        missing += [(t, m) for t in required if (t, m) not in passed]
+    assert not missing, f'core tests that did not pass, though timm runs them on the family\'s stock model: {missing[:20]}'
     assert proc.returncode == 0, proc.stdout[-3000:]

@@ -5,6 +5,6 @@ works. It is also a pytest plugin (`pytest -p timm_elastic`) for running timm's 
 against the Elastic models.
 """
 from .layers import Elastic, RESAMPLE_MODES, check_elastic_args, split_paths
-from .models import PAPER_ROWS
+from .models import PAPER_ROWS, list_models
 
 __version__ = '0.1.0'

@@ -15,32 +15,52 @@ def _models(args: argparse.Namespace) -> int:
 
     names = [n for n in PAPER_ROWS if fnmatch.fnmatch(n, args.filter)]
     if not names:
-        print(f'timm-elastic models: no registered Elastic model matches {args.filter!r}; '
+        print(f'timm-elastic models: no registered model matches {args.filter!r}; '
               f'registered: {", ".join(PAPER_ROWS)}', file=sys.stderr)
         return 2
     rows = []
     for name in names:
         paper = PAPER_ROWS[name]
         model = timm.create_model(name)
-        rows.append(dict(
+        row = dict(
             model=name, paper_row=paper.row, source=paper.source,
             params_m=count_params(model) / 1e6, paper_params_m=paper.params_m,
             gmacs=count_gmacs(model, (3, args.img_size, args.img_size)), paper_gmacs=paper.gmacs,
-        ))
+        )
+        # DLA: the original code counts projections that it runs but never uses (models/dla.py)
+        unused = getattr(model, 'unused_original_counts', None)
+        if unused is not None and unused(args.img_size)[0]:
+            params, gmacs = unused(args.img_size)
+            row.update(original_unused_params_m=params / 1e6, original_unused_gmacs=gmacs)
+        rows.append(row)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f'Elastic models registered in timm: parameters and GMACs (multiply-adds) at '
+    print(f'Models registered in timm by timm-elastic: parameters and GMACs (multiply-adds) at '
           f'{args.img_size}x{args.img_size}, beside the published numbers (at 224x224).')
-    header = (f'{"model":<22} {"paper row":<22} {"params (M)":>10} {"paper":>7} {"diff":>7} '
-              f'{"GMACs":>7} {"paper":>6} {"diff":>7}  source')
+    header = (f'{"model":<22} {"paper row":<22} {"params (M)":>10} {"paper":>7} {"diff":>8} '
+              f'{"GMACs":>7} {"paper":>6} {"diff":>8}  source')
     print(header)
     print('-' * len(header))
+
+    def diff(ours: float, paper: float) -> str:
+        return f'{100 * (ours / paper - 1):>+6.2f}%'
+
     for r in rows:
-        dp = 100 * (r['params_m'] / r['paper_params_m'] - 1)
-        dg = 100 * (r['gmacs'] / r['paper_gmacs'] - 1)
+        mark = '*' if 'original_unused_params_m' in r else ' '
         print(f'{r["model"]:<22} {r["paper_row"]:<22} {r["params_m"]:>10.2f} {r["paper_params_m"]:>7.2f} '
-              f'{dp:>+6.2f}% {r["gmacs"]:>7.2f} {r["paper_gmacs"]:>6.2f} {dg:>+6.2f}%  {r["source"]}')
+              f'{diff(r["params_m"], r["paper_params_m"])}{mark} {r["gmacs"]:>7.2f} {r["paper_gmacs"]:>6.2f} '
+              f'{diff(r["gmacs"], r["paper_gmacs"])}{mark}  {r["source"]}')
+    marked = [r for r in rows if 'original_unused_params_m' in r]
+    if marked:
+        print('\n* The original DLA code builds, runs and counts projections whose outputs it never uses; ours '
+              '(like timm\'s DLA)\n  leave them out. The same rows with them added back:')
+        for r in marked:
+            params = r['params_m'] + r['original_unused_params_m']
+            gmacs = r['gmacs'] + r['original_unused_gmacs']
+            print(f'  {r["model"]:<20} +{r["original_unused_params_m"]:.2f}M params = {params:.2f} '
+                  f'({diff(params, r["paper_params_m"]).strip()}), +{r["original_unused_gmacs"]:.2f} GMACs = '
+                  f'{gmacs:.2f} ({diff(gmacs, r["paper_gmacs"]).strip()})')
     return 0
 
 
@@ -53,9 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     p = sub.add_parser(
-        'models', help='list the registered Elastic models with their parameters and GMACs',
-        description='Build every registered Elastic model and print its parameter count and '
-                    'multiply-adds beside the numbers of the paper / original code.')
+        'models', help='list the registered models (Elastic and faithful baselines) with their parameters and GMACs',
+        description='Build every model this package registers in timm (the Elastic models and the faithful '
+                    'baselines) and print its parameter count and multiply-adds beside the numbers of the '
+                    'paper / original code.')
     p.add_argument('--filter', default='*', metavar='PATTERN',
                    help="only models whose name matches this wildcard pattern, e.g. 'resnext*' (default: all)")
     p.add_argument('--img-size', type=int, default=224, metavar='N',

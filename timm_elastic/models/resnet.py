@@ -18,13 +18,13 @@ from typing import Any, Dict, Optional, Type
 
 import torch
 import torch.nn as nn
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import create_attn
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.resnet import Bottleneck, ResNet
 
 from ..complexity import PaperRow
 from ..layers import Elastic, pop_elastic_args
+from ._cfg import elastic_cfg
 
 __all__ = ['BottleneckPath', 'ElasticBottleneck', 'StageBlocks', 'PAPER_ROWS']
 
@@ -183,18 +183,7 @@ def _create_resnet_elastic(variant: str, pretrained: bool = False, **kwargs) -> 
 
 
 def _cfg(**kwargs) -> Dict[str, Any]:
-    return {
-        'url': '',
-        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
-        'crop_pct': 0.875, 'interpolation': 'bilinear',
-        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'conv1', 'classifier': 'fc',
-        'license': 'apache-2.0',
-        'paper_ids': 'arXiv:1812.05262',
-        'paper_name': 'ELASTIC: Improving CNNs with Dynamic Scaling Policies',
-        'origin_url': 'https://github.com/allenai/elastic',
-        **kwargs,
-    }
+    return elastic_cfg(first_conv='conv1', classifier='fc', **kwargs)
 
 
 default_cfgs = generate_default_cfgs({

@@ -1,0 +1,79 @@
+"""The DenseNet family: where Elastic goes and its layout (what every model does is in test_api.py)."""
+import pytest
+import timm
+import torch
+from timm.models.densenet import DenseLayer, DenseNet
+
+from timm_elastic.complexity import count_params
+from timm_elastic.models.densenet import ElasticDenseLayer
+
+
+def layers(model, block):
+    return list(getattr(model.features, f'denseblock{block}').values())
+
+
+def test_elastic_in_the_first_three_dense_blocks():
+    """Table 11: dense blocks of 10, 20, 40 Elastic layers (56, 28, 14 at 224) and 30 plain (7x7)."""
+    model = timm.create_model('densenet201_elastic')
+    assert isinstance(model, DenseNet)
+    for block, (n, kind) in enumerate([(10, ElasticDenseLayer), (20, ElasticDenseLayer),
+                                       (40, ElasticDenseLayer), (30, DenseLayer)], 1):
+        found = layers(model, block)
+        assert len(found) == n and all(type(m) is kind for m in found), block
+
+
+def test_layer_layout_maps_the_original_halves():
+    """Shared norm1, then two halves of the 128-wide bottleneck: conv1, norm2, conv2 each."""
+    model = timm.create_model('densenet201_elastic')
+    layer = layers(model, 1)[0]
+    assert layer.norm1.num_features == 64
+    for half in (layer.elastic.high, layer.elastic.low):
+        assert half.conv1.weight.shape == (64, 64, 1, 1)
+        assert half.norm2.num_features == 64
+        assert half.conv2.weight.shape == (32, 64, 3, 3)
+    assert layers(model, 3)[39].norm1.num_features == 1664
+    plain = layers(model, 4)[0]
+    assert plain.conv1.weight.shape == (128, 848, 1, 1) and plain.conv2.weight.shape == (32, 128, 3, 3)
+    assert model.features.norm5.num_features == 1808 and model.classifier.in_features == 1808
+
+
+def test_elastic_is_fixed_by_the_architecture_not_the_input():
+    # the original made the last block Elastic whenever its input was not 7x7 (e.g. at 256x256)
+    model = timm.create_model('densenet201_elastic').eval()
+    seen = {}
+
+    def record(name):
+        def hook(module, args, output):
+            seen[name] = output.shape
+        return hook
+
+    hooks = [m.register_forward_hook(record(name))
+             for name, m in model.named_modules() if isinstance(m, (DenseLayer, ElasticDenseLayer))]
+    with torch.no_grad():
+        model(torch.randn(1, 3, 256, 256))
+    for h in hooks:
+        h.remove()
+    assert seen['features.denseblock4.denselayer1'][-2:] == (8, 8)
+    assert type(model.features.denseblock4.denselayer1) is DenseLayer
+
+
+@pytest.mark.parametrize('ratio,low_width', [(0.25, 32), (0.5, 64), (0.75, 96)])
+def test_elastic_ratio_splits_the_bottleneck_channels(ratio, low_width):
+    layer = layers(timm.create_model('densenet201_elastic', elastic_ratio=ratio), 2)[3]
+    assert layer.elastic.low.conv1.out_channels == low_width
+    assert layer.elastic.high.conv1.out_channels == 128 - low_width
+
+
+def test_baseline_is_timms_densenet201():
+    """DenseNet201* of the paper has timm's densenet201 layout (the original's norm_final is norm5)."""
+    assert count_params(timm.create_model('densenet201')) == 20_013_928  # the original's manifest
+
+
+def test_elastic_blocks_needs_one_flag_per_block():
+    with pytest.raises(ValueError, match=r'elastic_blocks needs one flag per dense block \(4\), got \(True, False\)'):
+        timm.create_model('densenet201_elastic', elastic_blocks=(True, False))
+
+
+def test_memory_efficient_kwarg_checkpoints_elastic_layers():
+    model = timm.create_model('densenet201_elastic', memory_efficient=True)
+    assert all(m.grad_checkpointing for m in model.modules() if isinstance(m, (DenseLayer, ElasticDenseLayer)))
