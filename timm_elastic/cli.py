@@ -29,8 +29,8 @@ def _models(args: argparse.Namespace) -> int:
         )
         # DLA: the original code counts projections that it runs but never uses (models/dla.py)
         unused = getattr(model, 'unused_original_counts', None)
-        if unused is not None and unused(args.img_size)[0]:
-            params, gmacs = unused(args.img_size)
+        params, gmacs = unused(args.img_size) if unused is not None else (0, 0.)
+        if params:
             row.update(original_unused_params_m=params / 1e6, original_unused_gmacs=gmacs)
         rows.append(row)
     if args.json:

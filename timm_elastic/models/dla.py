@@ -42,7 +42,7 @@ from timm.models._manipulate import checkpoint_seq
 from timm.models.dla import DLA, DlaBottleneck, DlaTree
 
 from ..complexity import PaperRow
-from ..layers import Elastic, check_elastic_args
+from ..layers import Elastic, pop_elastic_args
 from ._cfg import elastic_cfg
 from .resnet import BottleneckPath
 
@@ -113,7 +113,6 @@ class DlaBlocks:
     expansion = DlaBottleneck.expansion
 
     def __init__(self, elastic_below: int, elastic_ratio: float = 0.5, elastic_resample: str = 'bilinear'):
-        check_elastic_args(elastic_ratio, elastic_resample)
         self.elastic_below = elastic_below
         self.elastic_args = dict(elastic_ratio=elastic_ratio, elastic_resample=elastic_resample)
 
@@ -145,8 +144,6 @@ class ElasticDLA(DLA):
             channels: Tuple[int, ...],
             output_stride: int = 32,
             elastic: bool = True,
-            elastic_ratio: Optional[float] = None,
-            elastic_resample: Optional[str] = None,
             head_window: Optional[int] = None,
             **kwargs,
     ):
@@ -155,8 +152,7 @@ class ElasticDLA(DLA):
         if head_window is not None and (isinstance(head_window, bool) or not isinstance(head_window, int)
                                         or head_window < 1):
             raise ValueError(f'head_window must be None or a positive int, got {head_window!r}')
-        elastic_args = {k: v for k, v in (('elastic_ratio', elastic_ratio), ('elastic_resample', elastic_resample))
-                        if v is not None}
+        elastic_args = pop_elastic_args(kwargs)
         if elastic_args and not elastic:
             raise TypeError(f'{", ".join(elastic_args)} given to a DLA without Elastic blocks (elastic=False)')
         block = DlaBlocks(channels[-1] if elastic else 0, **elastic_args)
