@@ -23,6 +23,8 @@ import timm
 
 import timm_elastic
 
+from hub_cache import cache_every_release, offline_env
+
 # the model tests every model must go through, where the installed timm's suite runs them on the
 # stock model of the same family (timm selects the intermediates tests by the family's module name:
 # 'resnet', 'dla', 'densenet')
@@ -66,10 +68,10 @@ def timm_test_dir() -> Path:
     return target
 
 
-def run_suite(models, *extra_args) -> subprocess.CompletedProcess:
+def run_suite(models, *extra_args, env=None) -> subprocess.CompletedProcess:
     """`pytest -p timm_elastic test_models.py -k 'm1 or m2 ...'` in the suite's folder."""
     test_dir = timm_test_dir()
-    env = dict(os.environ)
+    env = dict(os.environ, **(env or {}))
     # timm_elastic must be importable as a plugin from wherever the suite runs
     env['PYTHONPATH'] = os.pathsep.join(filter(None, [str(Path(timm_elastic.__file__).parents[1]), env.get('PYTHONPATH')]))
     cmd = [
@@ -115,9 +117,12 @@ def read_junit(junit: Path):
 @pytest.mark.conformance
 @pytest.mark.timeout(3000)
 def test_timm_model_suite(tmp_path):
+    # the suite loads every pretrained tag (test_model_load_pretrained, test_model_features_pretrained):
+    # from a Hugging Face cache holding the converted stand-ins of the authors' releases, offline
+    cache_every_release(str(tmp_path / 'hf' / 'hub'))
     junit = tmp_path / 'timm_test_models.xml'
     models = timm_elastic.list_models()
-    proc = run_suite(models, f'--junitxml={junit}')
+    proc = run_suite(models, f'--junitxml={junit}', env=offline_env(str(tmp_path / 'hf')))
     assert junit.exists(), f'timm test suite did not run:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}'
     rows = read_junit(junit)
     counts = Counter(outcome for *_, outcome, _ in rows)

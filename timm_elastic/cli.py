@@ -2,6 +2,7 @@
 import argparse
 import fnmatch
 import json
+import os
 import sys
 from typing import List, Optional
 
@@ -64,6 +65,33 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert(args: argparse.Namespace) -> int:
+    import warnings
+    from .convert import ORIGINALS, CheckpointError
+    from .hub import export_original
+
+    if args.arch is not None and args.arch not in ORIGINALS:
+        print(f'timm-elastic convert: error: unknown --arch {args.arch!r}; known: {", ".join(ORIGINALS)}',
+              file=sys.stderr)
+        return 2
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')  # timm's notices about the model being built
+            done = export_original(args.checkpoint, args.out, arch=args.arch, force=args.force)
+    except (CheckpointError, FileExistsError, FileNotFoundError, ValueError, OSError) as e:
+        print(f'timm-elastic convert: error: {e}', file=sys.stderr)
+        return 2
+    name = f'{done.model}.{done.tag}' if done.tag else done.model
+    print(f'converted original {done.arch} -> {name} ({done.params / 1e6:.2f}M parameters, '
+          f'{done.num_classes} classes)')
+    print(f'wrote {done.path}: {", ".join(sorted(os.listdir(done.path)))}')
+    print(f"load it with timm.create_model('local-dir:{done.path}') after import timm_elastic")
+    if done.repo_id:
+        print(f'it is the folder of the Hub repository {done.repo_id}: '
+              f'hf upload {done.repo_id} {done.path}')
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog='timm-elastic',
@@ -83,6 +111,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help='square input size for counting multiply-adds (default: 224, as in the paper)')
     p.add_argument('--json', action='store_true', help='print the rows as JSON instead of a table')
     p.set_defaults(func=_models)
+
+    p = sub.add_parser(
+        'convert', help="convert an original ELASTIC checkpoint into a timm model folder for the Hugging Face Hub",
+        description="Convert a checkpoint released with the original ELASTIC code (allenai/elastic: "
+                    "<arch>.pth.tar for ImageNet, coco_<arch>.pth.tar for MS COCO) into the timm model that "
+                    "computes the same outputs, and write the folder of its Hub repository: config.json (timm's "
+                    "format), model.safetensors and a README.md model card. The checkpoint is read with "
+                    "torch.load(weights_only=True) and never modified.",
+        epilog="example: timm-elastic convert dla60x_elastic.pth.tar --out dla_x60_elastic.in1k")
+    p.add_argument('checkpoint', metavar='CKPT', help='the original checkpoint file (.pth.tar)')
+    p.add_argument('--arch', metavar='A', default=None,
+                   help='original architecture name, e.g. dla60x_elastic (default: inferred from the keys)')
+    p.add_argument('--out', metavar='DIR', required=True, help='the folder to write (must not exist, see --force)')
+    p.add_argument('--force', action='store_true', help='replace DIR if it already exists')
+    p.set_defaults(func=_convert)
     return parser
 
 

@@ -24,13 +24,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import BatchNormAct2d, get_norm_act_layer
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, register_model
 from timm.models._manipulate import checkpoint
 from timm.models.densenet import DenseLayer, DenseNet
 
 from ..complexity import PaperRow
+from ..convert import checkpoint_filter_fn
 from ..layers import Elastic, check_elastic_args
-from ._cfg import elastic_cfg
+from ._cfg import elastic_cfg, generate_release_cfgs
 
 __all__ = ['ElasticDenseNet', 'ElasticDenseLayer', 'PAPER_ROWS']
 
@@ -155,16 +156,18 @@ class ElasticDenseNet(DenseNet):
 
 def _create_densenet_elastic(variant: str, pretrained: bool = False, **kwargs) -> ElasticDenseNet:
     return build_model_with_cfg(
-        ElasticDenseNet, variant, pretrained, feature_cfg=dict(flatten_sequential=True), **kwargs)
+        ElasticDenseNet, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(flatten_sequential=True), **kwargs)
 
 
 def _cfg(**kwargs) -> Dict[str, Any]:
     return elastic_cfg(first_conv='features.conv0', classifier='classifier', **kwargs)
 
 
-default_cfgs = generate_default_cfgs({
-    'densenet201_elastic': _cfg(
+default_cfgs = generate_release_cfgs({
+    'densenet201_elastic.in1k': _cfg(
         description='DenseNet201+Elastic (paper Tables 2, 11): dense blocks [10, 20, 40, 30], first three Elastic'),
+    'densenet201_elastic.coco': _cfg(description='DenseNet201+Elastic'),
 })
 
 PAPER_ROWS = {

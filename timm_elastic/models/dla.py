@@ -37,13 +37,14 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, register_model
 from timm.models._manipulate import checkpoint_seq
 from timm.models.dla import DLA, DlaBottleneck, DlaTree
 
 from ..complexity import PaperRow
+from ..convert import checkpoint_filter_fn
 from ..layers import Elastic, pop_elastic_args
-from ._cfg import elastic_cfg
+from ._cfg import elastic_cfg, generate_release_cfgs
 from .resnet import BottleneckPath
 
 __all__ = ['ElasticDLA', 'ElasticDlaBottleneck', 'DlaBlocks', 'PAPER_ROWS']
@@ -213,7 +214,8 @@ class ElasticDLA(DLA):
 
 def _create_dla_elastic(variant: str, pretrained: bool = False, **kwargs) -> ElasticDLA:
     return build_model_with_cfg(
-        ElasticDLA, variant, pretrained, feature_cfg=dict(out_indices=(1, 2, 3, 4, 5)), **kwargs)
+        ElasticDLA, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=(1, 2, 3, 4, 5)), **kwargs)
 
 
 def _cfg(**kwargs) -> Dict[str, Any]:
@@ -225,10 +227,12 @@ _BASELINE_NOTE = (
     'registered for any input size >= 32 (ceil-mode tree pooling), the original fixed-window head '
     '(head_window=7) and grad checkpointing; drops the original\'s unused projections')
 
-default_cfgs = generate_default_cfgs({
-    'dla_x60': _cfg(description='DLA-X60* (paper Table 2). ' + _BASELINE_NOTE.format(timm='dla60x')),
-    'dla_x102': _cfg(description='DLA-X102 (paper Tables 2, 9). ' + _BASELINE_NOTE.format(timm='dla102x')),
-    'dla_x60_elastic': _cfg(description='DLA-X60+Elastic (= +sElastic, paper Tables 2, 8, 9)'),
+default_cfgs = generate_release_cfgs({
+    'dla_x60.in1k': _cfg(description='DLA-X60* (paper Table 2). ' + _BASELINE_NOTE.format(timm='dla60x')),
+    'dla_x60.coco': _cfg(description='DLA-X60*'),
+    'dla_x102.in1k': _cfg(description='DLA-X102 (paper Tables 2, 9). ' + _BASELINE_NOTE.format(timm='dla102x')),
+    'dla_x60_elastic.in1k': _cfg(description='DLA-X60+Elastic (= +sElastic, paper Tables 2, 8, 9)'),
+    'dla_x60_elastic.coco': _cfg(description='DLA-X60+Elastic'),
     'dla_x102_elastic': _cfg(description='DLA-X102+Elastic (paper Tables 2, 9): Split50, levels [1, 1, 3, 3, 3, 1]'),
     'dla_x102_selastic': _cfg(description='DLA-X102+sElastic (paper Tables 8, 9): DLA-X102 with Elastic bottlenecks'),
 })

@@ -19,12 +19,13 @@ from typing import Any, Dict, Optional, Type
 import torch
 import torch.nn as nn
 from timm.layers import create_attn
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, register_model
 from timm.models.resnet import Bottleneck, ResNet
 
 from ..complexity import PaperRow
+from ..convert import checkpoint_filter_fn
 from ..layers import Elastic, pop_elastic_args
-from ._cfg import elastic_cfg
+from ._cfg import elastic_cfg, generate_release_cfgs
 
 __all__ = ['BottleneckPath', 'ElasticBottleneck', 'StageBlocks', 'PAPER_ROWS']
 
@@ -179,17 +180,20 @@ def _create_resnet_elastic(variant: str, pretrained: bool = False, **kwargs) -> 
     # Elastic options arrive as model kwargs (timm.create_model(name, elastic_ratio=...)); the
     # blocks take them, so they travel in block_args
     block_args = dict(kwargs.pop('block_args', None) or {}, **pop_elastic_args(kwargs))
-    return build_model_with_cfg(ResNet, variant, pretrained, block_args=block_args, **kwargs)
+    return build_model_with_cfg(
+        ResNet, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, block_args=block_args, **kwargs)
 
 
 def _cfg(**kwargs) -> Dict[str, Any]:
     return elastic_cfg(first_conv='conv1', classifier='fc', **kwargs)
 
 
-default_cfgs = generate_default_cfgs({
-    'resnext50_elastic': _cfg(description='ResNeXt50+Elastic (paper Table 2), blocks [6, 8, 5, 3]'),
-    'resnext101_elastic': _cfg(description='ResNeXt101+Elastic (paper Table 2), blocks [12, 14, 20, 3]'),
-    'seresnext50_elastic': _cfg(description='SE-ResNeXt50+Elastic (paper Table 2), blocks [6, 8, 5, 3]'),
+default_cfgs = generate_release_cfgs({
+    'resnext50_elastic.in1k': _cfg(description='ResNeXt50+Elastic (paper Table 2), blocks [6, 8, 5, 3]'),
+    'resnext50_elastic.coco': _cfg(description='ResNeXt50+Elastic'),
+    'resnext101_elastic.in1k': _cfg(description='ResNeXt101+Elastic (paper Table 2), blocks [12, 14, 20, 3]'),
+    'resnext101_elastic.coco': _cfg(description='ResNeXt101+Elastic'),
+    'seresnext50_elastic.in1k': _cfg(description='SE-ResNeXt50+Elastic (paper Table 2), blocks [6, 8, 5, 3]'),
     'resnext50x2_elastic': _cfg(description='ResNeXt50x2+Elastic (paper Table 2), 64 paths x 4'),
     'resnext50_selastic': _cfg(description='ResNeXt50+sElastic (paper Table 8), blocks [3, 4, 6, 3]'),
 })

@@ -1,0 +1,468 @@
+"""The authors' released checkpoints (allenai/elastic) -> timm models, exactly.
+
+The original code saves `{'state_dict': {'module.<key>': tensor}, 'optimizer': ..., 'epoch': ...}`.
+Its layout differs from ours in four ways, each handled by one rule of `convert_state_dict`:
+
+1. Two paths per block. An original bottleneck / dense layer is saved as two paths, `conv1..` and
+   `conv1_d..` (`bn*_d`, `norm2_d`). Where our block is Elastic they are `elastic.high` and
+   `elastic.low`. Where it is plain (stride-2 blocks, the last stage; every block of the original
+   ResNeXt50 / ResNeXt101) both paths ran at full resolution, so they are one wider block: the two
+   tensors are concatenated along the dimension that the target's shape says, i.e. channels for
+   every layer but the paths' last convolution, whose outputs were summed (its input channels).
+   The original DLA-X and DenseNet baselines have a single path (no `_d` keys).
+2. Renames: `selayer.conv1/2` -> `se.fc1/2` (SE-ResNeXt), `features.norm_final` -> `features.norm5`.
+3. DLA: the projection the original builds in every tree deeper than one level is never used
+   (models/dla.py); its `project.*` keys are dropped.
+4. The `module.` prefix of DataParallel, and the `state_dict` wrapper.
+
+Which model a checkpoint is for follows from its keys and shapes: it is the one original
+architecture whose model the state dict converts to with every key used and every shape right.
+"""
+import logging
+import os
+import pickle
+import re
+import warnings
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+
+__all__ = [
+    'Original', 'ORIGINALS', 'CheckpointError', 'load_original', 'convert_state_dict', 'infer_arch',
+    'num_classes_of', 'original_of', 'from_original', 'release_tag', 'release_pretrained_cfg', 'checkpoint_filter_fn',
+]
+
+_logger = logging.getLogger(__name__)
+
+Shapes = Mapping[str, Tuple[int, ...]]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, or that does not fit the architecture it is loaded into."""
+
+
+@dataclass(frozen=True)
+class Original:
+    """One architecture of the original code (`classify.py -a NAME`) and the timm model it becomes.
+
+    model: the timm model name (ours, or timm's own for three of the baselines).
+    two_path: the original saves each block as two paths, `conv*` and `conv*_d`: every ResNeXt, and
+        the Elastic DLA-X / DenseNet. The DLA-X and DenseNet baselines have one path.
+    model_args: model kwargs that reproduce the original's outputs exactly (DLA's fixed 7x7 head).
+    imagenet: (row of paper Table 2, top-1 error, top-5 error or None).
+    coco: (row of paper Table 3, F1 per class, F1 overall), for the MS COCO fine-tune.
+    released: the pretrained tags the authors released weights for.
+    """
+    model: str
+    two_path: bool
+    model_args: Tuple[Tuple[str, Any], ...] = ()
+    imagenet: Optional[Tuple[str, float, Optional[float]]] = None
+    coco: Optional[Tuple[str, float, float]] = None
+    released: Tuple[str, ...] = ('in1k', 'coco')
+
+
+_DLA_HEAD = (('head_window', 7),)  # the original DLA head: AvgPool2d(7), see models/dla.py
+
+ORIGINALS: Dict[str, Original] = {
+    'resnext50': Original(
+        'resnext50_32x4d', True, imagenet=('ResNeXt50*', 22.23, 6.25), coco=('ResNeXt50*', 70.12, 74.52)),
+    'resnext50_elastic': Original(
+        'resnext50_elastic', True, imagenet=('ResNeXt50+Elastic', 21.56, 5.83),
+        coco=('ResNeXt50+Elastic', 71.08, 75.37)),
+    'se_resnext50_elastic': Original(
+        'seresnext50_elastic', True, imagenet=('SE-ResNeXt50+Elastic', 21.38, 5.86), released=('in1k',)),
+    'resnext101': Original(
+        'resnext101_32x4d', True, imagenet=('ResNeXt101*', 21.18, 5.83), coco=('ResNeXt101*', 70.95, 75.21)),
+    'resnext101_elastic': Original(
+        'resnext101_elastic', True, imagenet=('ResNeXt101+Elastic', 20.83, 5.41),
+        coco=('ResNeXt101+Elastic', 71.83, 75.93)),
+    'dla60x': Original(
+        'dla_x60', False, _DLA_HEAD, imagenet=('DLA-X60*', 21.92, 6.03), coco=('DLA-X60*', 70.79, 75.41)),
+    'dla60x_elastic': Original(
+        'dla_x60_elastic', True, _DLA_HEAD, imagenet=('DLA-X60+Elastic', 21.25, 5.71),
+        coco=('DLA-X60+Elastic', 71.35, 75.77)),
+    # Table 2's DLA-X102 row is the DLA paper's number; the paper has no row for the authors' own
+    'dla102x': Original('dla_x102', False, _DLA_HEAD, imagenet=('DLA-X102', 21.5, None), released=('in1k',)),
+    # not released; the original code builds it (cardinality 50)
+    'dla102x_elastic': Original(
+        'dla_x102_elastic', True, _DLA_HEAD, imagenet=('DLA-X102+Elastic', 20.71, 5.38), released=()),
+    'densenet201': Original(
+        'densenet201', False, imagenet=('DenseNet201*', 22.25, 6.26), coco=('DenseNet201*', 69.95, 74.50)),
+    'densenet201_elastic': Original(
+        'densenet201_elastic', True, imagenet=('DenseNet201+Elastic', 22.07, 6.00),
+        coco=('DenseNet201+Elastic', 70.40, 74.99)),
+}
+
+# rule 2: original name -> ours (applied to whole dotted components)
+_RENAMES = (
+    (re.compile(r'(^|\.)selayer\.conv([12])\.'), r'\1se.fc\2.'),
+    (re.compile(r'^features\.norm_final\.'), 'features.norm5.'),
+)
+# rule 1: `<block>.<layer><i>[_d].<param>` of a two-path block
+_PATH_KEY = re.compile(r'^(?P<block>.+)\.(?P<layer>conv|bn|norm)(?P<index>\d)(?P<low>_d)?\.(?P<param>[^.]+)$')
+# rule 3
+_PROJECT_KEY = re.compile(r'^(?P<tree>level\d(?:\.tree[12])*)\.project\.')
+_SHOW = 5  # keys named per problem in an error message
+
+
+def _few(keys: Sequence[str]) -> str:
+    keys = list(keys)
+    shown = ', '.join(keys[:_SHOW])
+    return shown + (f' and {len(keys) - _SHOW} more' if len(keys) > _SHOW else '')
+
+
+def _shape(t: Any) -> Tuple[int, ...]:
+    return tuple(t.shape)
+
+
+# ---------------------------------------------------------------------------------------- reading
+
+def load_original(checkpoint: Union[str, os.PathLike, Mapping[str, Any]]) -> Dict[str, torch.Tensor]:
+    """A checkpoint as a flat state dict: `checkpoint` is a path (`.pth.tar` / `.pth`, or
+    `.safetensors`) or an already loaded dict, with or without the `state_dict` wrapper and the
+    `module.` prefix. Files are read with `torch.load(weights_only=True)`: nothing in them runs.
+
+    Raises FileNotFoundError for a missing path and CheckpointError for a file that is not a
+    readable checkpoint or holds no state dict.
+    """
+    from timm.models import clean_state_dict
+
+    where = 'the given dict'
+    if isinstance(checkpoint, (str, os.PathLike)):
+        where = os.fspath(checkpoint)
+        checkpoint = _read(where)
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointError(f'{where} holds a {type(checkpoint).__name__}, not a checkpoint dict')
+    state = checkpoint
+    for key in ('state_dict', 'model'):  # the original's wrapper (and timm's); other trainers use 'model'
+        if isinstance(checkpoint.get(key), Mapping):
+            state = checkpoint[key]
+            break
+    not_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if not state or not_tensors:
+        top = ', '.join(map(str, list(checkpoint)[:8]))
+        raise CheckpointError(
+            f'{where} holds no state dict (a mapping of names to tensors under "state_dict", or at the top '
+            f'level); its top-level keys are: {top or "(none)"}')
+    return clean_state_dict(dict(state))
+
+
+def _read(path: str) -> Any:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f'checkpoint not found: {path}')
+    if os.path.isdir(path):
+        raise CheckpointError(f'{path} is a directory; give the checkpoint file (e.g. resnext50_elastic.pth.tar)')
+    if path.endswith('.safetensors'):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+        try:
+            return load_file(path)
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f'{path} is not a readable safetensors file: {e}') from None
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # torch reports a damaged file with whatever its parser hit first
+        text = str(e).strip()
+        if isinstance(e, pickle.UnpicklingError) and text.startswith('Weights only load failed'):
+            refused = next((ln.strip() for ln in text.splitlines() if 'global' in ln.lower()), 'unsupported object')
+            raise CheckpointError(
+                f'{path} contains pickled objects other than tensors and plain containers, so it was not '
+                f'loaded (checkpoints are read with weights_only=True and never run code): {refused}') from None
+        reason = f'{type(e).__name__}: {text.splitlines()[0]}' if text else type(e).__name__
+        raise CheckpointError(
+            f'{path} is not a readable PyTorch checkpoint ({reason}); a truncated download looks like this') from None
+
+
+# ------------------------------------------------------------------------------------- converting
+
+def _rename(key: str) -> str:
+    for pattern, repl in _RENAMES:
+        key = pattern.sub(repl, key)
+    return key
+
+
+def _merge(high: torch.Tensor, low: torch.Tensor, target: Tuple[int, ...]) -> Optional[torch.Tensor]:
+    """Rule 1 for a plain block: the two full-resolution paths as one. The dimension is the one along
+    which the two shapes add up to the target's; a step counter is the same in both paths."""
+    if high.dim() == 0:
+        return high if target == () else None
+    if _shape(high) != _shape(low) or len(target) != high.dim():
+        return None
+    dims = [d for d in range(high.dim())
+            if high.shape[d] + low.shape[d] == target[d]
+            and all(high.shape[e] == target[e] for e in range(high.dim()) if e != d)]
+    if len(dims) != 1:
+        return None
+    return torch.cat([high, low], dims[0])
+
+
+def convert_state_dict(
+        state: Mapping[str, torch.Tensor],
+        target: Shapes,
+        two_path: bool = True,
+        any_shape: Sequence[str] = (),
+) -> Dict[str, torch.Tensor]:
+    """An original-layout state dict in the layout of a timm model.
+
+    Args:
+        state: the original state dict (keys without `module.`), or one already in timm's layout.
+        target: the model's state dict keys -> shapes (`{k: v.shape for k, v in model.state_dict().items()}`).
+        two_path: whether the original saves each block as two paths (see `Original.two_path`); when
+            False, `_d` keys are not part of the architecture.
+        any_shape: target keys whose shape is not checked (a classifier that is being replaced).
+
+    Returns the converted state dict, whose keys are exactly `target`'s. Raises CheckpointError naming
+    the missing, unexpected and wrongly shaped keys (a few of each).
+    """
+    target = {k: tuple(v) for k, v in target.items()}
+    state = {_rename(k): v for k, v in state.items()}
+    out: Dict[str, torch.Tensor] = {}
+    unexpected: List[str] = []
+    shapes: Dict[str, str] = {}  # target key -> what was found instead
+    absent: List[str] = []  # original keys whose two-path partner is present
+    explained = set()  # target keys not produced because of `absent`
+    dropped: List[str] = []
+
+    def put(key: str, value: torch.Tensor) -> None:
+        if key in any_shape or _shape(value) == target[key]:
+            out[key] = value
+        else:
+            shapes[key] = str(list(value.shape))
+
+    for key, value in state.items():
+        m = _PATH_KEY.match(key) if two_path else None
+        if m is not None:
+            block, layer, index, low, param = m.group('block', 'layer', 'index', 'low', 'param')
+            high_key, low_key = f'{block}.{layer}{index}.{param}', f'{block}.{layer}{index}_d.{param}'
+            if not low and low_key not in state:
+                m = None  # a layer both paths share (bn3, norm1)
+        if m is None:
+            if key in target:
+                put(key, value)
+                continue
+        else:
+            name = f'{layer}{index}.{param}'
+            branch = f'{block}.elastic.{"low" if low else "high"}.{name}'
+            if branch in target:  # an Elastic block: the two paths are its two resolutions
+                put(branch, value)
+                continue
+            merged = f'{block}.{name}'
+            if merged in target:  # a plain block: both paths at full resolution, concatenated
+                if low:
+                    if high_key not in state:  # name the original key that is missing
+                        absent.append(high_key)
+                        explained.add(merged)
+                    continue  # else merged with its high-resolution partner
+                value = _merge(state[high_key], state[low_key], target[merged])
+                if value is None:
+                    shapes[merged] = (f'{list(state[high_key].shape)} + {list(state[low_key].shape)} '
+                                      f'in {high_key} / {low_key}')
+                else:
+                    out[merged] = value
+                continue
+        m = _PROJECT_KEY.match(key)
+        if m is not None:
+            tree = m.group('tree')
+            deeper = any(k.startswith(tree + '.tree1.') for k in target)
+            if deeper and not any(k.startswith((tree + '.root.', tree + '.project.')) for k in target):
+                dropped.append(key)  # rule 3: built, run and discarded by the original
+                continue
+        unexpected.append(key)
+
+    missing = absent + [k for k in target if k not in out and k not in shapes and k not in explained]
+    problems = []
+    if missing:
+        problems.append(f'{len(missing)} missing: {_few(missing)}')
+    if unexpected:
+        problems.append(f'{len(unexpected)} unexpected: {_few(unexpected)}')
+    if shapes:
+        wrong = [f'{k} (expected {list(target[k])}, found {found})' for k, found in shapes.items()]
+        problems.append(f'{len(wrong)} with the wrong shape: {_few(wrong)}')
+    if problems:
+        raise CheckpointError('; '.join(problems))
+    if dropped:
+        _logger.info(f'dropped {len(dropped)} unused original DLA projection tensors ({_few(dropped)})')
+    return out
+
+
+# ------------------------------------------------------------------------------ which architecture
+
+def _classifier_keys(model_name: str) -> Tuple[str, ...]:
+    from timm.models import get_pretrained_cfg
+    classifier = get_pretrained_cfg(model_name).classifier
+    return (f'{classifier}.weight', f'{classifier}.bias')
+
+
+def num_classes_of(state: Mapping[str, torch.Tensor], arch: str) -> int:
+    """The number of classes of an original state dict of `arch`: its classifier's outputs, or
+    ImageNet's 1000 if it has no classifier (conversion then names the classifier as missing)."""
+    weight = _classifier_keys(ORIGINALS[arch].model)[0]
+    original = {'features.norm5.weight': 'features.norm_final.weight'}.get(weight, weight)
+    tensor = state.get(original, state.get(weight))
+    return int(tensor.shape[0]) if tensor is not None and tensor.dim() >= 1 else 1000
+
+
+@lru_cache(maxsize=None)
+def _target_shapes(model_name: str, num_classes: int) -> Dict[str, Tuple[int, ...]]:
+    import timm
+    with torch.device('meta'):  # shapes only: nothing is allocated or initialised
+        model = timm.create_model(model_name, num_classes=num_classes)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _check(state: Mapping[str, torch.Tensor], arch: str) -> Optional[str]:
+    """None if `state` is a checkpoint of the original `arch`, else why not."""
+    spec = ORIGINALS[arch]
+    try:
+        convert_state_dict(state, _target_shapes(spec.model, num_classes_of(state, arch)), spec.two_path)
+    except CheckpointError as e:
+        return str(e)
+    return None
+
+
+def infer_arch(state: Mapping[str, torch.Tensor]) -> str:
+    """The original architecture name of a state dict (keys without `module.`): the one whose model
+    it converts to exactly. Raises CheckpointError if none or several fit."""
+    stems = {'conv1.weight', 'base_layer.0.weight', 'features.conv0.weight'}
+    if not stems & set(state):
+        raise CheckpointError(
+            f'not a checkpoint of the original ELASTIC code: it has none of the stems of its families '
+            f'(ResNeXt conv1, DLA base_layer, DenseNet features.conv0); first keys: {_few(list(state))}')
+    why = {arch: _check(state, arch) for arch, spec in ORIGINALS.items() if _stem(spec.model) in state}
+    fits = [a for a, reason in why.items() if reason is None]
+    if len(fits) == 1:
+        return fits[0]
+    if fits:
+        raise CheckpointError(f'the checkpoint fits several original architectures ({", ".join(fits)}); pass arch=')
+    closest = min(why, key=lambda a: len(why[a]))
+    raise CheckpointError(
+        f'the checkpoint matches no original ELASTIC architecture ({", ".join(ORIGINALS)}); closest is '
+        f'{closest}: {why[closest]}')
+
+
+def _stem(model_name: str) -> str:
+    from timm.models import get_pretrained_cfg
+    return get_pretrained_cfg(model_name).first_conv + '.weight'
+
+
+def original_of(model_name: str) -> Optional[str]:
+    """The original architecture whose released weights `model_name` holds (None if none)."""
+    return next((a for a, spec in ORIGINALS.items() if spec.model == model_name), None)
+
+
+# ------------------------------------------------------------------------------------------- loading
+
+def from_original(
+        checkpoint: Union[str, os.PathLike, Mapping[str, Any]],
+        arch: Optional[str] = None,
+        **create_kwargs,
+) -> nn.Module:
+    """The timm model of an original ELASTIC checkpoint, with its weights, in eval mode.
+
+    Args:
+        checkpoint: a path to an original `<arch>.pth.tar` / `coco_<arch>.pth.tar`, or its loaded dict
+            (with or without the `state_dict` wrapper and the `module.` prefix).
+        arch: the original architecture name (`ORIGINALS`, e.g. 'dla60x_elastic'); inferred from
+            the keys when omitted.
+        **create_kwargs: passed to `timm.create_model`. By default the model is built as the original
+            computes (DLA: `head_window=7`) with the checkpoint's number of classes; a different
+            `num_classes` keeps every weight but the classifier, with a warning (for fine-tuning).
+
+    Every tensor is loaded strictly (only the original DLA's unused projections are dropped) and the
+    model's `pretrained_cfg` is that of the release (`<model>.in1k` / `.coco`). Raises
+    CheckpointError if the checkpoint is not one of `arch`.
+    """
+    import timm
+
+    if 'pretrained' in create_kwargs or 'pretrained_cfg_overlay' in create_kwargs:
+        raise TypeError('from_original loads the checkpoint itself; do not pass pretrained / pretrained_cfg_overlay')
+    state = load_original(checkpoint)
+    if arch is None:
+        arch = infer_arch(state)
+    elif arch not in ORIGINALS:
+        raise ValueError(f'unknown original architecture {arch!r}; known: {", ".join(ORIGINALS)}')
+    spec = ORIGINALS[arch]
+    num_classes = num_classes_of(state, arch)
+    kwargs = dict(spec.model_args, num_classes=num_classes)
+    kwargs.update(create_kwargs)
+    model = timm.create_model(spec.model, **kwargs)
+    target = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    classifier = _classifier_keys(spec.model)
+    replace_head = model.num_classes != num_classes
+    try:
+        converted = convert_state_dict(state, target, spec.two_path, any_shape=classifier if replace_head else ())
+    except CheckpointError as e:
+        hint = ''
+        if create_kwargs.get('num_classes') is None:
+            try:
+                hint = f' (its key layout is that of {infer_arch(state)})'
+            except CheckpointError:
+                pass
+        raise CheckpointError(f'not a checkpoint of {arch} ({spec.model}){hint}: {e}') from None
+    if replace_head:
+        warnings.warn(
+            f'the checkpoint has {num_classes} classes and the model {model.num_classes}: {", ".join(classifier)} '
+            f'are left newly initialised, for fine-tuning', stacklevel=2)
+        for k in classifier:
+            converted.pop(k, None)
+        result = model.load_state_dict(converted, strict=False)
+        assert not result.unexpected_keys and set(result.missing_keys) <= set(classifier), result
+    else:
+        model.load_state_dict(converted, strict=True)
+    tag = release_tag(arch, num_classes)
+    if tag is not None and not replace_head:
+        model.pretrained_cfg = release_pretrained_cfg(spec.model, tag)
+    return model.eval()
+
+
+def release_tag(arch: str, num_classes: int) -> Optional[str]:
+    """The pretrained tag of an original checkpoint of `arch` with `num_classes` outputs ('in1k',
+    'coco'), or None for a number of classes that no release has."""
+    from .models._cfg import TAGS
+    return next((t for t, cfg in TAGS.items() if cfg.get('num_classes', 1000) == num_classes), None)
+
+
+def release_pretrained_cfg(model_name: str, tag: str) -> Dict[str, Any]:
+    """The pretrained cfg of `model.tag`: the registered one, or, for timm's own baseline
+    architectures (resnext50_32x4d, ...), the same cfg built for them."""
+    import timm
+    from timm.models import get_pretrained_cfg
+    from .models._cfg import elastic_cfg, hub_id, release_cfg
+    name = f'{model_name}.{tag}'
+    if name in timm.list_pretrained(name) and get_pretrained_cfg(name).hf_hub_id == hub_id(name):
+        return dict(get_pretrained_cfg(name).to_dict(), architecture=model_name, tag=tag)
+    base = get_pretrained_cfg(model_name)
+    return dict(release_cfg(name, elastic_cfg(base.first_conv, base.classifier)),
+                architecture=model_name, tag=tag)
+
+
+def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
+    """timm's `pretrained_filter_fn`: converts an original checkpoint on load, so that
+    `timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file='<arch>.pth.tar'))`
+    works; a state dict already in timm's layout passes through unchanged."""
+    from timm.models import clean_state_dict
+
+    state_dict = clean_state_dict(dict(state_dict))
+    cfg = model.pretrained_cfg
+    name = cfg.get('architecture')
+    target = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    classifier = _classifier_keys(name)
+    # timm adapts the first convolution to in_chans, and drops the classifier when num_classes differs
+    # from the pretrained cfg's (0 included), after this filter
+    adapting = model.num_classes != cfg.get('num_classes')
+    if all(k in target or (adapting and k in classifier) for k in state_dict):
+        return state_dict  # timm's layout already (our Hub weights)
+    arch = original_of(name)
+    if arch is None:
+        raise CheckpointError(
+            f'{name} has no original ELASTIC architecture to convert from; models with released weights: '
+            f'{", ".join(spec.model for spec in ORIGINALS.values())}')
+    free = [cfg['first_conv'] + '.weight'] + (list(classifier) if adapting else [])
+    target.update({k: () for k in free if k not in target})
+    try:
+        return convert_state_dict(state_dict, target, ORIGINALS[arch].two_path, any_shape=free)
+    except CheckpointError as e:
+        raise CheckpointError(f'not a checkpoint of {arch} ({name}): {e}') from None

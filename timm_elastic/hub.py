@@ -1,0 +1,203 @@
+"""Hugging Face Hub folders of the authors' converted weights.
+
+`export_original` turns an original checkpoint into the folder that its Hub repository
+(`timm-elastic/<model>.<tag>`, see models/_cfg.py) holds, in timm's own format:
+- `config.json`: architecture, num_classes, label names, model args, pretrained_cfg (timm's
+  `save_for_hf`), so `timm.create_model('local-dir:DIR')` and `'hf-hub:ORG/NAME'` rebuild it;
+- `model.safetensors`: the converted state dict;
+- `README.md`: a model card with the paper's results for these weights and where they came from.
+The folder is written next to its destination and renamed into place, so it is complete or absent.
+"""
+import hashlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Dict, Mapping, Optional, Union
+
+import torch
+
+from .convert import ORIGINALS, Original, from_original, infer_arch, load_original, num_classes_of, release_tag
+
+__all__ = ['Export', 'export_original', 'model_card', 'sha256_file']
+
+_CITATION = """@inproceedings{wang2019elastic,
+  title={ELASTIC: Improving CNNs with Dynamic Scaling Policies},
+  author={Wang, Huiyu and Kembhavi, Aniruddha and Farhadi, Ali and Yuille, Alan L. and Rastegari, Mohammad},
+  booktitle={IEEE Conference on Computer Vision and Pattern Recognition (CVPR)},
+  year={2019}
+}"""
+
+
+@dataclass
+class Export:
+    """What `export_original` wrote."""
+    path: str        # the folder
+    arch: str        # original architecture name
+    model: str       # timm model name
+    tag: Optional[str]
+    repo_id: Optional[str]  # the Hub repository the folder is meant for
+    params: int
+    num_classes: int
+
+
+def sha256_file(path: str) -> str:
+    """The hex SHA-256 of a file's bytes (the Hub's id of a large file)."""
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def export_original(
+        checkpoint: Union[str, os.PathLike, Mapping[str, Any]],
+        out_dir: Union[str, os.PathLike],
+        arch: Optional[str] = None,
+        force: bool = False,
+) -> Export:
+    """Convert an original ELASTIC checkpoint and write its Hub folder to `out_dir`.
+
+    `arch` is inferred from the keys when omitted. An existing `out_dir` is replaced only with
+    `force`, and never when the checkpoint itself lies inside it. Raises FileExistsError,
+    FileNotFoundError, `convert.CheckpointError` or ValueError, naming the problem.
+    """
+    import timm
+    from timm.models import save_for_hf
+    from .complexity import count_gmacs, count_params
+    from .models._cfg import hub_id
+
+    out_dir = os.path.abspath(os.fspath(out_dir))
+    source = os.path.abspath(os.fspath(checkpoint)) if isinstance(checkpoint, (str, os.PathLike)) else None
+    if source is not None and (source == out_dir or source.startswith(out_dir + os.sep)):
+        raise ValueError(f'the checkpoint {source} is inside the output folder {out_dir}; choose another --out')
+    if os.path.lexists(out_dir):
+        if not os.path.isdir(out_dir) or os.path.islink(out_dir):
+            raise FileExistsError(f'{out_dir} exists and is not a folder; choose another --out')
+        if not force:
+            raise FileExistsError(f'{out_dir} already exists; pass --force (force=True) to replace it')
+
+    state = load_original(checkpoint)
+    arch = arch or infer_arch(state)
+    model = from_original(state, arch)
+    spec = ORIGINALS[arch]
+    num_classes = num_classes_of(state, arch)
+    tag = release_tag(arch, num_classes)
+    repo_id = hub_id(f'{spec.model}.{tag}') if tag else None
+
+    model_config: Dict[str, Any] = {}
+    if tag == 'in1k':
+        info = timm.data.ImageNetInfo()
+        model_config.update(label_names=info.label_names(), label_descriptions=info.label_descriptions(as_dict=True))
+    elif model.pretrained_cfg.get('label_names'):
+        model_config.update(label_names=list(model.pretrained_cfg['label_names']))
+
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f'.{os.path.basename(out_dir)}.', suffix='.tmp', dir=parent)
+    try:
+        save_for_hf(model, tmp, model_config=model_config, model_args=dict(spec.model_args), safe_serialization=True)
+        card = model_card(
+            spec, arch, tag, repo_id, params=count_params(model), gmacs=count_gmacs(model),
+            source_name=os.path.basename(source) if source else None,
+            source_sha256=sha256_file(source) if source else None)
+        with open(os.path.join(tmp, 'README.md'), 'w', encoding='utf-8') as f:
+            f.write(card)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp and some writers make their files private
+        for name in os.listdir(tmp):
+            os.chmod(os.path.join(tmp, name), 0o666 & ~umask)
+        if os.path.lexists(out_dir):
+            old = tempfile.mkdtemp(prefix=f'.{os.path.basename(out_dir)}.', suffix='.old', dir=parent)
+            os.rename(out_dir, os.path.join(old, 'previous'))
+            os.rename(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return Export(out_dir, arch, spec.model, tag, repo_id, count_params(model), num_classes)
+
+
+def model_card(
+        spec: Original,
+        arch: str,
+        tag: Optional[str],
+        repo_id: Optional[str],
+        params: int,
+        gmacs: float,
+        source_name: Optional[str] = None,
+        source_sha256: Optional[str] = None,
+) -> str:
+    """The README.md of a converted release: metadata header, the paper's results for these weights
+    (Table 2 for ImageNet, Table 3 for the MS COCO fine-tune), provenance and usage."""
+    import timm
+    from . import __version__
+
+    coco = tag == 'coco'
+    name = f'{spec.model}.{tag}' if tag else spec.model
+    lines = [
+        '---',
+        'tags:', '- image-classification', '- timm', '- timm-elastic',
+        'library_name: timm',
+        'license: apache-2.0',
+        'datasets:', f'- {"coco" if coco else "imagenet-1k"}',
+        '---',
+        f'# Model card for {name}',
+        '',
+        f'The authors\' {"MS COCO multi-label fine-tune" if coco else "ImageNet-1k weights"} of the original '
+        f'ELASTIC `{arch}` (Wang et al., CVPR 2019), converted to timm\'s `{spec.model}` by timm-elastic. '
+        'The converted model gives the original implementation\'s outputs (fp32 rounding aside).',
+        '',
+        '## Model details',
+        f'- **Model type:** image classification{" (multi-label, 80 MS COCO categories, sigmoid outputs)" if coco else ""}'
+        ' / feature backbone',
+        f'- **Architecture:** timm `{spec.model}`; original code `{arch}` (`-a {arch}` of its scripts)',
+        f'- **Params (M):** {params / 1e6:.2f}',
+        f'- **GMACs:** {gmacs:.2f} (224 x 224)',
+        '- **Paper:** [ELASTIC: Improving CNNs with Dynamic Scaling Policies](https://arxiv.org/abs/1812.05262)',
+        '- **Original:** https://github.com/allenai/elastic',
+        f'- **Dataset:** {"MS COCO 2014 (train2014), fine-tuned from ImageNet-1k" if coco else "ImageNet-1k"}',
+        '',
+        '## Results in the paper',
+    ]
+    if coco and spec.coco:
+        row, f1c, f1o = spec.coco
+        lines += ['Table 3 (MS COCO val2014, 224 x 224, labels with probability > 0.5):', '',
+                  '| model | F1 per class | F1 overall |', '|---|---|---|', f'| {row} | {f1c:.2f} | {f1o:.2f} |']
+    elif not coco and spec.imagenet:
+        row, top1, top5 = spec.imagenet
+        top5 = f'{top5:.2f}' if top5 is not None else '-'
+        lines += ['Table 2 (ImageNet val, single 224 x 224 crop), error rates in %:', '',
+                  '| model | top-1 error | top-5 error |', '|---|---|---|', f'| {row} | {top1:.2f} | {top5} |']
+        if arch == 'dla102x':
+            lines += ['', 'Table 2 quotes DLA-X102 from the DLA paper; it has no row for the authors\' own model.']
+    else:
+        lines += ['The paper reports no result for these weights.']
+    lines += ['', 'These are the paper\'s numbers, not measured on the converted model.', '', '## Provenance']
+    if source_name:
+        lines += [f'- converted from `{source_name}` (sha256 `{source_sha256}`)']
+    else:
+        lines += ['- converted from a state dict given in memory']
+    released = tag in spec.released
+    lines += [
+        f'- {"released by the authors" if released else "no released checkpoint of this architecture and tag"}'
+        f'{": http://ai2-vision.s3.amazonaws.com/elastic/" + ("coco_models/coco_" if coco else "imagenet_models/") + arch + ".pth.tar" if released else ""}',
+        f'- converter: timm-elastic {__version__} (timm {timm.__version__}, torch {torch.__version__.split("+")[0]})',
+    ]
+    if repo_id:
+        lines += [f'- Hub repository: `{repo_id}`']
+    usage_name = f'hf-hub:{repo_id}' if repo_id else 'local-dir:PATH/TO/THIS/FOLDER'
+    lines += [
+        '', '## Usage', '```python', 'import timm', 'import timm_elastic  # registers the ELASTIC models', '',
+        f"model = timm.create_model('{usage_name}', pretrained=True).eval()",
+        'config = timm.data.resolve_data_config({}, model=model)',
+        'transform = timm.data.create_transform(**config)',
+        '```',
+    ]
+    if coco:
+        lines += ['Outputs are independent logits per category; `torch.sigmoid(logits) > 0.5` gives the labels.']
+    lines += ['', '## Citation', '```bibtex', _CITATION, '```', '']
+    return '\n'.join(lines)
