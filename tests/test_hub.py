@@ -124,7 +124,7 @@ def test_coco_export(tmp_path):
 @pytest.mark.parametrize('make,args,message', [
     ('truncated', [], 'is not a readable PyTorch checkpoint'),
     ('missing', [], 'checkpoint not found'),
-    ('release', ['--arch', 'resnext77'], "unknown --arch 'resnext77'; known: resnext50"),
+    ('release', ['--arch', 'resnext77'], "unknown original architecture 'resnext77'; known: resnext50"),
     ('release', ['--arch', 'densenet201_elastic'], 'not a checkpoint of densenet201_elastic (densenet201_elastic)'),
 ])
 def test_bad_input_is_one_line(release, tmp_path, make, args, message):

@@ -67,13 +67,9 @@ def _models(args: argparse.Namespace) -> int:
 
 def _convert(args: argparse.Namespace) -> int:
     import warnings
-    from .convert import ORIGINALS, CheckpointError
+    from .convert import CheckpointError
     from .hub import export_original
 
-    if args.arch is not None and args.arch not in ORIGINALS:
-        print(f'timm-elastic convert: error: unknown --arch {args.arch!r}; known: {", ".join(ORIGINALS)}',
-              file=sys.stderr)
-        return 2
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')  # timm's notices about the model being built

@@ -299,9 +299,7 @@ def _classifier_keys(model_name: str) -> Tuple[str, ...]:
 def num_classes_of(state: Mapping[str, torch.Tensor], arch: str) -> int:
     """The number of classes of an original state dict of `arch`: its classifier's outputs, or
     ImageNet's 1000 if it has no classifier (conversion then names the classifier as missing)."""
-    weight = _classifier_keys(ORIGINALS[arch].model)[0]
-    original = {'features.norm5.weight': 'features.norm_final.weight'}.get(weight, weight)
-    tensor = state.get(original, state.get(weight))
+    tensor = state.get(_classifier_keys(ORIGINALS[arch].model)[0])  # `fc` / `classifier`, named as ours
     return int(tensor.shape[0]) if tensor is not None and tensor.dim() >= 1 else 1000
 
 
@@ -326,8 +324,7 @@ def _check(state: Mapping[str, torch.Tensor], arch: str) -> Optional[str]:
 def infer_arch(state: Mapping[str, torch.Tensor]) -> str:
     """The original architecture name of a state dict (keys without `module.`): the one whose model
     it converts to exactly. Raises CheckpointError if none or several fit."""
-    stems = {'conv1.weight', 'base_layer.0.weight', 'features.conv0.weight'}
-    if not stems & set(state):
+    if not {_stem(spec.model) for spec in ORIGINALS.values()} & set(state):
         raise CheckpointError(
             f'not a checkpoint of the original ELASTIC code: it has none of the stems of its families '
             f'(ResNeXt conv1, DLA base_layer, DenseNet features.conv0); first keys: {_few(list(state))}')

@@ -84,6 +84,7 @@ def export_original(
     num_classes = num_classes_of(state, arch)
     tag = release_tag(arch, num_classes)
     repo_id = hub_id(f'{spec.model}.{tag}') if tag else None
+    params = count_params(model)
 
     model_config: Dict[str, Any] = {}
     if tag == 'in1k':
@@ -98,7 +99,7 @@ def export_original(
     try:
         save_for_hf(model, tmp, model_config=model_config, model_args=dict(spec.model_args), safe_serialization=True)
         card = model_card(
-            spec, arch, tag, repo_id, params=count_params(model), gmacs=count_gmacs(model),
+            spec, arch, tag, repo_id, params=params, gmacs=count_gmacs(model),
             source_name=os.path.basename(source) if source else None,
             source_sha256=sha256_file(source) if source else None)
         with open(os.path.join(tmp, 'README.md'), 'w', encoding='utf-8') as f:
@@ -118,7 +119,7 @@ def export_original(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return Export(out_dir, arch, spec.model, tag, repo_id, count_params(model), num_classes)
+    return Export(out_dir, arch, spec.model, tag, repo_id, params, num_classes)
 
 
 def model_card(
@@ -149,7 +150,10 @@ def model_card(
         '',
         f'The authors\' {"MS COCO multi-label fine-tune" if coco else "ImageNet-1k weights"} of the original '
         f'ELASTIC `{arch}` (Wang et al., CVPR 2019), converted to timm\'s `{spec.model}` by timm-elastic. '
-        'The converted model gives the original implementation\'s outputs (fp32 rounding aside).',
+        'The converted model gives the original implementation\'s outputs (fp32 rounding aside).'
+        + (' The original DenseNet code decides from the feature size whether a dense layer is Elastic (not at '
+           '7x7), so at inputs other than 224x224 its last dense block changes; this model keeps the network of '
+           '224x224 at every size.' if arch == 'densenet201_elastic' else ''),
         '',
         '## Model details',
         f'- **Model type:** image classification{" (multi-label, 80 MS COCO categories, sigmoid outputs)" if coco else ""}'
