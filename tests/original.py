@@ -226,6 +226,11 @@ _FORWARD = {
 ARCHS = tuple(_FORWARD)
 
 
+def tolerance(reference: torch.Tensor) -> float:
+    """The bound a converted model's logits must meet: fp32 rounding, relative to the logits' scale."""
+    return 1e-4 * max(1.0, reference.abs().max().item())
+
+
 @torch.no_grad()
 def original_forward(arch: str, state: Dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """Logits (eval mode) of the original implementation of `arch` with `state` (original keys)."""

@@ -13,12 +13,8 @@ from timm_elastic.convert import ORIGINALS, CheckpointError, from_original, infe
 from timm_elastic.models._cfg import TAGS, hub_id
 from timm_elastic.tasks.coco import COCO_CLASSES
 
-from original import ARCHS, as_release, expected, make_input, manifest, original_forward, stand_in_state
-
-
-def tolerance(reference: torch.Tensor) -> float:
-    # the issue's bound: fp32 rounding, relative to the logits' scale
-    return 1e-4 * max(1.0, reference.abs().max().item())
+from original import (
+    ARCHS, as_release, expected, make_input, manifest, original_forward, stand_in_state, tolerance)
 
 
 def test_reference_covers_every_original():

@@ -303,12 +303,16 @@ def num_classes_of(state: Mapping[str, torch.Tensor], arch: str) -> int:
     return int(tensor.shape[0]) if tensor is not None and tensor.dim() >= 1 else 1000
 
 
+def _shapes(model: nn.Module) -> Dict[str, Tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
 @lru_cache(maxsize=None)
 def _target_shapes(model_name: str, num_classes: int) -> Dict[str, Tuple[int, ...]]:
     import timm
     with torch.device('meta'):  # shapes only: nothing is allocated or initialised
         model = timm.create_model(model_name, num_classes=num_classes)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    return _shapes(model)
 
 
 def _check(state: Mapping[str, torch.Tensor], arch: str) -> Optional[str]:
@@ -386,7 +390,7 @@ def from_original(
     kwargs = dict(spec.model_args, num_classes=num_classes)
     kwargs.update(create_kwargs)
     model = timm.create_model(spec.model, **kwargs)
-    target = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    target = _shapes(model)
     classifier = _classifier_keys(spec.model)
     replace_head = model.num_classes != num_classes
     try:
@@ -429,8 +433,9 @@ def release_pretrained_cfg(model_name: str, tag: str) -> Dict[str, Any]:
     from timm.models import get_pretrained_cfg
     from .models._cfg import elastic_cfg, hub_id, release_cfg
     name = f'{model_name}.{tag}'
-    if name in timm.list_pretrained(name) and get_pretrained_cfg(name).hf_hub_id == hub_id(name):
-        return dict(get_pretrained_cfg(name).to_dict(), architecture=model_name, tag=tag)
+    registered = get_pretrained_cfg(name) if name in timm.list_pretrained(name) else None
+    if registered is not None and registered.hf_hub_id == hub_id(name):
+        return dict(registered.to_dict(), architecture=model_name, tag=tag)
     base = get_pretrained_cfg(model_name)
     return dict(release_cfg(name, elastic_cfg(base.first_conv, base.classifier)),
                 architecture=model_name, tag=tag)
@@ -445,7 +450,7 @@ def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: nn.Modul
     state_dict = clean_state_dict(dict(state_dict))
     cfg = model.pretrained_cfg
     name = cfg.get('architecture')
-    target = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    target = _shapes(model)
     classifier = _classifier_keys(name)
     # timm adapts the first convolution to in_chans, and drops the classifier when num_classes differs
     # from the pretrained cfg's (0 included), after this filter
