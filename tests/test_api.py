@@ -14,6 +14,7 @@ ALL = timm_elastic.list_models()
 # one Elastic model per family, the cheapest
 FAMILY = ['resnext50_selastic', 'dla_x60_elastic', 'densenet201_elastic']
 ELASTIC = [n for n in ALL if 'elastic' in n]
+TWIN_NAMES = {n for pair in timm_elastic.TWINS.items() for n in pair}
 
 # parameter counts of the original implementation (its key manifests) for the layouts it released.
 # The DLA originals also hold projections they never use (see models/dla.py), counted apart.
@@ -39,14 +40,15 @@ def original_counts(model):
 
 def test_registered():
     assert set(ELASTIC) == set(timm.list_models('*elastic*'))
-    assert set(ALL) == set(timm_elastic.PAPER_ROWS)
+    twins = {n for pair in timm_elastic.TWINS.items() for n in pair}
+    assert set(ALL) == set(timm_elastic.PAPER_ROWS) | twins and not twins & set(timm_elastic.PAPER_ROWS)
     assert {'dla_x60', 'dla_x102'} <= set(ALL)
     for name in ALL:
         assert timm.is_model(name)
         assert timm.models.get_pretrained_cfg(name) is not None
 
 
-@pytest.mark.parametrize('name', ALL)
+@pytest.mark.parametrize('name', list(timm_elastic.PAPER_ROWS))
 def test_counts_match_the_original(name):
     model = timm.create_model(name)
     row = timm_elastic.PAPER_ROWS[name]
@@ -55,6 +57,19 @@ def test_counts_match_the_original(name):
     assert abs(gmacs / row.gmacs - 1) < 0.005, (gmacs, row)
     if name in ORIGINAL_PARAMS:
         assert params == ORIGINAL_PARAMS[name]
+
+
+@pytest.mark.parametrize('elastic, twin', list(timm_elastic.TWINS.items()))
+def test_small_twins_match_in_parameters_and_multiply_adds(elastic, twin):
+    """The main job compares like with like: within 4% in both, at the twins' input size."""
+    e, b = timm.create_model(elastic), timm.create_model(twin)
+    size = e.pretrained_cfg['input_size']
+    assert size == b.pretrained_cfg['input_size'] == (3, 64, 64)
+    assert e.num_classes == b.num_classes == len(timm_elastic.data.CLASSES)
+    assert abs(count_params(e) / count_params(b) - 1) < 0.04
+    assert abs(count_gmacs(e, size) / count_gmacs(b, size) - 1) < 0.04
+    assert any('Elastic' in type(m).__name__ for m in e.modules())
+    assert not any('Elastic' in type(m).__name__ for m in b.modules())
 
 
 @pytest.mark.parametrize('name', ALL)
@@ -270,7 +285,9 @@ def test_pretrained_cfg(name):
     model = timm.create_model(name)
     cfg = model.pretrained_cfg
     assert cfg['mean'] == timm.data.IMAGENET_DEFAULT_MEAN and cfg['std'] == timm.data.IMAGENET_DEFAULT_STD
-    assert cfg['input_size'] == (3, 224, 224) and cfg['crop_pct'] == 0.875
+    # the paper's ImageNet models: 224 crops of 256; the small twins: the built-in 64x64 images, uncropped
+    size, crop = ((3, 64, 64), 1.0) if name in TWIN_NAMES else ((3, 224, 224), 0.875)
+    assert cfg['input_size'] == size and cfg['crop_pct'] == crop
     assert cfg['interpolation'] == 'bilinear'  # the original's training pipeline (PyTorch ImageNet example)
     model.get_submodule(cfg['first_conv'])
     assert model.get_submodule(cfg['classifier']) is model.get_classifier()
@@ -278,4 +295,4 @@ def test_pretrained_cfg(name):
     assert cfg['license']
     assert cfg['architecture'] == name
     data_cfg = timm.data.resolve_data_config(model=model)
-    assert data_cfg['input_size'] == (3, 224, 224)
+    assert data_cfg['input_size'] == size

@@ -21,7 +21,14 @@ def test_models_table():
     proc = run('models')
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert set(timm_elastic.PAPER_ROWS) == set(timm_elastic.list_models())
+    twins = timm_elastic.TWINS
+    assert set(timm_elastic.PAPER_ROWS) | set(twins) | set(twins.values()) == set(timm_elastic.list_models())
+    for elastic, base in twins.items():  # the small twins, beside each other
+        line, = [ln for ln in lines if ln.startswith(elastic + ' ')]
+        match = re.search(rf'([\d.]+)M params, ([\d.]+) MMACs at 64x64; twin {base}: ([\d.]+)M \(([-+\d.]+)%\), '
+                          rf'([\d.]+) MMACs \(([-+\d.]+)%\)', line)
+        assert match, line
+        assert abs(float(match[4])) < 4 and abs(float(match[6])) < 4
     for name, row in timm_elastic.PAPER_ROWS.items():
         line, = [ln for ln in lines if ln.startswith(name + ' ')]
         assert row.row in line

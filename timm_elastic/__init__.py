@@ -7,6 +7,6 @@ a pytest plugin (`pytest -p timm_elastic`) for running timm's own model tests ag
 from .convert import ORIGINALS, CheckpointError, from_original
 from .hub import export_original
 from .layers import Elastic, RESAMPLE_MODES, check_elastic_args, split_paths
-from .models import PAPER_ROWS, list_models
+from .models import PAPER_ROWS, TWINS, list_models
 
 __version__ = '0.1.0'

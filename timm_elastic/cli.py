@@ -12,12 +12,13 @@ __all__ = ['main']
 def _models(args: argparse.Namespace) -> int:
     import timm
     from .complexity import count_gmacs, count_params
-    from .models import PAPER_ROWS
+    from .models import PAPER_ROWS, TWINS
 
     names = [n for n in PAPER_ROWS if fnmatch.fnmatch(n, args.filter)]
-    if not names:
+    twins = [(e, b) for e, b in TWINS.items() if fnmatch.fnmatch(e, args.filter) or fnmatch.fnmatch(b, args.filter)]
+    if not names and not twins:
         print(f'timm-elastic models: no registered model matches {args.filter!r}; '
-              f'registered: {", ".join(PAPER_ROWS)}', file=sys.stderr)
+              f'registered: {", ".join([*PAPER_ROWS, *(n for pair in TWINS.items() for n in pair)])}', file=sys.stderr)
         return 2
     rows = []
     for name in names:
@@ -37,21 +38,39 @@ def _models(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
+    if rows:
+        _print_paper_rows(rows, args.img_size)
+    if twins:
+        print('\nSmall twins for training on a CPU (not in the paper): each Elastic model beside its non-Elastic twin, '
+              'at its own input size.')
+        for elastic, base in twins:
+            counts = {}
+            for name in (elastic, base):
+                model = timm.create_model(name)
+                size = model.pretrained_cfg['input_size']
+                counts[name] = count_params(model) / 1e6, count_gmacs(model, size)
+            (pe, ge), (pb, gb) = counts[elastic], counts[base]
+            print(f'{elastic:<22} {pe:.3f}M params, {ge * 1e3:.1f} MMACs at {size[1]}x{size[2]}; twin {base}: '
+                  f'{pb:.3f}M ({_diff(pe, pb).strip()}), {gb * 1e3:.1f} MMACs ({_diff(ge, gb).strip()})')
+    return 0
+
+
+def _diff(ours: float, reference: float) -> str:
+    return f'{100 * (ours / reference - 1):>+6.2f}%'
+
+
+def _print_paper_rows(rows, img_size: int) -> None:
     print(f'Models registered in timm by timm-elastic: parameters and GMACs (multiply-adds) at '
-          f'{args.img_size}x{args.img_size}, beside the published numbers (at 224x224).')
+          f'{img_size}x{img_size}, beside the published numbers (at 224x224).')
     header = (f'{"model":<22} {"paper row":<22} {"params (M)":>10} {"paper":>7} {"diff":>8} '
               f'{"GMACs":>7} {"paper":>6} {"diff":>8}  source')
     print(header)
     print('-' * len(header))
-
-    def diff(ours: float, paper: float) -> str:
-        return f'{100 * (ours / paper - 1):>+6.2f}%'
-
     for r in rows:
         mark = '*' if 'original_unused_params_m' in r else ' '
         print(f'{r["model"]:<22} {r["paper_row"]:<22} {r["params_m"]:>10.2f} {r["paper_params_m"]:>7.2f} '
-              f'{diff(r["params_m"], r["paper_params_m"])}{mark} {r["gmacs"]:>7.2f} {r["paper_gmacs"]:>6.2f} '
-              f'{diff(r["gmacs"], r["paper_gmacs"])}{mark}  {r["source"]}')
+              f'{_diff(r["params_m"], r["paper_params_m"])}{mark} {r["gmacs"]:>7.2f} {r["paper_gmacs"]:>6.2f} '
+              f'{_diff(r["gmacs"], r["paper_gmacs"])}{mark}  {r["source"]}')
     marked = [r for r in rows if 'original_unused_params_m' in r]
     if marked:
         print('\n* The original DLA code builds, runs and counts projections whose outputs it never uses; ours '
@@ -60,9 +79,8 @@ def _models(args: argparse.Namespace) -> int:
             params = r['params_m'] + r['original_unused_params_m']
             gmacs = r['gmacs'] + r['original_unused_gmacs']
             print(f'  {r["model"]:<20} +{r["original_unused_params_m"]:.2f}M params = {params:.2f} '
-                  f'({diff(params, r["paper_params_m"]).strip()}), +{r["original_unused_gmacs"]:.2f} GMACs = '
-                  f'{gmacs:.2f} ({diff(gmacs, r["paper_gmacs"]).strip()})')
-    return 0
+                  f'({_diff(params, r["paper_params_m"]).strip()}), +{r["original_unused_gmacs"]:.2f} GMACs = '
+                  f'{gmacs:.2f} ({_diff(gmacs, r["paper_gmacs"]).strip()})')
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -86,6 +104,225 @@ def _convert(args: argparse.Namespace) -> int:
         print(f'it is the folder of the Hub repository {done.repo_id}: '
               f'hf upload {done.repo_id} {done.path}')
     return 0
+
+
+def _fail(command: str, error: Exception) -> int:
+    print(f'timm-elastic {command}: error: {error}', file=sys.stderr)
+    return 2
+
+
+def _logging() -> None:
+    from timm.utils import setup_default_logging
+    setup_default_logging()
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .train import UsageError, train
+    _logging()
+    try:
+        train(args)
+    except UsageError as e:
+        return _fail('train', e)
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from ._io import write_json
+    from .train import UsageError, validate
+    try:
+        metrics = validate(args)
+    except UsageError as e:
+        return _fail('validate', e)
+    _print_eval(metrics)
+    if args.results_file:
+        write_json(args.results_file, metrics)
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from ._io import write_json
+    from .train import UsageError, compare, format_comparison
+    _logging()
+    try:
+        results = compare(args)
+    except UsageError as e:
+        return _fail('compare', e)
+    twin, elastic = results
+    if results[elastic]['output_dir'] is not None:  # the first process of a torchrun
+        print()
+        print(format_comparison(results, twin, elastic))
+        if args.results_file:
+            write_json(args.results_file, results)
+    return 0
+
+
+def _print_eval(m: dict) -> None:
+    print(f'{m["model"]}: top-1 {m["top1"]:.2f}%, top-5 {m["top5"]:.2f}%, loss {m["loss"]:.4f} '
+          f'({m["count"]} images at {m["img_size"]}x{m["img_size"]})')
+    for name, row in m.get('per_combination', {}).items():
+        print(f'  objects {name:<22} top-1 {row["top1"]:6.2f}%  ({row["count"]} images)')
+
+
+def _data(args: argparse.Namespace) -> int:
+    from .data import write_image_folder
+    try:
+        path = write_image_folder(
+            args.out, num_samples={'train': args.train_num_samples, 'validation': args.val_num_samples},
+            img_size=args.img_size, seed=args.data_seed, force=args.force)
+    except (FileExistsError, ValueError, OSError) as e:
+        return _fail('data', e)
+    print(f'wrote {path}: train/ and validation/ image folders (one folder per class) and objects.csv '
+          f'(the object sizes of every image); timm reads it with --data-dir {path}')
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    import runpy
+    import timm_elastic  # noqa: F401  (registers the models, whatever TIMM_ELASTIC_AUTOLOAD says)
+    if args.module:
+        sys.argv = [args.target, *args.args]
+        runpy.run_module(args.target, run_name='__main__', alter_sys=True)
+        return 0
+    if not os.path.isfile(args.target):
+        return _fail('run', FileNotFoundError(f'script {args.target!r} does not exist'))
+    sys.argv = [args.target, *args.args]
+    sys.path.insert(0, os.path.dirname(os.path.abspath(args.target)))
+    runpy.run_path(args.target, run_name='__main__')
+    return 0
+
+
+def _floats(n: int, name: str):
+    return dict(type=float, nargs=n, metavar=name)
+
+
+def _add_data_args(p: argparse.ArgumentParser, training: bool) -> None:
+    g = p.add_argument_group('data (without --data-dir: the built-in scale-challenging dataset)')
+    g.add_argument('--data-dir', metavar='DIR', default=None,
+                   help="dataset root, read by timm's create_dataset (e.g. an image folder with train/ and "
+                        "validation/ subfolders); default: the built-in dataset, generated in memory")
+    g.add_argument('--dataset', metavar='NAME', default='',
+                   help="timm dataset type for --data-dir ('' for an image folder, 'torch/cifar10', 'hfds/...'); "
+                        "'scaleshapes' (the built-in one) is the default without --data-dir")
+    if training:
+        g.add_argument('--train-split', metavar='NAME', default='train', help='training split (default: train)')
+        g.add_argument('--val-split', metavar='NAME', default='validation',
+                       help='validation split (default: validation)')
+        g.add_argument('--train-num-samples', type=int, metavar='N', default=None,
+                       help='images in the built-in training split (default: its default size)')
+    else:
+        g.add_argument('--split', dest='val_split', metavar='NAME', default='validation',
+                       help='split to evaluate (default: validation)')
+    g.add_argument('--val-num-samples', type=int, metavar='N', default=None,
+                   help='images in the built-in validation split (default: its default size)')
+    g.add_argument('--data-seed', type=int, metavar='N', default=0,
+                   help='seed that generates the built-in dataset (default: 0)')
+
+
+def _add_model_args(p: argparse.ArgumentParser, default_model: Optional[str]) -> None:
+    g = p.add_argument_group('model')
+    g.add_argument('--model', metavar='NAME', default=default_model, required=default_model is None,
+                   help='any timm model name, e.g. resnext50_elastic (timm-elastic models lists ours)'
+                        + (f'; default: {default_model}' if default_model else ''))
+    g.add_argument('--pretrained', action='store_true', help="start from the model's pretrained weights")
+    g.add_argument('--num-classes', type=int, metavar='N', default=None,
+                   help='classifier size (default: the number of classes of the data)')
+    g.add_argument('--in-chans', type=int, metavar='N', default=None, help='input channels (default: 3)')
+    g.add_argument('--img-size', type=int, metavar='N', default=None,
+                   help="input image size (default: the model's, 64 for the small twins, 224 for the paper's)")
+    g.add_argument('--input-size', type=int, nargs=3, metavar=('C', 'H', 'W'), default=None,
+                   help='input size as C H W (overrides --img-size)')
+    g.add_argument('--crop-pct', type=float, metavar='F', default=None, help='evaluation center-crop fraction')
+    g.add_argument('--mean', **_floats('+', 'M'), default=None, help='normalisation mean per channel')
+    g.add_argument('--std', **_floats('+', 'S'), default=None, help='normalisation std per channel')
+    g.add_argument('--interpolation', metavar='NAME', default='', help='resize interpolation (default: the model\'s)')
+    g.add_argument('--elastic-ratio', type=float, metavar='F', default=None,
+                   help='Elastic models: fraction of paths at low resolution (paper Table 7; default 0.5)')
+    g.add_argument('--elastic-resample', metavar='MODE', default=None,
+                   help='Elastic models: down/up-sampling of Table 6: bilinear (default), nearest, filter, '
+                        'dilated, dilated_avg')
+
+
+def _add_run_args(p: argparse.ArgumentParser, batch_size: int) -> None:
+    g = p.add_argument_group('device and precision')
+    g.add_argument('-b', '--batch-size', type=int, metavar='N', default=batch_size,
+                   help=f'batch size per process (default: {batch_size})')
+    g.add_argument('-j', '--workers', type=int, metavar='N', default=0,
+                   help='data loading processes per training process (default: 0: the built-in data is then '
+                        'rendered once and kept in memory; use 4 or more for image folders)')
+    g.add_argument('--device', metavar='DEV', default=None, help='cpu or cuda (default: cuda when available)')
+    g.add_argument('--amp', action='store_true', help='mixed precision (autocast)')
+    g.add_argument('--amp-dtype', choices=('float16', 'bfloat16'), default=None,
+                   help='autocast type (default: float16 on CUDA, with a loss scaler; bfloat16 on the CPU)')
+    g.add_argument('--channels-last', action='store_true', help='channels_last memory layout')
+    g.add_argument('--no-progress', dest='progress', action='store_false', help='no progress bars')
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    _add_data_args(p, training=True)
+    _add_model_args(p, 'resnext_tiny_elastic')
+    g = p.add_argument_group('checkpoints and output')
+    g.add_argument('--initial-checkpoint', metavar='PATH', default='',
+                   help='start from these weights (a timm or timm-elastic checkpoint)')
+    g.add_argument('--resume', metavar='PATH', default='',
+                   help='continue a run from its checkpoint (e.g. OUTPUT/EXPERIMENT/last.pth.tar): weights, '
+                        'optimizer, EMA and epoch; with the same flags the losses are those of an uninterrupted run')
+    g.add_argument('--output', metavar='DIR', default='', help='output root (default: ./output/train)')
+    g.add_argument('--experiment', metavar='NAME', default='',
+                   help='run folder under --output (default: date-time-model-size); checkpoints and summary.csv')
+    g.add_argument('--checkpoint-hist', type=int, metavar='N', default=3, help='best checkpoints kept (default: 3)')
+    g.add_argument('--eval-metric', default='top1', choices=('top1', 'top5', 'loss'),
+                   help='metric that ranks checkpoints (default: top1)')
+    g.add_argument('--log-interval', type=int, metavar='N', default=50, help='log every N batches (default: 50)')
+    g.add_argument('--seed', type=int, metavar='N', default=42, help='random seed (default: 42)')
+    g = p.add_argument_group('optimizer and schedule (timm create_optimizer_v2 / create_scheduler_v2)')
+    g.add_argument('--opt', metavar='NAME', default='adamw',
+                   help="optimizer (default: adamw; the paper's ImageNet recipe: --opt sgd --lr 0.1 --weight-decay 1e-4)")
+    g.add_argument('--lr', type=float, metavar='LR', default=2e-3, help='learning rate (default: 2e-3)')
+    g.add_argument('--momentum', type=float, metavar='M', default=0.9, help='SGD momentum (default: 0.9)')
+    g.add_argument('--weight-decay', type=float, metavar='WD', default=0.05, help='weight decay (default: 0.05)')
+    g.add_argument('--clip-grad', type=float, metavar='NORM', default=None, help='clip the gradient norm')
+    g.add_argument('--sched', metavar='NAME', default='cosine',
+                   help="lr schedule: cosine (default), step, multistep (the paper's: --decay-milestones 30 60 90), "
+                        "plateau, none...")
+    g.add_argument('--epochs', type=int, metavar='N', default=4,
+                   help='epochs (default: 4, about 2 minutes for a small twin on the built-in data on 2 CPU cores)')
+    g.add_argument('--decay-epochs', type=float, metavar='N', default=30, help='step schedule period (default: 30)')
+    g.add_argument('--decay-milestones', type=int, nargs='+', metavar='E', default=[30, 60, 90],
+                   help='multistep schedule epochs (default: 30 60 90, the paper\'s)')
+    g.add_argument('--decay-rate', type=float, metavar='R', default=0.1, help='lr decay factor (default: 0.1)')
+    g.add_argument('--warmup-epochs', type=int, metavar='N', default=0, help='linear warm-up epochs (default: 0)')
+    g.add_argument('--warmup-lr', type=float, metavar='LR', default=1e-5, help='warm-up start lr (default: 1e-5)')
+    g.add_argument('--min-lr', type=float, metavar='LR', default=0., help='lowest lr of the schedule (default: 0)')
+    g.add_argument('--sched-on-updates', action='store_true', help='step the schedule every update, not every epoch')
+    g = p.add_argument_group('augmentation and regularisation (timm create_loader, Mixup)')
+    g.add_argument('--no-aug', action='store_true', help='no training augmentation')
+    g.add_argument('--scale', **_floats(2, 'S'), default=None,
+                   help="random-resized-crop area range (default: timm's 0.08 1.0; 1 1 on the built-in data, where "
+                        "a crop would move objects between the size buckets)")
+    g.add_argument('--ratio', **_floats(2, 'R'), default=None,
+                   help="random-resized-crop aspect range (default: timm's 3/4 4/3; 1 1 on the built-in data)")
+    g.add_argument('--hflip', type=float, metavar='P', default=0.5, help='horizontal flip probability (default: 0.5)')
+    g.add_argument('--vflip', type=float, metavar='P', default=0., help='vertical flip probability (default: 0)')
+    g.add_argument('--color-jitter', type=float, metavar='F', default=0.,
+                   help='colour jitter (default: 0; the paper uses no colour augmentation)')
+    g.add_argument('--mixup', type=float, metavar='A', default=0., help='mixup alpha (default: 0, off)')
+    g.add_argument('--cutmix', type=float, metavar='A', default=0., help='cutmix alpha (default: 0, off)')
+    g.add_argument('--smoothing', type=float, metavar='F', default=0., help='label smoothing (default: 0)')
+    g.add_argument('--drop', type=float, metavar='P', default=0., help='dropout before the classifier')
+    g.add_argument('--drop-path', type=float, metavar='P', default=None, help='stochastic depth rate')
+    g.add_argument('--model-ema', action='store_true', help='keep an exponential moving average of the weights')
+    g.add_argument('--model-ema-decay', type=float, metavar='D', default=0.998, help='EMA decay (default: 0.998)')
+    _add_run_args(p, batch_size=32)
+    g.add_argument('-vb', '--validation-batch-size', type=int, metavar='N', default=None,
+                   help='evaluation batch size (default: --batch-size)')
+    g.add_argument('--torchcompile', nargs='?', const='inductor', default=None, metavar='BACKEND',
+                   help='torch.compile the model (backend default: inductor)')
+    g = p.add_argument_group('distributed (run under torchrun --nproc-per-node N)')
+    g.add_argument('--sync-bn', action='store_true', help='synchronised BatchNorm across processes')
+    g.add_argument('--dist-bn', default='reduce', choices=('reduce', 'broadcast', ''),
+                   help='BatchNorm statistics across processes after each epoch (default: reduce)')
+    g.add_argument('--dist-backend', metavar='NAME', default=None,
+                   help='torch.distributed backend (default: nccl on CUDA, gloo on the CPU)')
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,12 +359,74 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--out', metavar='DIR', required=True, help='the folder to write (must not exist, see --force)')
     p.add_argument('--force', action='store_true', help='replace DIR if it already exists')
     p.set_defaults(func=_convert)
+
+    p = sub.add_parser(
+        'compare', help='the main job: train a small Elastic model and its non-Elastic twin on the built-in data, '
+                        'and print accuracy per object-size combination (paper Table 4)',
+        description="Train a small Elastic model and its non-Elastic twin (the same parameters and multiply-adds "
+                    "within a few percent; timm-elastic models lists the pairs) with the same recipe and seed on "
+                    "the built-in scale-challenging dataset, then print top-1 for each combination of small, "
+                    "medium and large objects side by side, as the paper's Table 4 does. Takes about 4 minutes on "
+                    "2 CPU cores with the defaults. Every train flag applies to both models.",
+        epilog='example: timm-elastic compare --epochs 6 --output runs/compare')
+    _add_train_args(p)
+    p.set_defaults(func=_compare)
+    p.add_argument('--results-file', metavar='PATH', default='', help='also write both models\' results as JSON')
+
+    p = sub.add_parser(
+        'train', help="train a model with timm's components (timm train.py's flag names)",
+        description="Train any timm model, the Elastic ones included, with timm's library components and the flag "
+                    "names of timm's train.py. Without --data-dir it trains on the built-in scale-challenging "
+                    "dataset and reports top-1 per object-size combination. Each epoch appends a row to "
+                    "OUTPUT/EXPERIMENT/summary.csv and writes last.pth.tar atomically; --resume continues exactly. "
+                    "Multi-process: torchrun --nproc-per-node N $(which timm-elastic) train ...",
+        epilog='example: timm-elastic train --model resnext_tiny_elastic --epochs 6 --output runs --experiment tiny')
+    _add_train_args(p)
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser(
+        'validate', help='evaluate a model: top-1, top-5, and top-1 per object-size combination',
+        description="Evaluate a model on a dataset split with timm's loaders: loss, top-1 and top-5, and, on the "
+                    "built-in dataset (or an image folder written by timm-elastic data), top-1 per combination of "
+                    "object sizes.",
+        epilog='example: timm-elastic validate --model resnext_tiny_elastic --checkpoint runs/tiny/model_best.pth.tar')
+    _add_data_args(p, training=False)
+    _add_model_args(p, None)
+    p.add_argument('--checkpoint', metavar='PATH', default='', help='weights to evaluate (a training checkpoint)')
+    p.add_argument('--use-ema', action='store_true', help="evaluate the checkpoint's EMA weights")
+    p.add_argument('--results-file', metavar='PATH', default='', help='also write the results as JSON')
+    _add_run_args(p, batch_size=128)
+    p.set_defaults(func=_validate)
+
+    p = sub.add_parser(
+        'data', help='write the built-in scale-challenging dataset as an image folder for timm\'s scripts',
+        description='Write the built-in dataset (deterministic, generated) as DIR/train/<class>/*.png and '
+                    'DIR/validation/<class>/*.png, with DIR/objects.csv recording the object sizes of every image. '
+                    "timm's train.py / validate.py read it with --data-dir DIR.")
+    p.add_argument('--out', metavar='DIR', required=True, help='the folder to write (must not exist, see --force)')
+    p.add_argument('--train-num-samples', type=int, metavar='N', default=None, help='training images')
+    p.add_argument('--val-num-samples', type=int, metavar='N', default=None, help='validation images')
+    p.add_argument('--img-size', type=int, metavar='N', default=64, help='image size (default: 64)')
+    p.add_argument('--data-seed', type=int, metavar='N', default=0, help='generator seed (default: 0)')
+    p.add_argument('--force', action='store_true', help='replace DIR if it exists')
+    p.set_defaults(func=_data)
+
+    p = sub.add_parser(
+        'run', help='run a Python script (e.g. timm\'s train.py) with the Elastic models registered',
+        description="Run SCRIPT as `python SCRIPT ARGS...` would, after registering the Elastic models in timm. "
+                    "Installing timm-elastic already registers them in any process that imports timm (unless "
+                    "TIMM_ELASTIC_AUTOLOAD=0); this is the explicit way.",
+        epilog='example: timm-elastic run train.py --model resnext50_elastic --data-dir /data/imagenet')
+    p.add_argument('-m', dest='module', action='store_true', help='TARGET is a module name, as python -m')
+    p.add_argument('target', metavar='SCRIPT', help='the script (or, with -m, module) to run')
+    p.add_argument('args', nargs=argparse.REMAINDER, metavar='ARGS', help='its arguments')
+    p.set_defaults(func=_run)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, 'img_size', 224) < 32:
+    if (getattr(args, 'img_size', None) or 224) < 32:
         print(f'timm-elastic: --img-size must be at least 32, got {args.img_size}', file=sys.stderr)
         return 2
     return args.func(args)

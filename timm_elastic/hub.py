@@ -17,6 +17,7 @@ from typing import Any, Dict, Mapping, Optional, Union
 
 import torch
 
+from ._io import replace_dir
 from .convert import ORIGINALS, Original, from_original, infer_arch, load_original, num_classes_of, release_tag
 
 __all__ = ['Export', 'export_original', 'model_card', 'sha256_file']
@@ -109,13 +110,7 @@ def export_original(
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp and some writers make their files private
         for name in os.listdir(tmp):
             os.chmod(os.path.join(tmp, name), 0o666 & ~umask)
-        if os.path.lexists(out_dir):
-            old = tempfile.mkdtemp(prefix=f'.{os.path.basename(out_dir)}.', suffix='.old', dir=parent)
-            os.rename(out_dir, os.path.join(old, 'previous'))
-            os.rename(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -10,6 +10,9 @@ from .resnet import *
 
 # registered model name -> its published counts (timm-elastic models prints them side by side)
 PAPER_ROWS = {**resnet.PAPER_ROWS, **dla.PAPER_ROWS, **densenet.PAPER_ROWS}
+# small Elastic model -> its non-Elastic twin (same parameters and multiply-adds within a few
+# percent), registered for training on a CPU; not in the paper
+TWINS = {**resnet.TWINS}
 
 
 def list_models() -> List[str]:

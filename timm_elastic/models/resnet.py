@@ -24,10 +24,11 @@ from timm.models.resnet import Bottleneck, ResNet
 
 from ..complexity import PaperRow
 from ..convert import checkpoint_filter_fn
+from ..data.scales import CLASSES
 from ..layers import Elastic, pop_elastic_args
 from ._cfg import elastic_cfg, generate_release_cfgs
 
-__all__ = ['BottleneckPath', 'ElasticBottleneck', 'StageBlocks', 'PAPER_ROWS']
+__all__ = ['BottleneckPath', 'ElasticBottleneck', 'StageBlocks', 'PAPER_ROWS', 'TWINS']
 
 
 class BottleneckPath(nn.Sequential):
@@ -188,6 +189,12 @@ def _cfg(**kwargs) -> Dict[str, Any]:
     return elastic_cfg(first_conv='conv1', classifier='fc', **kwargs)
 
 
+def _tiny_cfg(**kwargs) -> Dict[str, Any]:
+    # the built-in dataset's images and classes (timm_elastic.data)
+    return _cfg(input_size=(3, 64, 64), pool_size=(2, 2), crop_pct=1.0, num_classes=len(CLASSES),
+                label_names=CLASSES, **kwargs)
+
+
 default_cfgs = generate_release_cfgs({
     'resnext50_elastic.in1k': _cfg(description='ResNeXt50+Elastic (paper Table 2), blocks [6, 8, 5, 3]'),
     'resnext50_elastic.coco': _cfg(description='ResNeXt50+Elastic'),
@@ -196,6 +203,9 @@ default_cfgs = generate_release_cfgs({
     'seresnext50_elastic.in1k': _cfg(description='SE-ResNeXt50+Elastic (paper Table 2), blocks [6, 8, 5, 3]'),
     'resnext50x2_elastic': _cfg(description='ResNeXt50x2+Elastic (paper Table 2), 64 paths x 4'),
     'resnext50_selastic': _cfg(description='ResNeXt50+sElastic (paper Table 8), blocks [3, 4, 6, 3]'),
+    'resnext_tiny_elastic': _tiny_cfg(description='small ResNeXt+Elastic for CPU training, blocks [2, 3, 2, 1]'),
+    'resnext_tiny': _tiny_cfg(description='small ResNeXt, the non-Elastic twin of resnext_tiny_elastic, '
+                                          'blocks [1, 2, 2, 1]'),
 })
 
 
@@ -206,6 +216,13 @@ PAPER_ROWS = {
     'resnext50x2_elastic': PaperRow('ResNeXt50x2+Elastic', 45.6, 7.9, 'paper Table 2'),
     'resnext50_selastic': PaperRow('ResNeXt50+sElastic', 25.03, 3.35),
 }
+
+# Small twins, not in the paper, for training on a CPU (`timm-elastic compare`, the built-in
+# dataset at 64x64): Elastic model -> its non-Elastic twin. The Elastic one moves blocks toward
+# high resolution as Table 2 does for ResNeXt50 -> ResNeXt50+Elastic ([3, 4, 6, 3] -> [6, 8, 5, 3]),
+# so that the two have the same parameters and multiply-adds within a few percent (+3.1%, +1.4%).
+TWINS = {'resnext_tiny_elastic': 'resnext_tiny'}
+_TINY_ARGS = dict(cardinality=8, base_width=8, channels=(32, 64, 128, 256), stem_width=32)
 
 
 @register_model
@@ -239,3 +256,17 @@ def resnext50_selastic(pretrained: bool = False, **kwargs) -> ResNet:
     """sElastic (Appendix A): ResNeXt50's own blocks [3, 4, 6, 3], each stride-1 one made Elastic."""
     model_args = dict(block=ELASTIC_STAGES, layers=(3, 4, 6, 3), cardinality=32, base_width=4)
     return _create_resnet_elastic('resnext50_selastic', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def resnext_tiny_elastic(pretrained: bool = False, **kwargs) -> ResNet:
+    """A small ResNeXt+Elastic (8 paths, channels 32-256): blocks [2, 3, 2, 1]."""
+    model_args = dict(block=ELASTIC_STAGES, layers=(2, 3, 2, 1), **_TINY_ARGS)
+    return _create_resnet_elastic('resnext_tiny_elastic', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def resnext_tiny(pretrained: bool = False, **kwargs) -> ResNet:
+    """The non-Elastic twin of `resnext_tiny_elastic`: timm Bottlenecks, blocks [1, 2, 2, 1]."""
+    model_args = dict(block=Bottleneck, layers=(1, 2, 2, 1), **_TINY_ARGS)
+    return _create_resnet_elastic('resnext_tiny', pretrained, **dict(model_args, **kwargs))

@@ -1,0 +1,282 @@
+"""The built-in scale-challenging dataset (timm_elastic.data): determinism, balance, recorded
+objects against the pixels, and the image folder as timm reads it."""
+import ast
+import csv
+import hashlib
+import math
+import os
+import pathlib
+import random
+import signal
+import subprocess
+import sys
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from timm.data import create_dataset, create_loader
+
+from timm_elastic.data import (
+    CLASSES, COMBINATIONS, DEFAULT_SAMPLES, SIZE_RANGES, SIZES, ScaleShapes, combination_name,
+    read_combinations, write_image_folder,
+)
+from timm_elastic.data import scales
+
+
+def pixels(img: Image.Image) -> bytes:
+    assert img.mode == 'RGB'
+    return img.tobytes()
+
+
+def test_constants():
+    assert SIZES == ('small', 'medium', 'large')
+    # paper Table 4's rows, (Large, Medium, Small) flags 001 ... 111
+    flags = [tuple(int(size in combo) for size in ('large', 'medium', 'small')) for combo in COMBINATIONS]
+    assert flags == [(0, 0, 1), (0, 1, 0), (0, 1, 1), (1, 0, 0), (1, 0, 1), (1, 1, 0), (1, 1, 1)]
+    assert [combination_name(c) for c in COMBINATIONS] == [
+        'small', 'medium', 'medium+small', 'large', 'large+small', 'large+medium', 'large+medium+small']
+    assert all(tuple(combination_name(c).split('+')) == c for c in COMBINATIONS)
+    # timm numbers ImageFolder classes in sorted order: the same order keeps targets equal
+    assert len(CLASSES) == 8 and list(CLASSES) == sorted(CLASSES)
+    assert DEFAULT_SAMPLES == {'train': 6000, 'validation': 1400}
+    buckets = [SIZE_RANGES[s] for s in SIZES]
+    assert all(lo < hi for lo, hi in buckets) and all(a[1] < b[0] for a, b in zip(buckets, buckets[1:]))
+
+
+def test_deterministic_and_independent_of_access_order():
+    a = ScaleShapes(split='validation', num_samples=12)
+    forward = [pixels(a[i][0]) for i in range(12)]
+    np.random.seed(1), torch.manual_seed(1), random.seed(1)
+    b = ScaleShapes(split='validation', num_samples=12)
+    backward = [pixels(b[i][0]) for i in reversed(range(12))][::-1]
+    assert forward == backward
+    assert pixels(a[-1][0]) == forward[-1]
+    # only (seed, split, i) matter: a longer dataset starts with the same images
+    assert pixels(ScaleShapes(split='validation', num_samples=100)[7][0]) == forward[7]
+    assert len(set(forward)) == 12
+    other_seed = ScaleShapes(split='validation', num_samples=12, seed=1)
+    train = ScaleShapes(split='train', num_samples=12)
+    for i in range(12):
+        assert pixels(other_seed[i][0]) != forward[i]
+        assert pixels(train[i][0]) != forward[i]
+        assert a.objects(i) == b.objects(i) and a.objects(i) != train.objects(i)
+
+
+def test_same_bytes_in_a_fresh_process():
+    code = ('import hashlib; from timm_elastic.data import ScaleShapes; '
+            'ds = ScaleShapes(split="train", num_samples=6, img_size=48, seed=3); '
+            'print(hashlib.sha256(b"".join(ds[i][0].tobytes() for i in range(6))).hexdigest())')
+    env = dict(os.environ, PYTHONHASHSEED='12345')
+    proc = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    ds = ScaleShapes(split='train', num_samples=6, img_size=48, seed=3)
+    assert proc.stdout.split()[-1] == hashlib.sha256(b''.join(pixels(ds[i][0]) for i in range(6))).hexdigest()
+
+
+@pytest.mark.parametrize('split', ['train', 'validation'])
+def test_default_splits_are_balanced(split):
+    ds = ScaleShapes(split=split)
+    n = DEFAULT_SAMPLES[split]
+    assert len(ds) == len(ds.targets) == len(ds.combinations) == n
+    for counts, k in ((Counter(ds.targets), len(CLASSES)), (Counter(ds.combinations), len(COMBINATIONS))):
+        assert len(counts) == k
+        assert max(abs(c - n / k) for c in counts.values()) <= 0.02 * n / k
+    cells = Counter(zip(ds.targets, ds.combinations))
+    assert len(cells) == len(CLASSES) * len(COMBINATIONS)
+    if split == 'validation':
+        assert set(cells.values()) == {25}
+
+
+def test_recorded_objects():
+    for img_size in (64, 40):
+        ds = ScaleShapes(split='validation', num_samples=112, img_size=img_size)
+        for i in range(len(ds)):
+            objects = ds.objects(i)
+            assert tuple(size for size, _, _ in objects) == ds.combination(i) == ds.combinations[i]
+            for size, (x0, y0, x1, y1), name in objects:
+                assert name == CLASSES[ds.targets[i]]
+                assert 0 <= x0 < x1 <= img_size and 0 <= y0 < y1 <= img_size
+                lo, hi = SIZE_RANGES[size]
+                assert lo <= max(x1 - x0, y1 - y0) / img_size <= hi
+
+
+def test_objects_are_drawn_where_recorded():
+    ds = ScaleShapes(split='validation', num_samples=56)
+    s = ds.img_size
+    for i in range(len(ds)):
+        layout = ds._layout(i)
+        full = np.asarray(ds.render(i), dtype=int)
+        assert full.shape == (s, s, 3)
+        for j, (size, (x0, y0, x1, y1), _) in enumerate(ds.objects(i)):
+            rest = layout._replace(objects=layout.objects[:j] + layout.objects[j + 1:])
+            diff = np.abs(full - np.asarray(scales._render(rest), dtype=int)).max(2)
+            # anti-aliasing may touch the pixel on either side of the box, nothing further
+            box = np.zeros((s, s), bool)
+            box[max(0, math.floor(y0) - 1):math.ceil(y1) + 1, max(0, math.floor(x0) - 1):math.ceil(x1) + 1] = True
+            assert not diff[~box].any(), (i, size)
+            # and it stands out from what it covers over a good part of its box
+            inside = diff[math.floor(y0):math.ceil(y1), math.floor(x0):math.ceil(x1)]
+            assert (inside > 24).mean() > 0.15, (i, size, (inside > 24).mean())
+
+
+def test_transforms_are_read_at_access_time():
+    ds = ScaleShapes(split='validation', num_samples=8, img_size=32)
+    img, target = ds[3]
+    assert isinstance(img, Image.Image) and img.size == (32, 32) and img.mode == 'RGB'
+    assert target == ds.targets[3] and isinstance(target, int)
+    ds.transform = lambda im: ('seen', im.size)
+    ds.target_transform = lambda t: t + 100
+    assert ds[3] == (('seen', (32, 32)), target + 100)
+
+
+def test_timm_create_loader_sets_the_transform():
+    ds = ScaleShapes(split='train', num_samples=16)
+    loader = create_loader(ds, input_size=(3, 64, 64), batch_size=8, is_training=True, use_prefetcher=False,
+                           num_workers=0, device=torch.device('cpu'))
+    assert ds.transform is not None
+    batches = list(loader)
+    assert len(batches) == 2
+    x, y = batches[0]
+    assert x.shape == (8, 3, 64, 64) and x.dtype == torch.float32
+    assert y.dtype == torch.int64 and 0 <= y.min() and y.max() < len(CLASSES)
+
+
+def test_filenames():
+    ds = ScaleShapes(root='/data/shapes', split='validation', num_samples=200)
+    assert ds.filename(123) == os.path.join('validation', CLASSES[ds.targets[123]], '000123.png')
+    assert ds.filename(123, basename=True) == '000123.png'
+    assert ds.filename(123, absolute=True) == os.path.abspath(os.path.join('/data/shapes', ds.filename(123)))
+    assert ds.filenames() == [ds.filename(i) for i in range(200)]
+    assert len(set(ds.filenames(basename=True))) == 200
+
+
+def test_image_folder_is_read_by_timm(tmp_path):
+    root = tmp_path / 'shapes'
+    assert write_image_folder(root, num_samples=60, img_size=32, seed=5) == str(root)
+    with open(root / 'objects.csv', newline='') as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ['split', 'file', 'class', 'target', 'combination', 'small', 'medium', 'large']
+    assert len(rows) == 120 and all((root / r['file']).is_file() for r in rows)
+
+    for split in ('train', 'validation'):
+        ds = ScaleShapes(split=split, num_samples=60, img_size=32, seed=5)
+        folder = create_dataset('', root=str(root), split=split)
+        assert len(folder) == 60
+        assert folder.reader.class_to_idx == {name: i for i, name in enumerate(CLASSES)}
+        combos = read_combinations(root, split)
+        assert len(combos) == 60
+        for k in range(len(folder)):
+            img, target = folder[k]
+            i = int(os.path.splitext(folder.filename(k, basename=True))[0])
+            assert target == ds.targets[i]
+            assert pixels(img) == pixels(ds[i][0])  # PNG is lossless
+            assert combos[folder.filename(k)] == ds.combination(i)
+        for r in (r for r in rows if r['split'] == split):
+            i = int(r['file'][-10:-4])
+            assert r['file'] == ds.filename(i).replace(os.sep, '/')
+            assert (r['class'], int(r['target'])) == (CLASSES[ds.targets[i]], ds.targets[i])
+            assert r['combination'] == combination_name(ds.combination(i))
+            assert [int(r[size]) for size in SIZES] == [ds.combination(i).count(size) for size in SIZES]
+
+
+def test_existing_root_is_refused_unless_forced(tmp_path):
+    root = tmp_path / 'shapes'
+    root.mkdir()
+    write_image_folder(root, splits=('validation',), num_samples=8, img_size=32)  # an empty folder is fine
+    first = (root / 'objects.csv').read_text()
+    with pytest.raises(FileExistsError, match='force=True'):
+        write_image_folder(root, splits=('validation',), num_samples=8, img_size=32, seed=1)
+    assert (root / 'objects.csv').read_text() == first
+
+    write_image_folder(root, splits=('train',), num_samples=16, img_size=32, force=True)
+    assert sorted(p.name for p in root.iterdir()) == ['objects.csv', 'train']
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['shapes']  # no temporary folder left
+
+    # force replaces a dataset, not a folder that merely sits at the path
+    other = tmp_path / 'home'
+    other.mkdir()
+    (other / 'notes.txt').write_text('keep me')
+    with pytest.raises(FileExistsError, match='not a dataset written by write_image_folder'):
+        write_image_folder(other, num_samples=8, img_size=32, force=True)
+    assert (other / 'notes.txt').read_text() == 'keep me'
+    (tmp_path / 'file').write_text('')
+    with pytest.raises(FileExistsError, match='not a directory'):
+        write_image_folder(tmp_path / 'file', num_samples=8, img_size=32, force=True)
+
+
+@pytest.mark.skipif(not hasattr(signal, 'setitimer'), reason='needs POSIX interval timers')
+@pytest.mark.parametrize('existing', [False, True])
+def test_interrupted_write_leaves_no_partial_root(tmp_path, existing):
+    root = tmp_path / 'shapes'
+    if existing:
+        write_image_folder(root, splits=('validation',), num_samples=8, img_size=32)
+    before = (root / 'objects.csv').read_text() if existing else None
+    seen = []
+
+    def interrupt(signum, frame):
+        # a real Ctrl-C, once images are on disk: the write is under way
+        written = sum(1 for p in tmp_path.rglob('*.png') if root not in p.parents)
+        if not written:
+            signal.setitimer(signal.ITIMER_REAL, 0.05)
+            return
+        seen.append((written, (root / 'objects.csv').read_text() if existing else root.exists()))
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        with pytest.raises(KeyboardInterrupt):
+            write_image_folder(root, num_samples=20000, img_size=32, force=True)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    (written, root_then), = seen
+    assert written > 0 and root_then == (before if existing else False)
+    # the temporary tree is gone; the old dataset, if any, is untouched
+    assert [p.name for p in tmp_path.iterdir()] == (['shapes'] if existing else [])
+    if existing:
+        assert (root / 'objects.csv').read_text() == before
+        assert sorted(p.name for p in root.iterdir()) == ['objects.csv', 'validation']
+
+
+@pytest.mark.parametrize('make,message', [
+    (lambda: ScaleShapes(split='val'), "split must be one of 'train', 'validation', got 'val'"),
+    (lambda: ScaleShapes(img_size=8), 'img_size must be an integer of at least 32, got 8'),
+    (lambda: ScaleShapes(num_samples=0), 'num_samples must be an integer of at least 1, got 0'),
+    (lambda: ScaleShapes(num_samples=2.5), 'num_samples must be an integer of at least 1, got 2.5'),
+    (lambda: ScaleShapes(seed=-1), 'seed must be an integer of at least 0, got -1'),
+    (lambda: combination_name(('small', 'large')), "combination must be one of .*got \\('small', 'large'\\)"),
+    (lambda: write_image_folder('/nonexistent/x', splits=()), "splits must name at least one of 'train'"),
+    (lambda: write_image_folder('/nonexistent/x', splits=('val',)), "split must be one of 'train', 'validation'"),
+    (lambda: write_image_folder('/nonexistent/x', splits=('train', 'train')), 'splits must not repeat'),
+    (lambda: write_image_folder('/nonexistent/x', num_samples=7), 'num_samples must be at least 8'),
+])
+def test_bad_arguments(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_bad_index_and_split_lookup(tmp_path):
+    ds = ScaleShapes(split='validation', num_samples=10)
+    with pytest.raises(IndexError):
+        ds[10]
+    with pytest.raises(IndexError):
+        ds.objects(-11)
+    write_image_folder(tmp_path / 'shapes', splits=('validation',), num_samples=8, img_size=32)
+    with pytest.raises(ValueError, match="split must be one of 'validation' .*got 'train'"):
+        read_combinations(tmp_path / 'shapes', 'train')
+
+
+def test_data_package_imports_no_models():
+    # the models import the dataset's classes, so the dataset must not import the models
+    package = pathlib.Path(scales.__file__).parent
+    for path in package.glob('*.py'):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                # the package's stdlib-only file helpers (timm_elastic._io) are the one import from above
+                assert node.level <= 1 or (node.level, node.module) == (2, '_io'), path
+                assert not (node.module or '').startswith(('timm', 'timm_elastic')), path
+            elif isinstance(node, ast.Import):
+                assert not any(a.name.split('.')[0] in ('timm', 'timm_elastic') for a in node.names), path

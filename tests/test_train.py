@@ -1,0 +1,264 @@
+"""`timm-elastic train` / `validate` / `compare` on the built-in dataset: checkpoints, exact resume
+after a kill, atomic checkpoint replacement, DDP with two CPU processes, bf16 and channels_last,
+and one-line errors for bad arguments."""
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import timm_elastic  # noqa: F401
+from timm_elastic.cli import build_parser
+from timm_elastic.train import AtomicCheckpointSaver, train, validate
+
+# a few seconds per epoch on 2 cores
+SMALL = ['--train-num-samples', '192', '--val-num-samples', '112', '-b', '32', '--no-progress', '--log-interval', '0']
+
+
+def cli(*args, env=None, **kwargs):
+    exe = shutil.which('timm-elastic')
+    assert exe, 'the timm-elastic console script is not installed (pip install -e .)'
+    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=900, env=env, **kwargs)
+
+
+def summary(path):
+    with open(path, newline='') as f:
+        return list(csv.reader(f))
+
+
+def state(path, key='state_dict'):
+    return torch.load(path, map_location='cpu', weights_only=False)[key]
+
+
+def test_train_checkpoint_validate(tmp_path):
+    out = tmp_path / 'runs'
+    proc = cli('train', '--epochs', '2', '-j', '0', '--output', str(out), '--experiment', 'tiny',
+               *[a for a in SMALL if a != '--no-progress'])
+    assert proc.returncode == 0, proc.stderr
+    run = out / 'tiny'
+    assert {'last.pth.tar', 'model_best.pth.tar', 'checkpoint-0.pth.tar', 'checkpoint-1.pth.tar',
+            'summary.csv'} <= set(os.listdir(run))
+    assert not [f for f in os.listdir(run) if 'tmp' in f]
+    rows = summary(run / 'summary.csv')
+    head = rows[0]
+    assert head[:5] == ['epoch', 'train_loss', 'eval_loss', 'eval_top1', 'eval_top5'] and head[-1] == 'lr'
+    assert 'eval_top1_small' in head and 'eval_top1_large+medium+small' in head
+    assert [r[0] for r in rows[1:]] == ['0', '1']
+    assert 'epoch 0/1' in proc.stderr  # the progress bar
+    assert 'epoch 1: train loss' in proc.stdout
+
+    best = max(rows[1:], key=lambda r: float(r[3]))
+    results = tmp_path / 'val.json'
+    proc = cli('validate', '--model', 'resnext_tiny_elastic', '--checkpoint', str(run / 'model_best.pth.tar'),
+               '--val-num-samples', '112', '-j', '0', '--results-file', str(results), '--no-progress')
+    assert proc.returncode == 0, proc.stderr
+    import json
+    metrics = json.loads(results.read_text())
+    assert metrics['count'] == 112 and metrics['num_classes'] == 8
+    assert metrics['top1'] == pytest.approx(float(best[3]), abs=1e-9)  # the same images, the same weights
+    assert metrics['loss'] == pytest.approx(float(best[2]), rel=1e-6)
+    assert len(metrics['per_combination']) == 7
+    assert sum(r['count'] for r in metrics['per_combination'].values()) == 112
+    assert f'top-1 {metrics["top1"]:.2f}%' in proc.stdout and 'objects small' in proc.stdout
+
+
+def test_image_folder_round_trip(tmp_path):
+    """`timm-elastic data` writes the built-in images as a folder that timm's reader trains on, and
+    validating on it gives exactly what the in-memory dataset gives (PNG is lossless), size
+    combinations (from objects.csv) included."""
+    folder = tmp_path / 'scaleshapes'
+    proc = cli('data', '--out', str(folder), '--train-num-samples', '96', '--val-num-samples', '56')
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(os.listdir(folder)) == ['objects.csv', 'train', 'validation']
+    proc = cli('train', '--data-dir', str(folder), '--epochs', '1', '-j', '1', '--output', str(tmp_path),
+               '--experiment', 'folder', '--no-progress', '-b', '32', '--scale', '1', '1', '--ratio', '1', '1')
+    assert proc.returncode == 0, proc.stderr
+    ckpt = str(tmp_path / 'folder' / 'last.pth.tar')
+    results = []
+    for data in (['--data-dir', str(folder)], []):
+        out = tmp_path / f'v{len(results)}.json'
+        proc = cli('validate', '--model', 'resnext_tiny_elastic', '--checkpoint', ckpt, '--val-num-samples', '56',
+                   '-j', '0', '--no-progress', '--results-file', str(out), *data)
+        assert proc.returncode == 0, proc.stderr
+        import json
+        results.append(json.loads(out.read_text()))
+    assert results[0]['count'] == 56 and len(results[0]['per_combination']) == 7
+    assert results[0]['top1'] == results[1]['top1'] and results[0]['loss'] == pytest.approx(results[1]['loss'])
+    assert results[0]['per_combination'] == results[1]['per_combination']
+    proc = cli('data', '--out', str(folder))
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path):
+    """A run killed during epoch 2 and resumed from last.pth.tar writes the same summary rows
+    (losses, accuracies, lr: every digit) and ends with the same weights and EMA as a run that
+    never stopped. Data workers (-j 1) and EMA included."""
+    flags = ['--epochs', '3', '-j', '1', '--model-ema', '--seed', '7', '--output', str(tmp_path), *SMALL]
+    proc = cli('train', *flags, '--experiment', 'straight')
+    assert proc.returncode == 0, proc.stderr
+
+    exe = shutil.which('timm-elastic')
+    victim = subprocess.Popen([exe, 'train', *flags, '--experiment', 'killed'], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    killed = tmp_path / 'killed'
+    deadline = time.time() + 600
+    while time.time() < deadline:  # kill as soon as epoch 1's row is written, i.e. inside epoch 1's save or epoch 2
+        if (killed / 'summary.csv').exists() and len(summary(killed / 'summary.csv')) >= 3:
+            break
+        assert victim.poll() is None, victim.stdout.read()
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert victim.returncode == -signal.SIGKILL
+    assert len(summary(killed / 'summary.csv')) <= 4  # it did not finish
+    last = torch.load(killed / 'last.pth.tar', map_location='cpu', weights_only=False)  # complete, readable
+    assert last['epoch'] in (0, 1)
+
+    proc = cli('train', *flags, '--experiment', 'killed', '--resume', str(killed / 'last.pth.tar'))
+    assert proc.returncode == 0, proc.stderr
+    assert 'epoch 0:' not in proc.stdout and 'epoch 2:' in proc.stdout  # it continued, not restarted
+    assert summary(killed / 'summary.csv') == summary(tmp_path / 'straight' / 'summary.csv')
+    for key in ('state_dict', 'state_dict_ema'):
+        a, b = state(tmp_path / 'straight' / 'last.pth.tar', key), state(killed / 'last.pth.tar', key)
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), key
+
+
+def test_checkpoint_replacement_is_atomic(tmp_path, monkeypatch):
+    """A save that dies half-way (here: the disk fills up) leaves the previous last.pth.tar whole."""
+    model = torch.nn.Linear(4, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    saver = AtomicCheckpointSaver(model, opt, checkpoint_dir=str(tmp_path), recovery_dir=str(tmp_path))
+    saver.save_checkpoint(0, metric=1.)
+    before = (tmp_path / 'last.pth.tar').read_bytes()
+    real_save = torch.save
+
+    def save_then_fail(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)
+        with open(f, 'r+b') as fh:  # what a full disk leaves: a truncated file
+            fh.truncate(100)
+        raise OSError(28, 'No space left on device')
+
+    monkeypatch.setattr(torch, 'save', save_then_fail)
+    with torch.no_grad():
+        model.weight.add_(1.)
+    with pytest.raises(OSError, match='No space left'):
+        saver.save_checkpoint(1, metric=2.)
+    assert (tmp_path / 'last.pth.tar').read_bytes() == before
+    assert torch.load(tmp_path / 'last.pth.tar', weights_only=False)['epoch'] == 0
+
+
+def test_ddp_two_cpu_processes(tmp_path):
+    """torchrun with two gloo processes trains, and evaluates each image once: the summary's
+    top-1 is what a single-process validate of its checkpoint gives."""
+    torchrun = os.path.join(os.path.dirname(sys.executable), 'torchrun')
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    proc = subprocess.run([torchrun, '--standalone', '--nproc-per-node', '2', '-m', 'timm_elastic', 'train',
+                           '--epochs', '1', '-j', '0', '--output', str(tmp_path), '--experiment', 'ddp',
+                           *SMALL], capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = summary(tmp_path / 'ddp' / 'summary.csv')
+    assert len(rows) == 2
+    ckpt = torch.load(tmp_path / 'ddp' / 'last.pth.tar', map_location='cpu', weights_only=False)
+    assert not any(k.startswith('module.') for k in ckpt['state_dict'])
+    assert ckpt['args'].world_size == 2 and ckpt['args'].distributed
+    args = build_parser().parse_args(['validate', '--model', 'resnext_tiny_elastic', '--checkpoint',
+                                      str(tmp_path / 'ddp' / 'last.pth.tar'), '--val-num-samples', '112', '-j', '0',
+                                      '--no-progress'])
+    metrics = validate(args)
+    assert metrics['count'] == 112
+    assert metrics['top1'] == pytest.approx(float(rows[1][3]), abs=1e-9)
+
+    # SyncBatchNorm is CUDA-only in torch: a clear error from every process, not a traceback
+    proc = subprocess.run([torchrun, '--standalone', '--nproc-per-node', '2', '-m', 'timm_elastic', 'train',
+                           '--sync-bn', '--output', str(tmp_path), '--experiment', 'sync', *SMALL],
+                          capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode != 0
+    assert proc.stderr.count("timm-elastic train: error: --sync-bn needs CUDA (torch's SyncBatchNorm)") == 2
+    assert 'timm_elastic/train.py' not in proc.stderr  # (torchrun adds its own report of the failed children)
+
+
+def test_bf16_autocast_and_channels_last_on_cpu(tmp_path):
+    args = build_parser().parse_args(['train', '--epochs', '1', '-j', '0', '--amp', '--amp-dtype', 'bfloat16',
+                                      '--channels-last', '--output', str(tmp_path), '--experiment', 'bf16',
+                                      '--elastic-ratio', '0.25', *SMALL])
+    metrics = train(args)
+    assert metrics['count'] == 112 and 0 <= metrics['top1'] <= 100 and metrics['loss'] == metrics['loss']
+    ckpt = torch.load(tmp_path / 'bf16' / 'last.pth.tar', map_location='cpu', weights_only=False)
+    sd = ckpt['state_dict']
+    # --elastic-ratio reached the model: 2 of 8 paths (16 of 64 channels of stage 2) at low resolution
+    assert sd['layer2.1.elastic.low.conv2.weight'].shape[0] == 16
+    assert sd['layer2.1.elastic.high.conv2.weight'].shape[0] == 48
+    assert all(t.dtype == torch.float32 for t in sd.values() if t.is_floating_point())
+    val = build_parser().parse_args(['validate', '--model', 'resnext_tiny_elastic', '--elastic-ratio', '0.25',
+                                     '--checkpoint', str(tmp_path / 'bf16' / 'last.pth.tar'), '--amp',
+                                     '--channels-last', '--val-num-samples', '112', '-j', '0', '--no-progress'])
+    assert abs(validate(val)['top1'] - metrics['top1']) <= 100 * 3 / 112  # bf16: a few images may flip
+
+
+def test_compare_prints_table4(tmp_path):
+    proc = cli('compare', '--epochs', '1', '-j', '0', '--output', str(tmp_path), '--experiment', 'cmp', *SMALL,
+               '--results-file', str(tmp_path / 'cmp.json'))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith('Top-1 (%) on the built-in validation set'))
+    table = lines[start + 2:]
+    assert table[0].split()[:3] == ['Large', 'Medium', 'Small'] and 'resnext_tiny_elastic' in table[0]
+    rows = [ln for ln in table[2:9]]
+    assert [r.split('|')[0].split() for r in rows] == [
+        ['-', '-', 'x'], ['-', 'x', '-'], ['-', 'x', 'x'], ['x', '-', '-'], ['x', '-', 'x'], ['x', 'x', '-'],
+        ['x', 'x', 'x']]
+    import json
+    res = json.loads((tmp_path / 'cmp.json').read_text())
+    assert set(res) == {'resnext_tiny', 'resnext_tiny_elastic'}
+    for r in rows:
+        cells = [c.strip() for c in r.split('|')]
+        assert float(cells[3]) - float(cells[2]) == pytest.approx(float(cells[4]), abs=0.011)
+    all_row = next(ln for ln in table if ln.strip().startswith('all'))
+    cells = [c.strip() for c in all_row.split('|')]
+    assert float(cells[2]) == pytest.approx(res['resnext_tiny']['top1'], abs=0.006)
+    assert float(cells[3]) == pytest.approx(res['resnext_tiny_elastic']['top1'], abs=0.006)
+    assert lines[-1].split(' overall: ')[0] in ('Elastic wins', 'the twin wins', 'a tie')
+    assert os.path.isfile(tmp_path / 'cmp' / 'resnext_tiny' / 'summary.csv')
+
+
+@pytest.mark.parametrize('args, message', [
+    (['train', '--model', 'resnext_nope'], "unknown model 'resnext_nope'; the Elastic models are "),
+    (['train', '--data-dir', '/no/such/dir'], "--data-dir '/no/such/dir' does not exist or is not a folder"),
+    (['train', '--amp', '--amp-dtype', 'float16', '--device', 'cpu'],
+     '--amp-dtype float16 needs CUDA; on the CPU use --amp-dtype bfloat16'),
+    (['train', '--elastic-ratio', '1.5'], 'elastic_ratio must be a number in (0, 1), got 1.5'),
+    (['train', '--model', 'resnext_tiny', '--elastic-ratio', '0.25'],
+     '--model resnext_tiny has no Elastic blocks, so --elastic-* options do not apply'),
+    (['train', '--epochs', '0'], '--epochs must be at least 1, got 0'),
+    (['validate', '--model', 'resnext_tiny_elastic', '--checkpoint', '/no/such.pth.tar'],
+     "--checkpoint '/no/such.pth.tar' does not exist"),
+    (['compare', '--model', 'resnext50_elastic'], "--model 'resnext50_elastic' has no registered non-Elastic twin"),
+])
+def test_bad_arguments_are_one_line_errors(tmp_path, args, message):
+    proc = cli(*args, '--output', str(tmp_path), *SMALL) if args[0] != 'validate' else cli(*args)
+    assert proc.returncode == 2
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and 'Traceback' not in proc.stderr, proc.stderr
+    assert err[0].startswith(f'timm-elastic {args[0]}: error: ') and message in err[0], err[0]
+
+
+def test_resume_with_other_classes_or_model_is_refused(tmp_path):
+    proc = cli('train', '--epochs', '1', '-j', '0', '--output', str(tmp_path), '--experiment', 'a', *SMALL)
+    assert proc.returncode == 0, proc.stderr
+    last = str(tmp_path / 'a' / 'last.pth.tar')
+    for extra, message in (
+            (['--num-classes', '10'], f"--resume '{last}' was trained with 8 classes, but the model has 10 "
+                                      f"(--num-classes 10); use --num-classes 8"),
+            (['--model', 'resnext_tiny'], f"--resume '{last}' is a checkpoint of --model resnext_tiny_elastic, "
+                                          f"not resnext_tiny"),
+    ):
+        proc = cli('train', '--resume', last, '--output', str(tmp_path), '--experiment', 'b', *SMALL, *extra)
+        assert proc.returncode == 2
+        assert proc.stderr.strip().splitlines() == [f'timm-elastic train: error: {message}'], proc.stderr
+        assert not os.path.exists(tmp_path / 'b')

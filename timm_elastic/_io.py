@@ -1,0 +1,44 @@
+"""Writing outputs so that a kill or a full disk never leaves a half-written one behind."""
+import json
+import os
+import shutil
+import tempfile
+from typing import Any
+
+__all__ = ['replace_dir', 'write_text', 'write_json']
+
+
+def replace_dir(tmp: str, dest: str) -> None:
+    """Put the finished folder `tmp` at `dest` (on the same file system), replacing what is there.
+
+    The old `dest` is moved aside first and put back if the rename of `tmp` fails, so `dest` is
+    always either the old folder or the new one; the old one is deleted last."""
+    if not os.path.lexists(dest):
+        os.rename(tmp, dest)
+        return
+    parent, name = os.path.split(os.path.abspath(dest))
+    old = tempfile.mkdtemp(prefix=f'.{name}.old-', dir=parent)
+    os.rename(dest, os.path.join(old, name))
+    try:
+        os.rename(tmp, dest)
+    except BaseException:
+        os.rename(os.path.join(old, name), dest)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_text(path: str, text: str) -> None:
+    """Write `text` to `path` through a temporary file beside it and one rename."""
+    tmp = f'{path}.tmp{os.getpid()}'
+    try:
+        with open(tmp, 'w', encoding='utf-8', newline='') as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_json(path: str, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2) + '\n')

@@ -1,0 +1,541 @@
+"""ScaleShapes: a procedurally generated, scale-challenging image-classification dataset.
+
+The ELASTIC paper shows its largest gains on "scale challenging images" (Sec. 4.2, Table 4): it
+splits the MS COCO validation images by which object sizes (small / medium / large) they
+contain and reports accuracy for each of the 7 non-empty combinations. ScaleShapes rebuilds that
+experiment in miniature so that a small model trains on a 2-core CPU in minutes and is then
+scored per size combination:
+
+- an image shows 1 to 3 objects of one shape class, one object per size of its combination
+  (`COMBINATIONS`, in the order of Table 4's rows); the label is the shape;
+- the 8 classes (`CLASSES`) are told apart by shape alone: every object gets a random colour,
+  rotation and position, so at the large size a class is obvious and at the small size (6 to 10
+  pixels at 64x64) only a few pixels separate a disc from a ring or a star from a cross;
+- the background is clutter that is never a class shape: a smooth random colour gradient,
+  pixel noise, and thin line segments, open arcs and specks.
+
+Image `i` of a split is a pure function of `(seed, split, i)`: a layout (the class, the objects'
+sizes, boxes and colours, the clutter) is sampled first from
+`numpy.random.default_rng([seed, split_index, i])`, then rendered from the layout alone. So the
+recorded boxes (`ScaleShapes.objects`) are exactly what was drawn, they come without rendering,
+and neither the access order nor the global RNG state changes an image. Shapes are drawn with
+PIL at 4x the image side and box-filtered down, so small objects are anti-aliased.
+
+`write_image_folder` stores the splits as an ImageFolder tree that timm reads as is
+(`timm.data.create_dataset('', root=root, split='validation')`, or `train.py --data-dir root`)
+with an `objects.csv` beside it, and `read_combinations` reads the size combination of each of
+its files back.
+"""
+import csv
+import math
+import os
+import shutil
+import uuid
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch.utils.data
+from PIL import Image, ImageDraw
+
+from .._io import replace_dir
+
+__all__ = [
+    'SIZES', 'SIZE_RANGES', 'COMBINATIONS', 'CLASSES', 'SPLITS', 'DEFAULT_SAMPLES', 'MIN_IMG_SIZE',
+    'combination_name', 'ScaleShapes', 'write_image_folder', 'read_combinations',
+]
+
+SIZES: Tuple[str, ...] = ('small', 'medium', 'large')
+
+# An object's size is the longer side of its axis-aligned bounding box (after rotation) as a
+# fraction of the image side. COCO calls an object small below 32x32 pixels in a ~640x480 image
+# and large above 96x96, i.e. roughly under 1/15 and over 1/5 of the side; at 64x64 a 1/15 object
+# is ~4 pixels, below what distinguishes any shape, so the buckets are shifted up and spaced so
+# that neighbouring sizes differ by ~1.5-2x with a gap between them.
+SIZE_RANGES: Dict[str, Tuple[float, float]] = {
+    'small': (0.10, 0.16),
+    'medium': (0.22, 0.32),
+    'large': (0.42, 0.58),
+}
+
+# The rows of the paper's Table 4, as (Large, Medium, Small) flags 001, 010, 011, 100, 101, 110,
+# 111; a combination names its sizes from large to small.
+COMBINATIONS: Tuple[Tuple[str, ...], ...] = (
+    ('small',),
+    ('medium',),
+    ('medium', 'small'),
+    ('large',),
+    ('large', 'small'),
+    ('large', 'medium'),
+    ('large', 'medium', 'small'),
+)
+
+# Sorted by name, so that timm's ImageFolder reader (which numbers class folders in sorted order)
+# gives a written folder the same targets as ScaleShapes.
+CLASSES: Tuple[str, ...] = ('cross', 'disc', 'frame', 'ring', 'square', 'star', 'triangle', 'tripod')
+
+SPLITS: Tuple[str, ...] = ('train', 'validation')
+# 1400 = 8 classes x 7 combinations x 25: every (class, combination) cell equally often
+DEFAULT_SAMPLES: Dict[str, int] = {'train': 6000, 'validation': 1400}
+MIN_IMG_SIZE = 32
+
+_SUPERSAMPLE = 4
+# Minimum luma difference (0-255) between an object and what it is drawn on; clutter gets less so
+# that some of it is faint, as real clutter is.
+_OBJECT_CONTRAST = 56.
+_CLUTTER_CONTRAST = 28.
+# How much of an object's box may lie in the box of a larger object drawn before it: partial
+# occlusion, never a hidden object.
+_MAX_OVERLAP = 0.3
+_CSV_NAME = 'objects.csv'
+_CSV_FIELDS = ('split', 'file', 'class', 'target', 'combination', *SIZES)
+
+
+def combination_name(combination: Sequence[str]) -> str:
+    """The name of a size combination: its sizes from large to small joined by '+'.
+
+    `('large', 'small')` -> `'large+small'`; the inverse is `tuple(name.split('+'))`. Raises
+    ValueError for anything that is not one of `COMBINATIONS`.
+    """
+    combination = tuple(combination)
+    if combination not in COMBINATIONS:
+        raise ValueError(f'combination must be one of {", ".join(map(repr, COMBINATIONS))}, got {combination!r}')
+    return '+'.join(combination)
+
+
+def _regular(n: int, radius: float = 1., phase: float = -math.pi / 2) -> np.ndarray:
+    angles = phase + 2 * math.pi * np.arange(n) / n
+    return radius * np.stack([np.cos(angles), np.sin(angles)], 1)
+
+
+def _bar(x0: float, x1: float, half_width: float, angle: float = 0.) -> np.ndarray:
+    pts = np.array([(x0, -half_width), (x1, -half_width), (x1, half_width), (x0, half_width)])
+    c, s = math.cos(angle), math.sin(angle)
+    return pts @ np.array([[c, s], [-s, c]])
+
+
+def _star(points: int = 5, inner: float = 0.42) -> np.ndarray:
+    pts = _regular(2 * points)
+    pts[1::2] *= inner
+    return pts
+
+
+def _frame(inner: float = 0.5) -> List[np.ndarray]:
+    # four trapezoids, so the hole shows the background instead of being painted over
+    outer = np.array([(-1., -1.), (1., -1.), (1., 1.), (-1., 1.)])
+    return [np.concatenate([outer[[k, (k + 1) % 4]], inner * outer[[(k + 1) % 4, k]]]) for k in range(4)]
+
+
+# Each class as filled polygons in unit coordinates (|p| <= ~1), or as a circle with the hole's
+# radius relative to the outer one. Arms and walls are 0.45-0.56 unit thick: several times any
+# clutter stroke (at most 1.4 pixels) at the large size, about as thin at the small size.
+_POLYGONS: Dict[str, List[np.ndarray]] = {
+    'cross': [_bar(-1, 1, 0.28), _bar(-1, 1, 0.28, math.pi / 2)],
+    'frame': _frame(),
+    'square': [np.array([(-1., -1.), (1., -1.), (1., 1.), (-1., 1.)])],
+    'star': [_star()],
+    'triangle': [_regular(3)],
+    # the arms start behind the centre so that they join without a notch
+    'tripod': [_bar(-0.15, 1, 0.28, math.pi / 2 + k * 2 * math.pi / 3) for k in range(3)],
+}
+_CIRCLES: Dict[str, float] = {'disc': 0., 'ring': 0.55}
+assert sorted(_POLYGONS.keys() | _CIRCLES.keys()) == list(CLASSES)
+
+
+class _Object(NamedTuple):
+    size: str
+    polygons: Tuple[np.ndarray, ...]  # pixel coordinates; empty for a circle
+    circle: Optional[Tuple[float, float, float, float]]  # (cx, cy, radius, hole radius) in pixels
+    bbox: Tuple[float, float, float, float]  # (x0, y0, x1, y1) in pixels
+    colour: Tuple[int, int, int]
+
+
+class _Stroke(NamedTuple):
+    kind: str  # 'line', 'arc' or 'speck'
+    box: Tuple[float, ...]  # line: (x0, y0, x1, y1); arc, speck: ellipse box (x0, y0, x1, y1); pixels
+    width: float  # pixels
+    arc: Tuple[float, float]  # start, end in degrees (arc only)
+    colour: Tuple[int, int, int]
+
+
+class _Layout(NamedTuple):
+    img_size: int
+    target: int
+    combination: Tuple[str, ...]
+    colours: np.ndarray  # (2, 3) gradient end colours
+    ramp: Tuple[float, float, float]  # gradient position t = a + b * x + c * y, clipped to [0, 1]
+    noise: float  # pixel noise standard deviation, 0-255 units
+    noise_key: Tuple[int, ...]
+    strokes: Tuple[_Stroke, ...]
+    objects: Tuple[_Object, ...]
+
+
+def _cell(index: int) -> Tuple[int, int]:
+    # (class, combination) cycles through all 56 cells, so any 56 consecutive images hold each
+    # cell once and the per-combination accuracies of a split are measured on equal class mixes
+    cell = index % (len(CLASSES) * len(COMBINATIONS))
+    return cell % len(CLASSES), cell // len(CLASSES)
+
+
+_LUMA = np.array([0.299, 0.587, 0.114])
+
+
+def _background(layout: _Layout, xy: np.ndarray) -> np.ndarray:
+    a, b, c = layout.ramp
+    t = np.clip(a + b * xy[:, 0] + c * xy[:, 1], 0., 1.)[:, None]
+    return layout.colours[0] + t * (layout.colours[1] - layout.colours[0])
+
+
+def _pick_colours(rng: np.random.Generator, below: np.ndarray, contrast: float) -> List[Tuple[int, int, int]]:
+    """For each row of `below` ((n, m, 3): the m colours one drawing covers), a colour whose luma
+    differs from all of them by at least `contrast`, else the one that differs most."""
+    # a fixed number of candidates per drawing keeps the number of draws, and so the rest of the
+    # stream, independent of which candidate wins
+    candidates = rng.integers(0, 256, (len(below), 32, 3))
+    if below.ndim == 2:
+        below = below[:, None]
+    diff = np.abs((candidates @ _LUMA)[:, :, None] - (below @ _LUMA)[:, None, :]).min(2)
+    ok = diff >= contrast
+    pick = np.where(ok.any(1), ok.argmax(1), diff.argmax(1))
+    return [tuple(c) for c in candidates[np.arange(len(below)), pick].tolist()]
+
+
+def _sample_layout(seed: int, split_index: int, index: int, img_size: int) -> _Layout:
+    rng = np.random.default_rng([seed, split_index, index])
+    target, combo = _cell(index)
+    s = float(img_size)
+
+    theta = rng.uniform(0, 2 * math.pi)
+    dx, dy = math.cos(theta), math.sin(theta)
+    half = (abs(dx) + abs(dy)) * s / 2  # the ramp spans exactly corner to corner
+    ramp = (0.5 - (dx + dy) * s / 2 / (2 * half), dx / (2 * half), dy / (2 * half))
+    layout = _Layout(img_size, target, COMBINATIONS[combo], rng.integers(0, 256, (2, 3)).astype(float), ramp,
+                     noise=float(rng.uniform(3, 10)), noise_key=(seed, split_index, index, 1), strokes=(), objects=())
+
+    # clutter, drawn in one batch: 6-12 strokes of kind line (40%), arc (30%) or speck (30%)
+    n = int(rng.integers(6, 13))
+    u = rng.random((n, 7))
+    kinds = np.searchsorted([0.4, 0.7], u[:, 0], side='right')
+    centres = u[:, 1:3] * s
+    colours = _pick_colours(rng, _background(layout, centres), _CLUTTER_CONTRAST)
+    strokes = []
+    for kind, (cx, cy), (u3, u4, u5, u6), colour in zip(kinds.tolist(), centres.tolist(), u[:, 3:].tolist(), colours):
+        arc = (0., 0.)
+        if kind == 0:
+            half_len, angle = (0.06 + 0.19 * u4) * s, math.pi * u5
+            dx, dy = half_len * math.cos(angle), half_len * math.sin(angle)
+            box = (cx - dx, cy - dy, cx + dx, cy + dy)
+        elif kind == 1:
+            r = (0.05 + 0.17 * u4) * s
+            # at most 200 degrees: an arc never closes into a ring
+            arc = (360 * u5, 360 * u5 + 45 + 155 * u6)
+            box = (cx - r, cy - r, cx + r, cy + r)
+        else:
+            # at most 0.045 of the side, well under the smallest object (0.10): never a disc
+            rx, ry = (0.008 + 0.014 * u4) * s, (0.008 + 0.014 * u6) * s
+            box = (cx - rx, cy - ry, cx + rx, cy + ry)
+        strokes.append(_Stroke(('line', 'arc', 'speck')[kind], box, 0.5 + 0.9 * u3, arc, colour))
+
+    objects = []
+    for size in layout.combination:
+        lo, hi = SIZE_RANGES[size]
+        extent = rng.uniform(lo, hi) * s
+        angle = rng.uniform(0, 2 * math.pi)
+        name = CLASSES[target]
+        if name in _CIRCLES:
+            unit = [np.array([(-1., -1.), (1., 1.)])]
+        else:
+            c, sn = math.cos(angle), math.sin(angle)
+            unit = [p @ np.array([[c, sn], [-sn, c]]) for p in _POLYGONS[name]]
+        pts = np.concatenate(unit)
+        lo_xy, hi_xy = pts.min(0), pts.max(0)
+        scale = extent / (hi_xy - lo_xy).max()
+        w, h = (hi_xy - lo_xy) * scale
+
+        # combinations list sizes from large to small, so the objects already placed (and
+        # painted before this one) are the larger ones: take the first candidate position (box
+        # fully inside the image) that they cover little enough, else the least covered one
+        corners = rng.uniform(0, 1, (16, 2)) * (s - np.array([w, h]))
+        covered = np.zeros(len(corners))
+        for other in objects:
+            ox0, oy0, ox1, oy1 = other.bbox
+            ix = np.clip(np.minimum(corners[:, 0] + w, ox1) - np.maximum(corners[:, 0], ox0), 0, None)
+            iy = np.clip(np.minimum(corners[:, 1] + h, oy1) - np.maximum(corners[:, 1], oy0), 0, None)
+            covered = np.maximum(covered, ix * iy / (w * h))
+        ok = np.flatnonzero(covered <= _MAX_OVERLAP)
+        x0, y0 = corners[ok[0] if len(ok) else int(covered.argmin())]
+        bbox = (float(x0), float(y0), float(x0 + w), float(y0 + h))
+
+        shift = np.array([x0, y0]) - lo_xy * scale
+        if name in _CIRCLES:
+            r = w / 2
+            polygons, circle = (), (float(x0 + r), float(y0 + r), float(r), float(r * _CIRCLES[name]))
+        else:
+            polygons, circle = tuple(p * scale + shift for p in unit), None
+        below = [_background(layout, np.array([[x0, y0], [x0 + w, y0], [x0, y0 + h], [x0 + w, y0 + h],
+                                               [x0 + w / 2, y0 + h / 2]]))]
+        below += [np.array([o.colour], float) for o in objects
+                  if o.bbox[0] < bbox[2] and bbox[0] < o.bbox[2] and o.bbox[1] < bbox[3] and bbox[1] < o.bbox[3]]
+        colour, = _pick_colours(rng, np.concatenate(below)[None], _OBJECT_CONTRAST)
+        objects.append(_Object(size, polygons, circle, bbox, colour))
+    return layout._replace(strokes=tuple(strokes), objects=tuple(objects))
+
+
+def _render(layout: _Layout) -> Image.Image:
+    s, k = layout.img_size, _SUPERSAMPLE
+    xs = np.arange(s) + 0.5
+    a, b, c = layout.ramp
+    t = np.clip(a + b * xs[None, :] + c * xs[:, None], 0., 1.)[..., None]
+    base = layout.colours[0] + t * (layout.colours[1] - layout.colours[0])
+    # nearest-neighbour upsampling keeps each 4x4 block constant, so after the box filter the
+    # background is exactly `base` and only the shapes' edges are blended
+    canvas = Image.fromarray(np.rint(base).astype(np.uint8)).resize((s * k, s * k), Image.NEAREST)
+    draw = ImageDraw.Draw(canvas)
+
+    # layout coordinates are continuous, pixel i covering [i, i + 1); PIL's lines and polygons
+    # take pixel centres (i + 0.5 -> i), its ellipse boxes the first and last pixel covered
+    def pt(v: float) -> float:
+        return v * k - 0.5
+
+    def ellipse_box(x0: float, y0: float, x1: float, y1: float) -> Tuple[float, float, float, float]:
+        return x0 * k, y0 * k, max(x0 * k, x1 * k - 1), max(y0 * k, y1 * k - 1)
+
+    for st in layout.strokes:
+        width = max(1, round(st.width * k))
+        if st.kind == 'line':
+            draw.line([pt(v) for v in st.box], fill=st.colour, width=width)
+        elif st.kind == 'arc':
+            draw.arc(ellipse_box(*st.box), st.arc[0], st.arc[1], fill=st.colour, width=width)
+        else:
+            draw.ellipse(ellipse_box(*st.box), fill=st.colour)
+    for obj in layout.objects:
+        if obj.circle is None:
+            for poly in obj.polygons:
+                draw.polygon([(pt(x), pt(y)) for x, y in poly], fill=obj.colour)
+        else:
+            cx, cy, r, hole = obj.circle
+            box = ellipse_box(cx - r, cy - r, cx + r, cy + r)
+            if hole > 0:
+                draw.ellipse(box, outline=obj.colour, width=max(1, round((r - hole) * k)))
+            else:
+                draw.ellipse(box, fill=obj.colour)
+
+    pixels = np.asarray(canvas.reduce(k), dtype=np.float32)
+    rng = np.random.default_rng(layout.noise_key)
+    # triangular noise (the difference of two uniforms, scaled to std `noise`): close enough to
+    # Gaussian at half the cost, which is a tenth of the whole image
+    noise = rng.random(pixels.shape, dtype=np.float32) - rng.random(pixels.shape, dtype=np.float32)
+    pixels = np.clip(pixels + (layout.noise * math.sqrt(6)) * noise + 0.5, 0, 255)
+    return Image.fromarray(pixels.astype(np.uint8))
+
+
+def _check_int(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f'{name} must be an integer of at least {minimum}, got {value!r}')
+    return int(value)
+
+
+def _check_split(split: str) -> int:
+    if split not in SPLITS:
+        raise ValueError(f'split must be one of {", ".join(map(repr, SPLITS))}, got {split!r}')
+    return SPLITS.index(split)
+
+
+class ScaleShapes(torch.utils.data.Dataset):
+    """The scale-challenging shapes, rendered on the fly.
+
+    Args:
+        root: where `write_image_folder` puts (or would put) this dataset; only used by
+            `filename(absolute=True)`. Nothing is read from it.
+        split: 'train' or 'validation', two independent streams of images.
+        num_samples: number of images; `DEFAULT_SAMPLES[split]` if None.
+        img_size: image side in pixels (at least `MIN_IMG_SIZE`); object sizes scale with it.
+        seed: non-negative integer; image i is a function of (seed, split, i) only.
+        transform: applied to the PIL image at access time (timm's `create_loader` sets it after
+            construction).
+        target_transform: applied to the integer target.
+        cache: keep every rendered image in memory (3 x img_size^2 bytes each, 74 MB for the
+            default training split at 64x64), so that later epochs skip rendering. The cache is
+            per process: it pays off with `num_workers=0` or persistent workers.
+
+    `dataset[i]` is `(image, target)`: a `img_size` x `img_size` RGB PIL image (or whatever
+    `transform` makes of it) and the index of its class in `CLASSES`. Targets cycle through every
+    (class, combination) pair, see `targets` and `combinations`.
+    """
+
+    classes = CLASSES
+
+    def __init__(
+            self,
+            root: Optional[str] = None,
+            split: str = 'train',
+            num_samples: Optional[int] = None,
+            img_size: int = 64,
+            seed: int = 0,
+            transform: Optional[Callable] = None,
+            target_transform: Optional[Callable] = None,
+            cache: bool = False,
+    ):
+        self._split_index = _check_split(split)
+        self.root = root
+        self.split = split
+        self.num_samples = DEFAULT_SAMPLES[split] if num_samples is None else _check_int('num_samples', num_samples, 1)
+        self.img_size = _check_int('img_size', img_size, MIN_IMG_SIZE)
+        self.seed = _check_int('seed', seed, 0)
+        self.transform = transform
+        self.target_transform = target_transform
+        cells = [_cell(i) for i in range(self.num_samples)]
+        self.targets: List[int] = [cls for cls, _ in cells]
+        self.combinations: List[Tuple[str, ...]] = [COMBINATIONS[combo] for _, combo in cells]
+        self._cache: Optional[Dict[int, np.ndarray]] = {} if cache else None
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def _index(self, index: int) -> int:
+        if not -self.num_samples <= index < self.num_samples:
+            raise IndexError(f'index {index} out of range for {self.num_samples} images')
+        return index % self.num_samples
+
+    def _layout(self, index: int) -> _Layout:
+        return _sample_layout(self.seed, self._split_index, self._index(index), self.img_size)
+
+    def render(self, index: int) -> Image.Image:
+        """Image `index` as an RGB PIL image, before `transform`."""
+        if self._cache is None:
+            return _render(self._layout(index))
+        index = self._index(index)
+        pixels = self._cache.get(index)
+        if pixels is None:
+            pixels = self._cache[index] = np.asarray(_render(self._layout(index)))
+        return Image.fromarray(pixels)
+
+    def __getitem__(self, index: int):
+        img, target = self.render(index), self.targets[self._index(index)]
+        if self.transform is not None:
+            img = self.transform(img)
+        if self.target_transform is not None:
+            target = self.target_transform(target)
+        return img, target
+
+    def combination(self, index: int) -> Tuple[str, ...]:
+        """The sizes of image `index`'s objects, from large to small: one of `COMBINATIONS`."""
+        return self.combinations[self._index(index)]
+
+    def objects(self, index: int) -> List[Tuple[str, Tuple[float, float, float, float], str]]:
+        """The objects of image `index` as drawn, without rendering it: a list of
+        `(size, (x0, y0, x1, y1), class_name)`, the box in pixels (continuous coordinates, pixel
+        (i, j) covers [i, i+1) x [j, j+1)), tight around the rotated shape, largest object first."""
+        layout = self._layout(index)
+        return [(obj.size, obj.bbox, CLASSES[layout.target]) for obj in layout.objects]
+
+    def filename(self, index: int, basename: bool = False, absolute: bool = False) -> str:
+        """Image `index`'s path in the folder `write_image_folder` writes, as timm's
+        `ImageDataset.filename`: `<split>/<class>/<index:06d>.png` relative to `root`, the file
+        name only (`basename`, unique within a split), or the absolute path (`absolute`)."""
+        index = self._index(index)
+        name = f'{index:06d}.png'
+        if basename:
+            return name
+        path = os.path.join(self.split, CLASSES[self.targets[index]], name)
+        return os.path.abspath(os.path.join(self.root or os.curdir, path)) if absolute else path
+
+    def filenames(self, basename: bool = False, absolute: bool = False) -> List[str]:
+        return [self.filename(i, basename, absolute) for i in range(self.num_samples)]
+
+
+def write_image_folder(
+        root: str,
+        splits: Sequence[str] = SPLITS,
+        num_samples: Union[None, int, Dict[str, Optional[int]]] = None,
+        img_size: int = 64,
+        seed: int = 0,
+        force: bool = False,
+) -> str:
+    """Render `splits` of ScaleShapes into an ImageFolder tree at `root`; returns its absolute path.
+
+    Writes `root/<split>/<class>/<index:06d>.png` (timm reads it with
+    `create_dataset('', root=root, split=split)`, and `train.py` / `validate.py` with
+    `--data-dir root`) and `root/objects.csv` with one row per image: split, file (relative to
+    root, '/'-separated), class, target, combination (`combination_name`) and the number of
+    objects of each size. `num_samples` is one count for every split, or a dict split -> count
+    (None: `DEFAULT_SAMPLES`), at least `len(CLASSES)` so that every class folder holds an image.
+
+    The tree is built in a temporary folder beside `root` and renamed into place, so `root` is
+    either absent or complete. An existing non-empty `root` raises FileExistsError unless `force`;
+    even then it is only replaced if it holds an `objects.csv`, so that a mistyped path cannot
+    delete an unrelated folder.
+    """
+    root = os.path.abspath(os.fspath(root))
+    splits = (splits,) if isinstance(splits, str) else tuple(splits)
+    if len(set(splits)) != len(splits):
+        raise ValueError(f'splits must not repeat a split, got {splits!r}')
+    counts = num_samples if isinstance(num_samples, dict) else dict.fromkeys(splits, num_samples)
+    sets = [ScaleShapes(root, split, counts.get(split), img_size, seed) for split in splits]
+    if not sets:
+        raise ValueError(f'splits must name at least one of {", ".join(map(repr, SPLITS))}, got {splits!r}')
+    if min(len(ds) for ds in sets) < len(CLASSES):
+        # timm numbers only the class folders that hold images: an empty one would shift targets
+        raise ValueError(f'num_samples must be at least {len(CLASSES)} (one image per class) for an image folder, '
+                         f'got {num_samples}')
+    _check_replaceable(root, force)
+
+    parent, name = os.path.split(root)
+    os.makedirs(parent, exist_ok=True)
+    # os.mkdir rather than tempfile.mkdtemp: the folder becomes `root`, so it takes the umask's
+    # permissions instead of mkdtemp's owner-only ones
+    tmp = os.path.join(parent, f'.{name}.partial-{uuid.uuid4().hex[:12]}')
+    os.mkdir(tmp)
+    try:
+        with open(os.path.join(tmp, _CSV_NAME), 'w', newline='') as f:
+            rows = csv.writer(f)
+            rows.writerow(_CSV_FIELDS)
+            for ds in sets:
+                for cls in CLASSES:
+                    os.makedirs(os.path.join(tmp, ds.split, cls))
+                for i in range(len(ds)):
+                    file = ds.filename(i)
+                    ds.render(i).save(os.path.join(tmp, file), format='PNG')
+                    combo = ds.combination(i)
+                    rows.writerow([ds.split, file.replace(os.sep, '/'), CLASSES[ds.targets[i]], ds.targets[i],
+                                   combination_name(combo), *(combo.count(size) for size in SIZES)])
+        _check_replaceable(root, force)  # again: something may have appeared while writing
+        replace_dir(tmp, root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return root
+
+
+def _check_replaceable(root: str, force: bool) -> None:
+    if not os.path.lexists(root):
+        return
+    if not os.path.isdir(root) or os.path.islink(root):
+        raise FileExistsError(f'{root} exists and is not a directory; remove it or choose another root')
+    if not os.listdir(root):
+        return
+    if not force:
+        raise FileExistsError(f'{root} exists and is not empty; pass force=True to replace it')
+    if not os.path.isfile(os.path.join(root, _CSV_NAME)):
+        raise FileExistsError(f'{root} is not a dataset written by write_image_folder (no {_CSV_NAME}); '
+                              f'not replacing it even with force=True, remove it yourself')
+
+
+def read_combinations(root: str, split: str) -> Dict[str, Tuple[str, ...]]:
+    """The size combination of every image of `split` in a folder from `write_image_folder`.
+
+    Keys are file paths relative to the split's folder (`<class>/<index:06d>.png`, native
+    separators): what timm's `create_dataset('', root=root, split=split).filename(i)` returns, so
+    a timm evaluation can be broken down per combination. Values are members of `COMBINATIONS`.
+    """
+    path = os.path.join(root, _CSV_NAME)
+    with open(path, newline='') as f:
+        rows = list(csv.DictReader(f))
+    out = {}
+    for row in rows:
+        if row['split'] == split:
+            parts = row['file'].split('/')
+            out[os.path.join(*parts[1:])] = tuple(row['combination'].split('+'))
+    if not out:
+        found = sorted({row['split'] for row in rows})
+        raise ValueError(f'split must be one of {", ".join(map(repr, found))} (the splits in {path}), got {split!r}')
+    return out

@@ -1,0 +1,707 @@
+"""Training and evaluation built from timm's library components (`timm-elastic train` / `validate`).
+
+The loop is timm's `train.py` in small: `create_dataset` / `create_loader` / `resolve_data_config`,
+Mixup / CutMix, `create_optimizer_v2`, `create_scheduler_v2`, autocast with `NativeScaler` (float16
+on CUDA), `ModelEmaV3`, `CheckpointSaver`, `distribute_bn`, and `update_summary` for the per-epoch
+`summary.csv`; the flags have the names of timm's `train.py`. The paper's ImageNet recipe (Sec. 4,
+"Implementation details") is SGD, lr 0.1 divided by 10 at epochs 30, 60, 90, random crops and no
+colour augmentation: `--opt sgd --lr 0.1 --sched step --decay-milestones 30 60 90 --epochs 120
+--color-jitter 0`.
+
+What it adds to timm's script:
+- without `--data-dir` it trains on the built-in scale-challenging dataset (`timm_elastic.data`),
+  and evaluation reports accuracy per combination of object sizes (the paper's Table 4);
+- exact resume: every epoch reseeds every random generator from (`--seed`, epoch, rank) and data
+  workers are recreated each epoch, so a run killed at any point and resumed from its last
+  checkpoint computes the same losses as one that never stopped; checkpoints are replaced
+  atomically (`AtomicCheckpointSaver`);
+- bad arguments raise `UsageError`, which the command prints as one line.
+Multi-process training runs under `torchrun` (DDP; gloo on CPU, NCCL on CUDA).
+"""
+import argparse
+import csv
+import io
+import logging
+import os
+import time
+from collections import OrderedDict
+from contextlib import nullcontext
+from functools import partial
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ._io import write_text
+
+__all__ = ['UsageError', 'AtomicCheckpointSaver', 'train', 'validate', 'compare', 'format_comparison', 'evaluate',
+           'combination_table']
+
+_logger = logging.getLogger('timm_elastic.train')
+
+BUILTIN = 'scaleshapes'  # --dataset name of the built-in data (the default without --data-dir)
+
+
+class UsageError(ValueError):
+    """A command-line argument that cannot work, named with what is accepted."""
+
+
+def _timm_saver():
+    from timm.utils import CheckpointSaver
+    return CheckpointSaver
+
+
+class AtomicCheckpointSaver(_timm_saver()):
+    """timm's `CheckpointSaver` whose `last.pth.tar` is always a complete checkpoint.
+
+    timm writes `tmp.pth.tar`, deletes `last.pth.tar`, then renames: a kill between the last two
+    steps leaves no `last.pth.tar`, and an unflushed file may be empty after a crash. Here the new
+    file is flushed to disk and renamed over the old one in one step (POSIX `rename` is atomic)."""
+
+    def _replace(self, src, dst):
+        with open(src, 'rb') as f:
+            os.fsync(f.fileno())
+        os.replace(src, dst)
+        _fsync_dir(os.path.dirname(os.path.abspath(dst)))
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # not supported on every platform; the rename is atomic regardless
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+def _builtin_dataset(split: str, num_samples: Optional[int], seed: int, cache: bool):
+    from .data import ScaleShapes
+    return ScaleShapes(split=split, num_samples=num_samples, seed=seed, cache=cache)
+
+
+def create_datasets(args: argparse.Namespace, training: bool = True):
+    """(train dataset or None, eval dataset, number of classes) for `args`."""
+    from timm.data import create_dataset
+
+    name = args.dataset or ''
+    if not args.data_dir:
+        if name not in ('', BUILTIN):
+            raise UsageError(f'--dataset {name!r} needs --data-dir (without it the built-in {BUILTIN!r} '
+                             f'dataset is used)')
+        # rendered once and kept when the loader runs in this process (-j 0)
+        cache = args.workers == 0
+        train_ds = _builtin_dataset(args.train_split, getattr(args, 'train_num_samples', None), args.data_seed,
+                                    cache) if training else None
+        eval_ds = _builtin_dataset(args.val_split, args.val_num_samples, args.data_seed, cache)
+        return train_ds, eval_ds, len(eval_ds.classes)
+    if name == BUILTIN:
+        raise UsageError(f'--dataset {BUILTIN} is generated, not read: leave out --data-dir, or write it out with '
+                         f'timm-elastic data --out DIR and pass --data-dir DIR without --dataset')
+    if not os.path.isdir(args.data_dir) and '/' not in name:
+        raise UsageError(f'--data-dir {args.data_dir!r} does not exist or is not a folder')
+
+    def make(split: str, is_training: bool):
+        try:
+            return create_dataset(name, root=args.data_dir, split=split, is_training=is_training,
+                                  num_samples=args.train_num_samples if is_training else args.val_num_samples)
+        except (AssertionError, FileNotFoundError, RuntimeError, ValueError) as e:
+            raise UsageError(f'cannot read split {split!r} of --data-dir {args.data_dir!r}: {e}') from None
+
+    train_ds = make(args.train_split, True) if training else None
+    eval_ds = make(args.val_split, False)
+    classes = _class_names(eval_ds)
+    return train_ds, eval_ds, len(classes) if classes else None
+
+
+def _class_names(dataset) -> Optional[List[str]]:
+    classes = getattr(dataset, 'classes', None)
+    if classes is None:
+        class_to_idx = getattr(getattr(dataset, 'reader', None), 'class_to_idx', None)
+        if class_to_idx:
+            classes = sorted(class_to_idx, key=class_to_idx.get)
+    return list(classes) if classes else None
+
+
+def combinations_of(dataset, data_dir: Optional[str], split: str) -> Optional[List[Tuple[str, ...]]]:
+    """The object-size combination of every image of `dataset`, or None where it is not known:
+    the built-in dataset records it; an image folder written by `timm_elastic.data` keeps it in
+    its objects.csv."""
+    if hasattr(dataset, 'combination'):
+        return [dataset.combination(i) for i in range(len(dataset))]
+    if data_dir and os.path.isfile(os.path.join(data_dir, 'objects.csv')) and hasattr(dataset, 'filename'):
+        from .data import read_combinations
+        known = read_combinations(data_dir, split)
+        combos = [known.get(dataset.filename(i).replace(os.sep, '/')) for i in range(len(dataset))]
+        return combos if all(c is not None for c in combos) else None
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# model
+
+def elastic_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
+    """The `--elastic-*` options that were given, as model kwargs (ablations, Tables 6 and 7)."""
+    return {k: v for k, v in (('elastic_ratio', args.elastic_ratio), ('elastic_resample', args.elastic_resample))
+            if v is not None}
+
+
+def create_model(args: argparse.Namespace, num_classes: Optional[int], checkpoint_path: str = ''):
+    import timm
+    name = args.model
+    if not name.startswith(('hf-hub:', 'local-dir:')) and not timm.is_model(name):
+        from .models import list_models
+        raise UsageError(f'unknown model {name!r}; the Elastic models are {", ".join(list_models())} '
+                         f'(timm-elastic models), and any timm model works')
+    # validate has no --drop / --drop-path: None is left out by timm.create_model
+    kwargs = dict(pretrained=args.pretrained, num_classes=num_classes, drop_rate=getattr(args, 'drop', None),
+                  drop_path_rate=getattr(args, 'drop_path', None), checkpoint_path=checkpoint_path or '',
+                  **elastic_kwargs(args))
+    if args.in_chans is not None:
+        kwargs['in_chans'] = args.in_chans
+    try:
+        return timm.create_model(name, **kwargs)
+    except TypeError as e:
+        if elastic_kwargs(args) and 'elastic' in str(e):
+            raise UsageError(f'--model {name} has no Elastic blocks, so --elastic-* options do not apply') from None
+        raise
+    except ValueError as e:  # e.g. elastic_ratio out of range
+        raise UsageError(str(e)) from None
+    except (FileNotFoundError, RuntimeError):
+        if checkpoint_path and not os.path.isfile(checkpoint_path):
+            raise UsageError(f'checkpoint {checkpoint_path!r} does not exist') from None
+        raise
+
+
+def _load_checkpoint_dict(path: str, flag: str) -> Dict[str, Any]:
+    """A training checkpoint's dict (tensors and plain values only, as timm loads it)."""
+    from timm.models._helpers import _torch_load
+    if not os.path.isfile(path):
+        raise UsageError(f'{flag} {path!r} does not exist')
+    try:
+        ckpt = _torch_load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise UsageError(f'{flag} {path!r} is not a readable checkpoint ({type(e).__name__}: '
+                         f'{str(e).splitlines()[0]})') from None
+    if not isinstance(ckpt, dict):
+        raise UsageError(f'{flag} {path!r} is not a checkpoint dict')
+    return ckpt
+
+
+def check_checkpoint_fits(model: nn.Module, ckpt: Dict[str, Any], path: str, flag: str, arch: str) -> None:
+    """Refuse a training checkpoint of another architecture or class count, naming what differs."""
+    from timm.models import clean_state_dict
+    saved_arch = ckpt.get('arch')
+    if saved_arch and saved_arch != arch and saved_arch != type(model).__name__.lower():
+        raise UsageError(f'{flag} {path!r} is a checkpoint of --model {saved_arch}, not {arch}')
+    state = clean_state_dict(ckpt.get('state_dict', ckpt))
+    own = model.state_dict()
+    classifier = model.pretrained_cfg.get('classifier') if hasattr(model, 'pretrained_cfg') else None
+    head = f'{classifier}.weight' if classifier else None
+    if head in state and head in own and state[head].shape[0] != own[head].shape[0]:
+        raise UsageError(f'{flag} {path!r} was trained with {state[head].shape[0]} classes, but the model has '
+                         f'{own[head].shape[0]} (--num-classes {own[head].shape[0]}); use --num-classes '
+                         f'{state[head].shape[0]}')
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f'{k} {list(state[k].shape)} vs {list(own[k].shape)}' for k in own
+             if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        parts = [f'{what}: {", ".join(keys[:3])}{" ..." if len(keys) > 3 else ""}'
+                 for what, keys in (('missing', missing), ('unexpected', unexpected), ('shape', wrong)) if keys]
+        raise UsageError(f'{flag} {path!r} does not fit --model {arch} ({"; ".join(parts)})')
+
+
+# ---------------------------------------------------------------------------------------------
+# distributed, seeding, precision
+
+def _init_device(args: argparse.Namespace) -> torch.device:
+    from timm.utils import init_distributed_device
+    if args.device is None:
+        args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    if args.device.startswith('cuda') and not torch.cuda.is_available():
+        raise UsageError(f'--device {args.device}: CUDA is not available on this machine (use --device cpu)')
+    args.dist_backend = getattr(args, 'dist_backend', None) or ('nccl' if args.device.startswith('cuda') else 'gloo')
+    device = init_distributed_device(args)
+    return device
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """The seed of one epoch on one rank: independent streams, a pure function of its arguments,
+    so a resumed run draws exactly what an uninterrupted one did."""
+    return int(np.random.SeedSequence([seed, epoch + 1, rank]).generate_state(1)[0])
+
+
+def reseed(seed: int) -> None:
+    import random
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def amp_context(args: argparse.Namespace, device: torch.device):
+    """(autocast context factory, NativeScaler or None): float16 on CUDA takes a loss scaler;
+    bfloat16 (CPU or CUDA) does not need one."""
+    from timm.utils import NativeScaler
+    if not args.amp:
+        return nullcontext, None
+    name = args.amp_dtype or ('float16' if device.type == 'cuda' else 'bfloat16')
+    dtype = {'float16': torch.float16, 'bfloat16': torch.bfloat16}[name]
+    if device.type == 'cpu' and dtype == torch.float16:
+        raise UsageError('--amp-dtype float16 needs CUDA; on the CPU use --amp-dtype bfloat16')
+    scaler = NativeScaler(device=device.type) if dtype == torch.float16 else None
+    return partial(torch.autocast, device_type=device.type, dtype=dtype), scaler
+
+
+def _is_primary(args) -> bool:
+    return getattr(args, 'rank', 0) == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, args: argparse.Namespace, device: torch.device, amp_autocast=nullcontext,
+             combinations: Optional[Sequence[Tuple[str, ...]]] = None, desc: str = 'eval') -> Dict[str, Any]:
+    """Loss, top-1 and top-5 (percent) over the whole evaluation set, and top-1 per object-size
+    combination when `combinations` (one per image) is given. With DDP every rank evaluates its
+    shard and the per-image results are gathered, so padding duplicates are counted once."""
+    model.eval()
+    indices = list(iter(loader.sampler)) if loader.sampler is not None else None
+    losses, top1, top5 = [], [], []
+    for x, y in _progress(loader, desc, args):
+        x, y = x.to(device), y.to(device)
+        if args.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with amp_autocast():
+            out = model(x)
+        out = out.float()
+        losses.append(F.cross_entropy(out, y, reduction='none').cpu())
+        k = min(5, out.shape[1])
+        hits = out.topk(k, dim=1).indices == y[:, None]
+        top1.append(hits[:, 0].cpu())
+        top5.append(hits.any(dim=1).cpu())
+    results = {'loss': torch.cat(losses), 'top1': torch.cat(top1), 'top5': torch.cat(top5)}
+    if indices is None or len(indices) != len(results['loss']):
+        indices = list(range(len(results['loss'])))
+    results = _gather(results, indices, args)
+    n = len(results['loss'])
+    metrics: Dict[str, Any] = OrderedDict(
+        loss=float(results['loss'].double().mean()),
+        top1=100. * float(results['top1'].double().mean()),
+        top5=100. * float(results['top5'].double().mean()),
+    )
+    if combinations is not None and len(combinations) == n:
+        metrics['per_combination'] = combination_table(results['top1'], combinations)
+    metrics['count'] = n
+    return metrics
+
+
+def _gather(results: Dict[str, torch.Tensor], indices: List[int], args) -> Dict[str, torch.Tensor]:
+    """Per-image results in dataset order, gathered from every rank."""
+    parts = [(indices, results)]
+    if getattr(args, 'distributed', False):
+        parts = [None] * args.world_size
+        torch.distributed.all_gather_object(parts, (indices, results))
+    seen: Dict[int, int] = {}
+    order: List[Tuple[int, int, int]] = []
+    for p, (idx, _) in enumerate(parts):
+        for j, i in enumerate(idx):
+            if i not in seen:
+                seen[i] = len(order)
+                order.append((i, p, j))
+    order.sort()
+    return {k: torch.stack([parts[p][1][k][j] for _, p, j in order]) for k in results}
+
+
+def combination_table(correct: torch.Tensor, combinations: Sequence[Tuple[str, ...]]) -> Dict[str, Dict[str, float]]:
+    """Top-1 (percent) and image count per object-size combination, in the order of Table 4."""
+    from .data import COMBINATIONS, combination_name
+    table = OrderedDict()
+    for combo in COMBINATIONS:
+        mask = torch.tensor([tuple(sorted(c)) == tuple(sorted(combo)) for c in combinations])
+        if mask.any():
+            table[combination_name(combo)] = dict(top1=100. * float(correct[mask].double().mean()),
+                                                  count=int(mask.sum()))
+    return table
+
+
+def _progress(iterable, desc: str, args):
+    if not _is_primary(args) or not getattr(args, 'progress', True):
+        return iterable
+    from tqdm.auto import tqdm
+    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+
+def _summary_rows(path: str) -> List[List[str]]:
+    if not os.path.exists(path):
+        return []
+    with open(path, newline='') as f:
+        return list(csv.reader(f))
+
+
+def trim_summary(path: str, start_epoch: int) -> None:
+    """Drop the rows of epochs >= start_epoch that a killed run wrote before its checkpoint, so a
+    resumed run's summary.csv has every epoch exactly once (rewritten atomically)."""
+    rows = _summary_rows(path)
+    if not rows:
+        return
+    keep = [rows[0]] + [r for r in rows[1:] if r and int(float(r[0])) < start_epoch]
+    if len(keep) == len(rows):
+        return
+    text = io.StringIO()
+    csv.writer(text).writerows(keep if len(keep) > 1 else [])
+    write_text(path, text.getvalue())
+
+
+def _flat(metrics: Dict[str, Any]) -> Dict[str, Any]:
+    """Metrics for summary.csv: scalars, and per-combination top-1 as `top1_<combination>`."""
+    out = OrderedDict((k, v) for k, v in metrics.items() if k not in ('per_combination', 'count'))
+    for name, row in metrics.get('per_combination', {}).items():
+        out[f'top1_{name}'] = row['top1']
+    return out
+
+
+def train(args: argparse.Namespace, datasets=None) -> Dict[str, Any]:
+    """Train `args.model` as `timm-elastic train` does; returns the last epoch's eval metrics
+    (and `output_dir`). See `timm_elastic.cli` for the flags. `datasets` is what `create_datasets`
+    returns, to share them (and their rendered images) between runs."""
+    from timm.data import Mixup, create_loader, resolve_data_config
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+    from timm.models import load_checkpoint, resume_checkpoint
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import create_scheduler_v2
+    from timm.utils import ModelEmaV3, distribute_bn, get_outdir, update_summary
+
+    _check_train_args(args)
+    device = _init_device(args)
+    primary = _is_primary(args)
+    amp_autocast, loss_scaler = amp_context(args, device)
+
+    train_ds, eval_ds, data_classes = datasets or create_datasets(args)
+    resume = _load_checkpoint_dict(args.resume, '--resume') if args.resume else None
+    num_classes = args.num_classes or data_classes
+    if num_classes is None:
+        raise UsageError('--num-classes is needed: the classes of --data-dir could not be read')
+    if data_classes is not None and num_classes < data_classes:
+        raise UsageError(f'--num-classes {num_classes} is less than the {data_classes} classes of the data')
+
+    reseed(epoch_seed(args.seed, -1, 0))  # the same initial weights on every rank
+    model = create_model(args, num_classes, args.initial_checkpoint)
+    if resume is not None:
+        check_checkpoint_fits(model, resume, args.resume, '--resume', args.model)
+    model.to(device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if args.distributed and args.sync_bn:
+        if device.type != 'cuda':
+            raise UsageError('--sync-bn needs CUDA (torch\'s SyncBatchNorm); on the CPU, --dist-bn reduce (the '
+                             'default) averages the BatchNorm statistics of the processes after every epoch')
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+    data_config = resolve_data_config(vars(args), model=model, verbose=primary)
+    optimizer = create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
+                                    momentum=args.momentum)
+    start_epoch = 0
+    if resume is not None:
+        start_epoch = resume_checkpoint(model, args.resume, optimizer=optimizer, loss_scaler=loss_scaler,
+                                        log_info=primary) or 0
+    model_ema = None
+    if args.model_ema:
+        model_ema = ModelEmaV3(model, decay=args.model_ema_decay)
+        if resume is not None and 'state_dict_ema' in resume:
+            load_checkpoint(model_ema.module, args.resume, use_ema=True)
+    if args.torchcompile:
+        model = torch.compile(model, backend=args.torchcompile)
+    if args.distributed:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == 'cuda' else None)
+
+    mixup_fn = None
+    if args.mixup > 0 or args.cutmix > 0:
+        mixup_fn = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, label_smoothing=args.smoothing,
+                         num_classes=num_classes)
+    loader_args = dict(
+        mean=data_config['mean'], std=data_config['std'], interpolation=data_config['interpolation'],
+        num_workers=args.workers, distributed=args.distributed, device=device, use_prefetcher=False,
+        # workers are recreated (and reseeded) every epoch: what makes a resumed run exact
+        persistent_workers=False, pin_memory=device.type == 'cuda')
+    builtin = not args.data_dir
+    crop_scale = args.scale or ((1., 1.) if builtin else None)
+    crop_ratio = args.ratio or ((1., 1.) if builtin else None)
+    loader_train = create_loader(
+        train_ds, input_size=data_config['input_size'], batch_size=args.batch_size, is_training=True,
+        no_aug=args.no_aug, scale=crop_scale, ratio=crop_ratio, hflip=args.hflip, vflip=args.vflip,
+        color_jitter=args.color_jitter, **loader_args)
+    loader_eval = create_loader(
+        eval_ds, input_size=data_config['input_size'], batch_size=args.validation_batch_size or args.batch_size,
+        is_training=False, crop_pct=data_config['crop_pct'], crop_mode=data_config.get('crop_mode'),
+        **loader_args)
+    combinations = combinations_of(eval_ds, args.data_dir, args.val_split)
+
+    updates_per_epoch = len(loader_train)
+    lr_scheduler, num_epochs = create_scheduler_v2(
+        optimizer, sched=args.sched, num_epochs=args.epochs, decay_epochs=args.decay_epochs,
+        decay_milestones=args.decay_milestones, decay_rate=args.decay_rate, min_lr=args.min_lr,
+        warmup_lr=args.warmup_lr, warmup_epochs=args.warmup_epochs, step_on_epochs=not args.sched_on_updates,
+        updates_per_epoch=updates_per_epoch)
+    if start_epoch > 0:
+        if args.sched_on_updates:
+            lr_scheduler.step_update(start_epoch * updates_per_epoch)
+        else:
+            lr_scheduler.step(start_epoch)
+
+    if mixup_fn is not None:
+        train_loss_fn = SoftTargetCrossEntropy()
+    elif args.smoothing:
+        train_loss_fn = LabelSmoothingCrossEntropy(smoothing=args.smoothing)
+    else:
+        train_loss_fn = nn.CrossEntropyLoss()
+
+    output_dir = None
+    saver = None
+    if primary:
+        exp_name = args.experiment or '-'.join([time.strftime('%Y%m%d-%H%M%S'), _safe(args.model),
+                                               str(data_config['input_size'][-1])])
+        output_dir = get_outdir(args.output or './output/train', exp_name)
+        saver = AtomicCheckpointSaver(
+            model=model, optimizer=optimizer, args=_plain_args(args), model_ema=model_ema, amp_scaler=loss_scaler,
+            checkpoint_dir=output_dir, recovery_dir=output_dir, decreasing=args.eval_metric == 'loss',
+            max_history=args.checkpoint_hist)
+        if resume is not None and os.path.dirname(os.path.abspath(args.resume)) == os.path.abspath(output_dir) \
+                and hasattr(saver, 'load_state_dict_from_checkpoint'):
+            saver.load_state_dict_from_checkpoint(args.resume)
+        trim_summary(os.path.join(output_dir, 'summary.csv'), start_epoch)
+        _logger.info(f'{args.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.3f}M parameters, '
+                     f'{num_classes} classes, {len(train_ds)} training images, epochs {start_epoch}..{num_epochs - 1}'
+                     f', output {output_dir}')
+
+    eval_metrics: Dict[str, Any] = {}
+    for epoch in range(start_epoch, num_epochs):
+        reseed(epoch_seed(args.seed, epoch, args.rank))
+        if args.distributed and hasattr(loader_train.sampler, 'set_epoch'):
+            loader_train.sampler.set_epoch(epoch)
+        train_metrics = _train_one_epoch(
+            epoch, num_epochs, model, loader_train, optimizer, train_loss_fn, args, device, lr_scheduler,
+            amp_autocast, loss_scaler, model_ema, mixup_fn)
+        if args.distributed and args.dist_bn in ('broadcast', 'reduce'):
+            distribute_bn(model, args.world_size, args.dist_bn == 'reduce')
+        eval_metrics = evaluate(model, loader_eval, args, device, amp_autocast, combinations, f'eval {epoch}')
+        if model_ema is not None:
+            if args.distributed and args.dist_bn in ('broadcast', 'reduce'):
+                distribute_bn(model_ema, args.world_size, args.dist_bn == 'reduce')
+            eval_metrics = evaluate(model_ema, loader_eval, args, device, amp_autocast, combinations,
+                                    f'eval ema {epoch}')
+        lr = optimizer.param_groups[0]['lr']
+        if not args.sched_on_updates:
+            lr_scheduler.step(epoch + 1, eval_metrics[args.eval_metric])
+        if primary:
+            summary = os.path.join(output_dir, 'summary.csv')
+            update_summary(epoch, train_metrics, _flat(eval_metrics), summary, lr=lr,
+                           write_header=not os.path.exists(summary) or os.path.getsize(summary) == 0)
+            saver.save_checkpoint(epoch, metric=eval_metrics[args.eval_metric])
+            print(f'epoch {epoch}: train loss {train_metrics["loss"]:.4f}, eval loss {eval_metrics["loss"]:.4f}, '
+                  f'top-1 {eval_metrics["top1"]:.2f}%, top-5 {eval_metrics["top5"]:.2f}%, lr {lr:.4g}', flush=True)
+    if args.distributed:
+        torch.distributed.barrier()
+    return dict(eval_metrics, output_dir=output_dir, num_classes=num_classes)
+
+
+def _train_one_epoch(epoch, num_epochs, model, loader, optimizer, loss_fn, args, device, lr_scheduler,
+                     amp_autocast, loss_scaler, model_ema, mixup_fn) -> Dict[str, float]:
+    model.train()
+    updates = len(loader)
+    num_updates = epoch * updates
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    count = 0
+    bar = _progress(loader, f'epoch {epoch}/{num_epochs - 1}', args)
+    for i, (x, y) in enumerate(bar):
+        x, y = x.to(device), y.to(device)
+        if mixup_fn is not None:
+            x, y = mixup_fn(x, y)
+        if args.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with amp_autocast():
+            loss = loss_fn(model(x), y)
+        optimizer.zero_grad()
+        if loss_scaler is not None:
+            loss_scaler(loss, optimizer, clip_grad=args.clip_grad, parameters=model.parameters())
+        else:
+            loss.backward()
+            if args.clip_grad is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
+            optimizer.step()
+        num_updates += 1
+        if model_ema is not None:
+            model_ema.update(model, step=num_updates)
+        loss_sum += loss.detach().double().cpu() * x.shape[0]
+        count += x.shape[0]
+        if args.sched_on_updates:
+            lr_scheduler.step_update(num_updates=num_updates)
+        if hasattr(bar, 'set_postfix'):
+            bar.set_postfix(loss=f'{loss.item():.4f}', lr=f'{optimizer.param_groups[0]["lr"]:.3g}', refresh=False)
+        if args.log_interval and (i % args.log_interval == 0 or i == updates - 1) and _is_primary(args):
+            _logger.info(f'epoch {epoch} [{i + 1}/{updates}] loss {loss.item():.4f} '
+                         f'lr {optimizer.param_groups[0]["lr"]:.4g}')
+    if args.distributed:  # the loss of the epoch over every rank's images
+        t = torch.stack([loss_sum, torch.tensor(float(count), dtype=torch.float64)]).to(device)
+        torch.distributed.all_reduce(t)
+        loss_sum, count = t[0].cpu(), int(t[1])
+    return OrderedDict(loss=float(loss_sum / max(count, 1)))
+
+
+def _check_train_args(args: argparse.Namespace) -> None:
+    for flag, value in (('--epochs', args.epochs), ('-b/--batch-size', args.batch_size)):
+        if value < 1:
+            raise UsageError(f'{flag} must be at least 1, got {value}')
+    if args.workers < 0:
+        raise UsageError(f'--workers must be 0 or more, got {args.workers}')
+    if args.lr is not None and args.lr <= 0:
+        raise UsageError(f'--lr must be positive, got {args.lr}')
+    if args.initial_checkpoint and not os.path.isfile(args.initial_checkpoint):
+        raise UsageError(f'--initial-checkpoint {args.initial_checkpoint!r} does not exist')
+
+
+def _plain_args(args: argparse.Namespace) -> argparse.Namespace:
+    """The arguments as saved in checkpoints: plain values only, so `torch.load(weights_only=True)`
+    (with timm's allowance for argparse.Namespace) reads them back."""
+    plain = (str, int, float, bool, type(None))
+    out = {}
+    for k, v in vars(args).items():
+        if isinstance(v, (list, tuple)) and all(isinstance(e, plain) for e in v):
+            out[k] = list(v)
+        elif isinstance(v, plain):
+            out[k] = v
+    return argparse.Namespace(**out)
+
+
+def _safe(name: str) -> str:
+    return ''.join(c if c.isalnum() or c in '._-' else '_' for c in name)
+
+
+# ---------------------------------------------------------------------------------------------
+# validation
+
+def validate(args: argparse.Namespace) -> Dict[str, Any]:
+    """Evaluate `args.model` (from `--checkpoint`, `--pretrained` or fresh weights) as
+    `timm-elastic validate` does: loss, top-1, top-5 and, where the data records object sizes,
+    top-1 per size combination."""
+    from timm.data import create_loader, resolve_data_config
+    from timm.models import load_checkpoint
+
+    device = _init_device(args)
+    amp_autocast, _ = amp_context(args, device)
+    _, eval_ds, data_classes = create_datasets(args, training=False)
+    ckpt = _load_checkpoint_dict(args.checkpoint, '--checkpoint') if args.checkpoint else None
+    num_classes = args.num_classes or data_classes
+    if ckpt is not None and not args.num_classes:
+        num_classes = _checkpoint_classes(ckpt) or num_classes
+    model = create_model(args, num_classes)
+    if ckpt is not None:
+        check_checkpoint_fits(model, _pick_state(ckpt, args.use_ema), args.checkpoint, '--checkpoint', args.model)
+        load_checkpoint(model, args.checkpoint, use_ema=args.use_ema)
+    if data_classes is not None and model.num_classes < data_classes:
+        raise UsageError(f'--model {args.model} has {model.num_classes} classes, fewer than the {data_classes} '
+                         f'of the data (set --num-classes {data_classes})')
+    model.to(device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    data_config = resolve_data_config(vars(args), model=model, verbose=_is_primary(args))
+    loader = create_loader(
+        eval_ds, input_size=data_config['input_size'], batch_size=args.batch_size, is_training=False,
+        mean=data_config['mean'], std=data_config['std'], interpolation=data_config['interpolation'],
+        crop_pct=data_config['crop_pct'], crop_mode=data_config.get('crop_mode'), num_workers=args.workers,
+        distributed=args.distributed, device=device, use_prefetcher=False)
+    metrics = evaluate(model, loader, args, device, amp_autocast,
+                       combinations_of(eval_ds, args.data_dir, args.val_split))
+    return dict(metrics, model=args.model, num_classes=model.num_classes, img_size=data_config['input_size'][-1])
+
+
+def _pick_state(ckpt: Dict[str, Any], use_ema: bool) -> Dict[str, Any]:
+    if use_ema and 'state_dict_ema' in ckpt:
+        return dict(ckpt, state_dict=ckpt['state_dict_ema'])
+    return ckpt
+
+
+def _checkpoint_classes(ckpt: Dict[str, Any]) -> Optional[int]:
+    args = ckpt.get('args')
+    n = getattr(args, 'num_classes', None) if args is not None else None
+    if n:
+        return int(n)
+    state = ckpt.get('state_dict', {})
+    for key in ('fc.weight', 'head.fc.weight', 'classifier.weight'):
+        if key in state:
+            return int(state[key].shape[0])
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# the main job
+
+def compare(args: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
+    """Train an Elastic model (`--model`, default `resnext_tiny_elastic`) and its non-Elastic twin
+    with the same flags and seed, one after the other. Returns {twin: metrics, elastic: metrics},
+    each the last epoch's evaluation with top-1 per object-size combination and the training time
+    in seconds (`format_comparison` lays them out as the paper's Table 4)."""
+    import copy
+    from .models import TWINS
+    if args.model not in TWINS:
+        pairs = ', '.join(f'{e} (twin {b})' for e, b in TWINS.items())
+        raise UsageError(f'--model {args.model!r} has no registered non-Elastic twin; compare takes one of: {pairs}')
+    if args.data_dir:
+        raise UsageError('compare trains on the built-in dataset; leave out --data-dir (timm-elastic train takes it)')
+    stamp = time.strftime('%Y%m%d-%H%M%S')
+    datasets = create_datasets(args)
+    results = OrderedDict()
+    for name in (TWINS[args.model], args.model):
+        run = copy.copy(args)
+        run.model = name
+        run.experiment = f'{args.experiment or "compare-" + stamp}/{name}'
+        if name != args.model:  # the twin has no Elastic blocks to configure
+            run.elastic_ratio = run.elastic_resample = None
+        start = time.perf_counter()
+        print(f'== training {name} ({run.epochs} epochs)', flush=True)
+        results[name] = train(run, datasets)
+        results[name]['seconds'] = time.perf_counter() - start
+    return results
+
+
+def format_comparison(results: Dict[str, Dict[str, Any]], base: str, elastic: str) -> str:
+    """The Table 4 layout: one row per object-size combination (Large / Medium / Small present or
+    not), the image count, each model's top-1 and the Elastic model's gain, in points and relative."""
+    from .data import COMBINATIONS, combination_name
+    b, e = results[base], results[elastic]
+    lines = [f'Top-1 (%) on the built-in validation set ({b["count"]} images), by the sizes of the objects in '
+             f'the image (paper Table 4):', '']
+    head = f'{"Large":>5} {"Medium":>6} {"Small":>5} | {"images":>6} | {base:>14} | {elastic:>22} | {"gain":>6} | {"relative":>8}'
+    lines += [head, '-' * len(head)]
+
+    def row(label, count, tb, te):
+        return (f'{label} | {count:>6} | {tb:>14.2f} | {te:>22.2f} | {te - tb:>+6.2f} | '
+                f'{100 * (te - tb) / tb if tb else float("nan"):>+7.1f}%')
+
+    for combo in COMBINATIONS:
+        key = combination_name(combo)
+        if key not in b.get('per_combination', {}):
+            continue
+        marks = ' '.join(f'{("x" if s in combo else "-"):>{w}}' for s, w in (('large', 5), ('medium', 6), ('small', 5)))
+        pb, pe = b['per_combination'][key], e['per_combination'][key]
+        lines.append(row(marks, pb['count'], pb['top1'], pe['top1']))
+    lines.append('-' * len(head))
+    lines.append(row(f'{"all":>18}', b['count'], b['top1'], e['top1']))
+    winner = elastic if e['top1'] > b['top1'] else base if b['top1'] > e['top1'] else None
+    lines.append('')
+    lines.append(f'{"Elastic wins" if winner == elastic else "the twin wins" if winner else "a tie"} overall: '
+                 f'{elastic} {e["top1"]:.2f}% vs {base} {b["top1"]:.2f}% top-1 '
+                 f'(training took {e["seconds"]:.0f} s and {b["seconds"]:.0f} s).')
+    return '\n'.join(lines)
