@@ -334,11 +334,16 @@ def combination_table(correct: torch.Tensor, combinations: Sequence[Tuple[str, .
     return table
 
 
-def _progress(iterable, desc: str, args):
+def _progress(loader, desc: str, args):
+    """The loader's batches, with a progress bar on the first process. The loader's iterator is
+    made here, once: tqdm.auto's bar makes an iterator of what it wraps when it is created, and
+    every DataLoader iterator draws its seeds from torch's RNG, so wrapping the DataLoader itself
+    would make the data order depend on whether a bar is shown."""
+    batches = iter(loader)
     if not _is_primary(args) or not getattr(args, 'progress', True):
-        return iterable
+        return batches
     from tqdm.auto import tqdm
-    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0)
+    return tqdm(batches, total=len(loader), desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0)
 
 
 # ---------------------------------------------------------------------------------------------
