@@ -120,10 +120,10 @@ def test_regular_install_from_a_wheel(tmp_path):
     subprocess.run([sys.executable, '-m', 'venv', '--without-pip', str(venv)], check=True, timeout=300)
     vpy = str(venv / 'bin' / 'python')
     site = python('import sysconfig; print(sysconfig.get_paths()["purelib"])', exe=vpy).stdout.strip()
-    # torch, timm... from this environment; timm_elastic only from the wheel
-    deps = sysconfig.get_paths()['purelib']
+    # torch, timm... from this environment's site-packages folders; timm_elastic only from the wheel
+    deps = [p for p in sys.path if os.path.basename(p) == 'site-packages' and os.path.isdir(p)]
     with open(os.path.join(site, 'zz_test_deps.pth'), 'w') as f:
-        f.write(deps + '\n')
+        f.write('\n'.join(deps) + '\n')
     proc = subprocess.run([sys.executable, '-m', 'pip', '--python', vpy, 'install', '--no-deps', '--no-index', '-q',
                            wheel], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr

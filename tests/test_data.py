@@ -134,7 +134,7 @@ def test_transforms_are_read_at_access_time():
 def test_timm_create_loader_sets_the_transform():
     ds = ScaleShapes(split='train', num_samples=16)
     loader = create_loader(ds, input_size=(3, 64, 64), batch_size=8, is_training=True, use_prefetcher=False,
-                           num_workers=0, device=torch.device('cpu'))
+                           num_workers=0, persistent_workers=False, device=torch.device('cpu'))
     assert ds.transform is not None
     batches = list(loader)
     assert len(batches) == 2

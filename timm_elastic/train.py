@@ -145,6 +145,24 @@ def combinations_of(dataset, data_dir: Optional[str], split: str) -> Optional[Li
     return None
 
 
+def _loader_args(args: argparse.Namespace, data_config: Dict[str, Any], device: torch.device) -> Dict[str, Any]:
+    """What timm's create_loader gets for training and evaluation alike."""
+    return dict(
+        mean=data_config['mean'], std=data_config['std'], interpolation=data_config['interpolation'],
+        num_workers=args.workers, distributed=args.distributed, device=device, use_prefetcher=False,
+        # workers are recreated (and reseeded) every epoch: what makes a resumed run exact
+        persistent_workers=False, pin_memory=device.type == 'cuda')
+
+
+def _eval_loader(dataset, batch_size: int, args: argparse.Namespace, data_config: Dict[str, Any],
+                 device: torch.device):
+    from timm.data import create_loader
+    return create_loader(
+        dataset, input_size=data_config['input_size'], batch_size=batch_size, is_training=False,
+        crop_pct=data_config['crop_pct'], crop_mode=data_config.get('crop_mode'),
+        **_loader_args(args, data_config, device))
+
+
 # ---------------------------------------------------------------------------------------------
 # model
 
@@ -182,12 +200,14 @@ def create_model(args: argparse.Namespace, num_classes: Optional[int], checkpoin
 
 
 def _load_checkpoint_dict(path: str, flag: str) -> Dict[str, Any]:
-    """A training checkpoint's dict (tensors and plain values only, as timm loads it)."""
-    from timm.models._helpers import _torch_load
+    """A training checkpoint's dict, read as timm reads them: tensors and plain values only
+    (`weights_only`), plus the argparse.Namespace of the arguments that timm's scripts save."""
     if not os.path.isfile(path):
         raise UsageError(f'{flag} {path!r} does not exist')
     try:
-        ckpt = _torch_load(path, map_location='cpu', weights_only=True)
+        allow = getattr(torch.serialization, 'safe_globals', None)  # torch >= 2.5
+        with allow([argparse.Namespace]) if allow else nullcontext():
+            ckpt = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
         raise UsageError(f'{flag} {path!r} is not a readable checkpoint ({type(e).__name__}: '
                          f'{str(e).splitlines()[0]})') from None
@@ -436,22 +456,14 @@ def train(args: argparse.Namespace, datasets=None) -> Dict[str, Any]:
     if args.mixup > 0 or args.cutmix > 0:
         mixup_fn = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, label_smoothing=args.smoothing,
                          num_classes=num_classes)
-    loader_args = dict(
-        mean=data_config['mean'], std=data_config['std'], interpolation=data_config['interpolation'],
-        num_workers=args.workers, distributed=args.distributed, device=device, use_prefetcher=False,
-        # workers are recreated (and reseeded) every epoch: what makes a resumed run exact
-        persistent_workers=False, pin_memory=device.type == 'cuda')
     builtin = not args.data_dir
     crop_scale = args.scale or ((1., 1.) if builtin else None)
     crop_ratio = args.ratio or ((1., 1.) if builtin else None)
     loader_train = create_loader(
         train_ds, input_size=data_config['input_size'], batch_size=args.batch_size, is_training=True,
         no_aug=args.no_aug, scale=crop_scale, ratio=crop_ratio, hflip=args.hflip, vflip=args.vflip,
-        color_jitter=args.color_jitter, **loader_args)
-    loader_eval = create_loader(
-        eval_ds, input_size=data_config['input_size'], batch_size=args.validation_batch_size or args.batch_size,
-        is_training=False, crop_pct=data_config['crop_pct'], crop_mode=data_config.get('crop_mode'),
-        **loader_args)
+        color_jitter=args.color_jitter, **_loader_args(args, data_config, device))
+    loader_eval = _eval_loader(eval_ds, args.validation_batch_size or args.batch_size, args, data_config, device)
     combinations = combinations_of(eval_ds, args.data_dir, args.val_split)
 
     updates_per_epoch = len(loader_train)
@@ -601,7 +613,7 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
     """Evaluate `args.model` (from `--checkpoint`, `--pretrained` or fresh weights) as
     `timm-elastic validate` does: loss, top-1, top-5 and, where the data records object sizes,
     top-1 per size combination."""
-    from timm.data import create_loader, resolve_data_config
+    from timm.data import resolve_data_config
     from timm.models import load_checkpoint
 
     device = _init_device(args)
@@ -622,11 +634,7 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
     data_config = resolve_data_config(vars(args), model=model, verbose=_is_primary(args))
-    loader = create_loader(
-        eval_ds, input_size=data_config['input_size'], batch_size=args.batch_size, is_training=False,
-        mean=data_config['mean'], std=data_config['std'], interpolation=data_config['interpolation'],
-        crop_pct=data_config['crop_pct'], crop_mode=data_config.get('crop_mode'), num_workers=args.workers,
-        distributed=args.distributed, device=device, use_prefetcher=False)
+    loader = _eval_loader(eval_ds, args.batch_size, args, data_config, device)
     metrics = evaluate(model, loader, args, device, amp_autocast,
                        combinations_of(eval_ds, args.data_dir, args.val_split))
     return dict(metrics, model=args.model, num_classes=model.num_classes, img_size=data_config['input_size'][-1])
