@@ -133,6 +133,8 @@ def _validate(args: argparse.Namespace) -> int:
         metrics = validate(args)
     except UsageError as e:
         return _fail('validate', e)
+    if getattr(args, 'rank', 0) != 0:  # the other processes of a torchrun
+        return 0
     _print_eval(metrics)
     if args.results_file:
         write_json(args.results_file, metrics)

@@ -683,7 +683,8 @@ def compare(args: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
         if name != args.model:  # the twin has no Elastic blocks to configure
             run.elastic_ratio = run.elastic_resample = None
         start = time.perf_counter()
-        print(f'== training {name} ({run.epochs} epochs)', flush=True)
+        if os.environ.get('RANK', '0') == '0':  # torchrun's first process
+            print(f'== training {name} ({run.epochs} epochs)', flush=True)
         results[name] = train(run, datasets)
         results[name]['seconds'] = time.perf_counter() - start
     return results
