@@ -263,3 +263,15 @@ def test_resume_with_other_classes_or_model_is_refused(tmp_path):
         assert proc.returncode == 2
         assert proc.stderr.strip().splitlines() == [f'timm-elastic train: error: {message}'], proc.stderr
         assert not os.path.exists(tmp_path / 'b')
+
+
+def test_validate_takes_the_class_count_from_the_checkpoint(tmp_path):
+    proc = cli('train', '--epochs', '1', '-j', '0', '--num-classes', '10', '--output', str(tmp_path),
+               '--experiment', 'ten', *SMALL)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / 'v.json'
+    proc = cli('validate', '--model', 'resnext_tiny_elastic', '--checkpoint', str(tmp_path / 'ten' / 'last.pth.tar'),
+               '--val-num-samples', '112', '-j', '0', '--no-progress', '--results-file', str(out))
+    assert proc.returncode == 0, proc.stderr
+    import json
+    assert json.loads(out.read_text())['num_classes'] == 10

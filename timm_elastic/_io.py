@@ -5,7 +5,7 @@ import shutil
 import tempfile
 from typing import Any
 
-__all__ = ['replace_dir', 'write_text', 'write_json']
+__all__ = ['replace_dir', 'write_text', 'write_json', 'fsync_dir']
 
 
 def replace_dir(tmp: str, dest: str) -> None:
@@ -42,3 +42,18 @@ def write_text(path: str, text: str) -> None:
 
 def write_json(path: str, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2) + '\n')
+
+
+def fsync_dir(path: str) -> None:
+    """Flush a folder's entries (a rename into it) to disk, where the platform allows it; the
+    rename itself is atomic regardless."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

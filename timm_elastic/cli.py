@@ -93,8 +93,7 @@ def _convert(args: argparse.Namespace) -> int:
             warnings.simplefilter('ignore')  # timm's notices about the model being built
             done = export_original(args.checkpoint, args.out, arch=args.arch, force=args.force)
     except (CheckpointError, FileExistsError, FileNotFoundError, ValueError, OSError) as e:
-        print(f'timm-elastic convert: error: {e}', file=sys.stderr)
-        return 2
+        return _fail('convert', e)
     name = f'{done.model}.{done.tag}' if done.tag else done.model
     print(f'converted original {done.arch} -> {name} ({done.params / 1e6:.2f}M parameters, '
           f'{done.num_classes} classes)')

@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._io import write_text
+from ._io import fsync_dir, write_text
 
 __all__ = ['UsageError', 'AtomicCheckpointSaver', 'train', 'validate', 'compare', 'format_comparison', 'evaluate',
            'combination_table']
@@ -64,20 +64,7 @@ class AtomicCheckpointSaver(_timm_saver()):
         with open(src, 'rb') as f:
             os.fsync(f.fileno())
         os.replace(src, dst)
-        _fsync_dir(os.path.dirname(os.path.abspath(dst)))
-
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # not supported on every platform; the rename is atomic regardless
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        fsync_dir(os.path.dirname(os.path.abspath(dst)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -331,12 +318,12 @@ def _gather(results: Dict[str, torch.Tensor], indices: List[int], args) -> Dict[
     if getattr(args, 'distributed', False):
         parts = [None] * args.world_size
         torch.distributed.all_gather_object(parts, (indices, results))
-    seen: Dict[int, int] = {}
+    seen = set()
     order: List[Tuple[int, int, int]] = []
     for p, (idx, _) in enumerate(parts):
         for j, i in enumerate(idx):
             if i not in seen:
-                seen[i] = len(order)
+                seen.add(i)
                 order.append((i, p, j))
     order.sort()
     return {k: torch.stack([parts[p][1][k][j] for _, p, j in order]) for k in results}
@@ -622,7 +609,7 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
     ckpt = _load_checkpoint_dict(args.checkpoint, '--checkpoint') if args.checkpoint else None
     num_classes = args.num_classes or data_classes
     if ckpt is not None and not args.num_classes:
-        num_classes = _checkpoint_classes(ckpt) or num_classes
+        num_classes = _checkpoint_classes(ckpt, args.model) or num_classes
     model = create_model(args, num_classes)
     if ckpt is not None:
         check_checkpoint_fits(model, _pick_state(ckpt, args.use_ema), args.checkpoint, '--checkpoint', args.model)
@@ -646,16 +633,14 @@ def _pick_state(ckpt: Dict[str, Any], use_ema: bool) -> Dict[str, Any]:
     return ckpt
 
 
-def _checkpoint_classes(ckpt: Dict[str, Any]) -> Optional[int]:
-    args = ckpt.get('args')
-    n = getattr(args, 'num_classes', None) if args is not None else None
-    if n:
-        return int(n)
+def _checkpoint_classes(ckpt: Dict[str, Any], model_name: str) -> Optional[int]:
+    """The class count of a checkpoint of `model_name`: the rows of its classifier, which the
+    model's pretrained cfg names (None for hf-hub: / local-dir: names, which bring their own)."""
+    from timm.models import get_pretrained_cfg
+    cfg = get_pretrained_cfg(model_name)
+    head = f'{cfg.classifier}.weight' if cfg is not None and cfg.classifier else None
     state = ckpt.get('state_dict', {})
-    for key in ('fc.weight', 'head.fc.weight', 'classifier.weight'):
-        if key in state:
-            return int(state[key].shape[0])
-    return None
+    return int(state[head].shape[0]) if head in state else None
 
 
 # ---------------------------------------------------------------------------------------------
