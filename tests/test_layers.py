@@ -5,7 +5,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from timm_elastic.layers import RESAMPLE_MODES, Elastic, check_elastic_args, pop_elastic_args, split_paths
-from timm_elastic.layers.elastic import FilterDown, FilterUp
+from timm_elastic.layers.resample import FilterDown, FilterUp
 
 
 class Path(nn.Sequential):
@@ -92,7 +92,7 @@ def test_trained_filters_start_as_the_fixed_ones():
     xo = torch.randn(1, 4, 7, 9)
     torch.testing.assert_close(FilterDown(4)(xo), F.avg_pool2d(xo, 2, ceil_mode=True))
     y = torch.randn(1, 4, 6, 6)
-    up = FilterUp(4)(y)
+    up = FilterUp(4)(y, torch.zeros(1, 4, 12, 12))
     bilinear = F.interpolate(y, scale_factor=2, mode='bilinear', align_corners=False)
     assert up.shape == bilinear.shape
     # identical away from the border, where bilinear clamps and the transposed filter zero-pads

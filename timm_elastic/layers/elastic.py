@@ -8,9 +8,10 @@ size of x. The two outputs are summed; sigma (the block's norm / activation / re
 the block that owns the paths. Everything here is family-agnostic: a family supplies `make_path`,
 a function that builds its T_i for a given number of paths and dilation.
 
-Resampling follows the paper's Table 6. The default, bilinear with average pooling, reproduces the
-original implementation exactly, odd feature sizes included: there the pooled input is
-replicate-padded on the bottom / right to an even size, and the upsampled output is cropped back.
+Resampling follows the paper's Table 6 (`resample.py`: each mode's D and U, and the fast kernels of
+the default). The default, bilinear with average pooling, reproduces the original implementation
+exactly, odd feature sizes included: there the pooled input is replicate-padded on the bottom / right
+to an even size, and the upsampled output is cropped back.
 """
 import math
 from numbers import Real
@@ -18,18 +19,10 @@ from typing import Any, Callable, Dict, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
+from .resample import RESAMPLE_MODES, make_resample
 
 __all__ = ['Elastic', 'RESAMPLE_MODES', 'split_paths', 'check_elastic_args', 'pop_elastic_args']
-
-# elastic_resample value -> the row of Table 6 it reproduces
-RESAMPLE_MODES: Dict[str, str] = {
-    'bilinear': 'Bilinear w/ AP',  # the paper's choice and the default
-    'nearest': 'Nearest w/ AP',
-    'filter': 'Trained Filter',
-    'dilated': 'Trained Dilated Filter',
-    'dilated_avg': 'Trained Dilated Filter w/ AP',
-}
 
 
 def check_elastic_args(elastic_ratio: float = 0.5, elastic_resample: str = 'bilinear') -> None:
@@ -64,65 +57,6 @@ def split_paths(paths: int, elastic_ratio: float = 0.5) -> Tuple[int, int]:
             f'{low} low-resolution paths; both need at least one, so use a ratio in '
             f'[{0.5 / paths:.3g}, {1 - 0.5 / paths:.3g})')
     return paths - low, low
-
-
-class FilterDown(nn.Module):
-    """Trained 2x downsampling (Table 6, 'Trained Filter'): a depthwise 2x2 stride-2 filter,
-    initialised to the 2x2 average so that training starts from the default mode."""
-
-    def __init__(self, channels: int, device=None, dtype=None):
-        super().__init__()
-        self.weight = nn.Parameter(torch.full((channels, 1, 2, 2), 0.25, device=device, dtype=dtype))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # replicate-pad odd sizes on the bottom / right, as the original implementation does
-        x = F.pad(x, (0, x.shape[-1] % 2, 0, x.shape[-2] % 2), mode='replicate')
-        return F.conv2d(x, self.weight, stride=2, groups=self.weight.shape[0])
-
-
-class FilterUp(nn.ConvTranspose2d):
-    """Trained 2x upsampling (Table 6, 'Trained Filter'): a depthwise 4x4 stride-2 transposed
-    filter, initialised to the bilinear kernel (exact bilinear away from the border)."""
-
-    def __init__(self, channels: int, device=None, dtype=None):
-        super().__init__(channels, channels, 4, stride=2, padding=1, groups=channels, bias=False,
-                         device=device, dtype=dtype)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        taps = torch.tensor([0.25, 0.75, 0.75, 0.25])
-        with torch.no_grad():
-            self.weight.copy_(torch.outer(taps, taps).expand_as(self.weight))
-
-
-class SmoothAvg(nn.Module):
-    """Stride-1 2x2 average ('w/ AP' for the dilated rows of Table 6): the smoothing of the
-    default mode's pooling without the resolution change; bottom / right replicate-padded."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.avg_pool2d(F.pad(x, (0, 1, 0, 1), mode='replicate'), 2, stride=1)
-
-
-def _make_down(mode: str, channels: int, **dd) -> nn.Module:
-    if mode in ('bilinear', 'nearest'):
-        # ceil_mode windows that hang over an odd border average only the valid entries, which is
-        # exactly the original's replicate-pad-then-pool, without the padded copy
-        return nn.AvgPool2d(2, stride=2, ceil_mode=True)
-    if mode == 'filter':
-        return FilterDown(channels, **dd)
-    if mode == 'dilated_avg':
-        return SmoothAvg()
-    return nn.Identity()
-
-
-def _make_up(mode: str, channels: int, **dd) -> nn.Module:
-    if mode == 'bilinear':
-        return nn.Upsample(scale_factor=2., mode='bilinear', align_corners=False)
-    if mode == 'nearest':
-        return nn.Upsample(scale_factor=2., mode='nearest')
-    if mode == 'filter':
-        return FilterUp(channels, **dd)
-    return nn.Identity()
 
 
 class Elastic(nn.Module):
@@ -163,13 +97,13 @@ class Elastic(nn.Module):
         else:
             # a dilation d at full resolution covers the same input span as d / 2 at half resolution
             low_dilation = max(1, dilation // 2)
+        down, up = make_resample(elastic_resample, in_chs, out_chs, **dd)
         self.high = make_path(high_paths, dilation)
-        self.down = _make_down(elastic_resample, in_chs, **dd)
+        self.down = down
         self.low = make_path(low_paths, low_dilation)
-        self.up = _make_up(elastic_resample, out_chs, **dd)
+        self.up = up
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.high(x)
-        low = self.up(self.low(self.down(x)))
-        # an odd size was padded up before pooling: crop back (a no-op view on even sizes)
-        return out + low[:, :, :out.shape[-2], :out.shape[-1]]
+        # up(low, out) = out + U(low), cropped to out's size
+        return self.up(self.low(self.down(x)), out)
