@@ -1,0 +1,323 @@
+"""Elastic models against the stock timm models they replace: throughput and peak memory.
+
+Each pair (Elastic model, stock timm baseline) is built in one process and measured interleaved,
+AB, BA, AB, ...: a fixed order biases the ratio on small machines (caches, clocks, the allocator),
+alternating cancels it. After a warm-up (which includes `torch.compile`'s compilation), each round
+times both models for at least `--min-time` seconds; a round's ratio is Elastic / baseline images
+per second, and the table reports the median over rounds (with its spread, the lowest and highest
+round), beside each model's median images per second.
+
+Measured per setting (`--settings`, names `{eager|compile}-{fp32|bf16|fp16}[-cl]`: compiled or not,
+fp32 or autocast to bf16 / fp16, channels_last or not):
+- `infer`: eval mode under `torch.inference_mode()`;
+- `train`: one SGD step (forward, cross-entropy, backward, SGD with momentum), train mode;
+  and its peak memory: on CUDA `torch.cuda.max_memory_allocated`; on the CPU the tensors alive at
+  the step's start (parameters, buffers, optimizer state, batch) plus the highest net allocation
+  during the step, read from the profiler's memory events.
+For `compile-*` settings the Elastic model's graph breaks are counted with `torch._dynamo.explain`.
+
+`--self-check MODEL` pairs a model with a second instance of itself: the harness must read
+1.00 +- 0.03 there, or its ratios mean nothing on this machine.
+
+    python benchmarks/speed.py                               # CPU, 2 threads, batch 8, the 5 pairs
+    python benchmarks/speed.py --pairs resnext50 --settings eager-fp32,eager-fp32-cl --modes infer
+    python benchmarks/speed.py --device cuda                 # AMP, channels_last, train batch 256
+    python benchmarks/speed.py --self-check resnext50_32x4d --modes infer
+
+Prints a markdown table; `--json PATH` also writes every number and the machine it came from.
+"""
+import argparse
+import contextlib
+import dataclasses
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+import timm
+import timm_elastic
+from timm_elastic._io import write_json
+
+# Elastic model -> the stock timm model it replaces (issue 6)
+PAIRS: Dict[str, str] = {
+    'resnext50_elastic': 'resnext50_32x4d',
+    'resnext101_elastic': 'resnext101_32x4d',
+    'seresnext50_elastic': 'seresnext50_32x4d',
+    'dla_x60_elastic': 'dla60x',
+    'densenet201_elastic': 'densenet201',
+}
+DEFAULT_SETTINGS = {
+    'cpu': 'eager-fp32,eager-fp32-cl,eager-bf16-cl,compile-fp32,compile-fp32-cl',
+    'cuda': 'eager-fp16-cl,eager-bf16-cl,eager-fp32-cl,compile-fp16-cl',
+}
+DTYPES = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    name: str
+    compiled: bool
+    amp: Optional[torch.dtype]
+    channels_last: bool
+
+    @classmethod
+    def parse(cls, name: str) -> 'Setting':
+        parts = name.split('-')
+        ok = len(parts) in (2, 3) and parts[0] in ('eager', 'compile') and parts[1] in DTYPES \
+            and (len(parts) == 2 or parts[2] == 'cl')
+        if not ok:
+            raise SystemExit(f'unknown setting {name!r}: use {{eager|compile}}-{{fp32|bf16|fp16}}[-cl], '
+                             f'e.g. eager-fp32-cl')
+        return cls(name, parts[0] == 'compile', DTYPES[parts[1]], len(parts) == 3)
+
+
+class Runner:
+    """One model in one setting and mode, ready to run `step()` on a fixed random batch."""
+
+    def __init__(self, name: str, setting: Setting, mode: str, device: torch.device, batch_size: int,
+                 img_size: int, seed: int):
+        torch.manual_seed(seed)
+        self.name, self.setting, self.mode, self.device = name, setting, mode, device
+        fmt = torch.channels_last if setting.channels_last else torch.contiguous_format
+        model = timm.create_model(name, num_classes=1000).to(device=device, memory_format=fmt)
+        model.train(mode == 'train')
+        self.model = model
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(batch_size, 3, img_size, img_size, generator=g).to(device, memory_format=fmt)
+        self.y = torch.randint(0, 1000, (batch_size,), generator=g).to(device)
+        self.fn = torch.compile(model) if setting.compiled else model
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9) if mode == 'train' else None
+        use_scaler = setting.amp == torch.float16 and device.type == 'cuda' and mode == 'train'
+        self.scaler = torch.amp.GradScaler(device.type) if use_scaler else None
+
+    def autocast(self):
+        if self.setting.amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.setting.amp)
+
+    def step(self) -> None:
+        if self.mode == 'infer':
+            with torch.inference_mode(), self.autocast():
+                self.fn(self.x)
+            return
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.autocast():
+            loss = F.cross_entropy(self.fn(self.x), self.y)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+
+    def sync(self) -> None:
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize(self.device)
+
+    def timed(self, iters: int) -> float:
+        """Seconds for `iters` steps."""
+        self.sync()
+        t = time.perf_counter()
+        for _ in range(iters):
+            self.step()
+        self.sync()
+        return time.perf_counter() - t
+
+    def peak_memory(self) -> int:
+        """Peak bytes of live tensors during one step (see the module docstring)."""
+        if self.device.type == 'cuda':
+            self.sync()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.step()
+            self.sync()
+            return torch.cuda.max_memory_allocated(self.device)
+        # set_to_none: no gradients are alive at the step's start, as in `step`
+        self.optimizer.zero_grad(set_to_none=True) if self.optimizer else None
+        alive = [self.x, self.y, *self.model.parameters(), *self.model.buffers()]
+        if self.optimizer is not None:
+            alive += [t for s in self.optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
+        start = sum(t.untyped_storage().nbytes() for t in {t.untyped_storage().data_ptr(): t for t in alive}.values())
+        from torch.profiler import ProfilerActivity, profile
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            self.step()
+        events = [e for e in prof.profiler.kineto_results.events()
+                  if e.name() == '[memory]' and e.device_type() == torch._C._autograd.DeviceType.CPU]
+        net = peak = 0
+        for e in sorted(events, key=lambda e: e.start_ns()):
+            net += e.nbytes()
+            peak = max(peak, net)
+        return start + peak
+
+
+def graph_breaks(runner: Runner) -> int:
+    """Graph breaks that `torch._dynamo.explain` finds in the runner's model (its own forward)."""
+    import torch._dynamo
+    torch._dynamo.reset()
+    with torch.inference_mode() if runner.mode == 'infer' else contextlib.nullcontext(), runner.autocast():
+        explained = torch._dynamo.explain(runner.model)(runner.x)
+    torch._dynamo.reset()
+    return explained.graph_break_count
+
+
+def calibrate(runner: Runner, min_time: float) -> int:
+    """Steps per measurement so that one measurement lasts at least `min_time` seconds."""
+    return max(1, math.ceil(min_time / max(runner.timed(1), 1e-6)))
+
+
+def compare(names: Tuple[str, str], setting: Setting, mode: str, args, device: torch.device) -> Dict:
+    """Interleaved measurement of (Elastic, baseline) in one setting and mode."""
+    batch = args.train_batch_size if mode == 'train' else args.batch_size
+    runners = [Runner(n, setting, mode, device, batch, args.img_size, args.seed) for n in names]
+    t0 = time.perf_counter()
+    for r in runners:
+        for _ in range(args.warmup):
+            r.step()
+    iters = [calibrate(r, args.min_time) for r in runners]
+    warm_s = time.perf_counter() - t0
+    rates: List[List[float]] = [[], []]
+    for rnd in range(args.rounds):
+        order = (0, 1) if rnd % 2 == 0 else (1, 0)
+        for i in order:
+            rates[i].append(batch * iters[i] / runners[i].timed(iters[i]))
+    ratios = sorted(e / b for e, b in zip(*rates))
+    row = dict(
+        elastic=names[0], baseline=names[1], setting=setting.name, mode=mode, batch_size=batch,
+        img_size=args.img_size, rounds=args.rounds, iters_per_round=iters, warmup_s=round(warm_s, 1),
+        elastic_img_s=statistics.median(rates[0]), baseline_img_s=statistics.median(rates[1]),
+        ratio=statistics.median(ratios), ratio_min=ratios[0], ratio_max=ratios[-1],
+        rates=rates,
+    )
+    if mode == 'train':
+        mem = [r.peak_memory() for r in runners]
+        row.update(elastic_peak_mb=mem[0] / 2 ** 20, baseline_peak_mb=mem[1] / 2 ** 20, memory_ratio=mem[0] / mem[1])
+    if setting.compiled and names[0] != names[1]:
+        row['elastic_graph_breaks'] = graph_breaks(runners[0])
+    return row
+
+
+def machine(device: torch.device) -> Dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open('/proc/cpuinfo') as f:
+            cpu = next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
+    except (OSError, StopIteration):
+        pass
+    info = dict(cpu=cpu, cores=os.cpu_count(), threads=torch.get_num_threads(), python=platform.python_version(),
+                torch=torch.__version__, timm=timm.__version__, timm_elastic=getattr(timm_elastic, '__version__', ''))
+    if device.type == 'cuda':
+        info['gpu'] = torch.cuda.get_device_name(device)
+    return info
+
+
+def markdown(rows: List[Dict], info: Dict) -> str:
+    where = info.get('gpu') or f'{info["cpu"]}, {info["threads"]} threads'
+    lines = [
+        f'Elastic / stock timm, same process, interleaved ({where}; torch {info["torch"]}, timm {info["timm"]})',
+        '',
+        '| Elastic | baseline | setting | mode | batch | Elastic img/s | baseline img/s | ratio [min, max] '
+        '| peak MB Elastic / baseline (ratio) | graph breaks |',
+        '|---|---|---|---|---|---|---|---|---|---|',
+    ]
+    for r in rows:
+        mem = (f'{r["elastic_peak_mb"]:.0f} / {r["baseline_peak_mb"]:.0f} ({r["memory_ratio"]:.2f}x)'
+               if 'memory_ratio' in r else '')
+        lines.append(
+            f'| {r["elastic"]} | {r["baseline"]} | {r["setting"]} | {r["mode"]} | {r["batch_size"]} '
+            f'| {r["elastic_img_s"]:.2f} | {r["baseline_img_s"]:.2f} '
+            f'| **{r["ratio"]:.2f}x** [{r["ratio_min"]:.2f}, {r["ratio_max"]:.2f}] | {mem} '
+            f'| {r.get("elastic_graph_breaks", "")} |')
+    return '\n'.join(lines)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split('\n\n')[0], epilog=__doc__.split('\n\n', 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--pairs', default=','.join(PAIRS),
+                        help='Elastic models to measure, comma separated (a prefix is enough: resnext50); '
+                             f'each against its baseline: {", ".join(f"{k}/{v}" for k, v in PAIRS.items())}')
+    parser.add_argument('--self-check', metavar='MODEL',
+                        help='instead of the pairs, measure MODEL against a second instance of itself')
+    parser.add_argument('--device', default='cpu', help='cpu or cuda (default: cpu)')
+    parser.add_argument('--settings', help='comma separated; default for cpu: '
+                        f'{DEFAULT_SETTINGS["cpu"]}; for cuda: {DEFAULT_SETTINGS["cuda"]}')
+    parser.add_argument('--modes', default='infer,train', help='infer, train or both (default: both)')
+    parser.add_argument('--threads', type=int, default=2, help='CPU threads (default: 2)')
+    parser.add_argument('--batch-size', type=int, help='inference batch (default: 8 on cpu, 256 on cuda)')
+    parser.add_argument('--train-batch-size', type=int, help='training batch (default: 8 on cpu, 256 on cuda)')
+    parser.add_argument('--img-size', type=int, default=224, help='input side in pixels (default: 224)')
+    parser.add_argument('--rounds', type=int, default=10, help='interleaved rounds, even (default: 10)')
+    parser.add_argument('--warmup', type=int, default=3, help='untimed steps per model first (default: 3)')
+    parser.add_argument('--min-time', type=float, default=1.0,
+                        help='seconds one model is timed for in each round (default: 1.0)')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--json', metavar='PATH', help='also write the results and the machine as JSON')
+    args = parser.parse_args(argv)
+    if args.rounds < 2 or args.rounds % 2:
+        parser.error(f'--rounds must be an even number >= 2 (AB, BA, ...), got {args.rounds}')
+    if args.device not in ('cpu', 'cuda'):
+        parser.error(f'--device must be cpu or cuda, got {args.device!r}')
+    if args.device == 'cuda' and not torch.cuda.is_available():
+        parser.error('--device cuda: no CUDA device is available')
+    modes = args.modes.split(',')
+    if not modes or any(m not in ('infer', 'train') for m in modes):
+        parser.error(f'--modes takes infer and/or train, got {args.modes!r}')
+    args.modes = modes
+    args.settings = [Setting.parse(s) for s in (args.settings or DEFAULT_SETTINGS[args.device]).split(',')]
+    if args.device == 'cpu' and any(s.amp == torch.float16 for s in args.settings):
+        parser.error('fp16 autocast is for CUDA; on the CPU use bf16')
+    default_batch = 256 if args.device == 'cuda' else 8
+    args.batch_size = args.batch_size or default_batch
+    args.train_batch_size = args.train_batch_size or default_batch
+    if args.self_check:
+        if args.self_check not in timm.list_models():
+            parser.error(f'--self-check: unknown model {args.self_check!r}')
+        args.pairs = [(args.self_check, args.self_check)]
+    else:
+        pairs = []
+        for p in args.pairs.split(','):
+            match = [k for k in PAIRS if k.startswith(p)]
+            if len(match) != 1:
+                parser.error(f'--pairs: {p!r} matches {match or "none"} of {", ".join(PAIRS)}')
+            pairs.append((match[0], PAIRS[match[0]]))
+        args.pairs = pairs
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == 'cpu':
+        torch.set_num_threads(args.threads)
+    else:
+        torch.backends.cudnn.benchmark = True  # as timm's benchmark.py and train.py
+    info = machine(device)
+    rows = []
+    for names in args.pairs:
+        for setting in args.settings:
+            for mode in args.modes:
+                row = compare(names, setting, mode, args, device)
+                rows.append(row)
+                print(f'{row["elastic"]} / {row["baseline"]} {setting.name} {mode}: {row["ratio"]:.3f}x '
+                      f'[{row["ratio_min"]:.3f}, {row["ratio_max"]:.3f}] ({row["elastic_img_s"]:.2f} / '
+                      f'{row["baseline_img_s"]:.2f} img/s)'
+                      + (f', peak memory {row["memory_ratio"]:.3f}x' if 'memory_ratio' in row else '')
+                      + (f', graph breaks {row["elastic_graph_breaks"]}' if 'elastic_graph_breaks' in row else ''),
+                      file=sys.stderr, flush=True)
+    table = markdown(rows, info)
+    print(table)
+    if args.json:
+        write_json(args.json, dict(machine=info, args=dict(
+            device=args.device, threads=args.threads, img_size=args.img_size, rounds=args.rounds,
+            warmup=args.warmup, min_time=args.min_time, seed=args.seed), results=rows, markdown=table))
+
+
+if __name__ == '__main__':
+    main()
