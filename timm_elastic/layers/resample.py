@@ -111,10 +111,12 @@ _STRIDED: Dict[str, Tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torc
 
 
 def _aten_forward(x: torch.Tensor, kind: str) -> torch.Tensor:
+    """`resample2x` as PyTorch's ops (also what TorchScript runs: scriptable)."""
     if kind == 'avg_down':
         return F.avg_pool2d(x, 2, stride=2, ceil_mode=True)
-    return F.interpolate(x, scale_factor=2., mode='nearest' if kind == 'nearest_up' else 'bilinear',
-                         align_corners=None if kind == 'nearest_up' else False)
+    if kind == 'nearest_up':
+        return F.interpolate(x, scale_factor=2., mode='nearest')
+    return F.interpolate(x, scale_factor=2., mode='bilinear', align_corners=False)
 
 
 def _aten_backward(grad: torch.Tensor, kind: str, height: int, width: int) -> torch.Tensor:
@@ -220,7 +222,7 @@ class AvgDown(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():
-            return F.avg_pool2d(x, 2, stride=2, ceil_mode=True)
+            return _aten_forward(x, 'avg_down')
         return self._resample(x)
 
     @torch.jit.unused
@@ -241,9 +243,7 @@ class InterpolateUp(nn.Module):
 
     def forward(self, low: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():
-            if self.mode == 'bilinear':
-                return _merge(F.interpolate(low, scale_factor=2., mode='bilinear', align_corners=False), out)
-            return _merge(F.interpolate(low, scale_factor=2., mode='nearest'), out)
+            return _merge(_aten_forward(low, self.mode + '_up'), out)
         return _merge(self._resample(low), out)
 
     @torch.jit.unused
