@@ -1,81 +1,237 @@
-"""The resampling op of the Elastic mechanism (`timm_elastic::resample2x`): the values and gradients of
-PyTorch's own ops in every layout, and the ways users run models: eager, torch.compile (without graph
-breaks), TorchScript and torch.jit.trace."""
+"""The resampling ops of the Elastic mechanism (`timm_elastic::avg_down2x`, `timm_elastic::up2x_add`):
+the values and gradients of PyTorch's own ops in every layout, the dtype autocast gives (on every device),
+and the ways users run models: eager, torch.compile (without graph breaks), TorchScript and torch.jit.trace.
+The Triton kernels that CUDA runs are checked on their own in test_resample_triton.py."""
 import pytest
 import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch._C import DispatchKey, DispatchKeySet
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 import timm_elastic
 from timm_elastic.layers import Elastic
-from timm_elastic.layers.resample import InterpolateUp, resample2x
+from timm_elastic.layers.resample import InterpolateUp, avg_down2x, up2x_add
 
-ATEN = {
-    'avg_down': lambda t: F.avg_pool2d(t, 2, stride=2, ceil_mode=True),
-    'bilinear_up': lambda t: F.interpolate(t, scale_factor=2., mode='bilinear', align_corners=False),
-    'nearest_up': lambda t: F.interpolate(t, scale_factor=2., mode='nearest'),
-}
 LAYOUTS = {'nchw': torch.contiguous_format, 'channels_last': torch.channels_last}
 SIZES = [(1, 1), (1, 3), (2, 5), (4, 4), (7, 3), (6, 8), (5, 5)]
+UP_MODES = ['bilinear', 'nearest']
+
+
+def ref_down(x):
+    return F.avg_pool2d(x, 2, stride=2, ceil_mode=True)
+
+
+def ref_up_add(low, out, mode):
+    kwargs = dict(align_corners=False) if mode == 'bilinear' else {}
+    return out + F.interpolate(low, scale_factor=2., mode=mode, **kwargs)[:, :, :out.shape[-2], :out.shape[-1]]
+
+
+def randn(*size, layout='nchw', **kwargs):
+    return torch.randn(*size, **kwargs).contiguous(memory_format=LAYOUTS[layout])
+
+
+def up_inputs(size, layout, **kwargs):
+    """(low, out) of an Elastic block whose output is `size`: low is ceil(size / 2)."""
+    h, w = size
+    return (randn(2, 3, (h + 1) // 2, (w + 1) // 2, layout=layout, **kwargs).requires_grad_(),
+            randn(2, 3, h, w, layout=layout, **kwargs).requires_grad_())
+
+
+def assert_layout(y, layout):
+    # a map that is both layouts at once (1x1, one channel) passes either way
+    assert y.is_contiguous(memory_format=LAYOUTS[layout])
 
 
 @pytest.mark.parametrize('layout', LAYOUTS)
-@pytest.mark.parametrize('kind', ATEN)
 @pytest.mark.parametrize('size', SIZES)
-def test_values_and_gradients_are_pytorchs(kind, layout, size):
-    x = torch.randn(2, 3, *size, dtype=torch.float64).contiguous(memory_format=LAYOUTS[layout]).requires_grad_()
-    y, ref = resample2x(x, kind), ATEN[kind](x)
-    assert y.shape == ref.shape
+def test_down_values_and_gradients_are_pytorchs(layout, size):
+    x = randn(2, 3, *size, layout=layout, dtype=torch.float64).requires_grad_()
+    y, ref = avg_down2x(x), ref_down(x)
     torch.testing.assert_close(y, ref, rtol=0, atol=1e-12)
     grad = torch.randn_like(ref)
     torch.testing.assert_close(torch.autograd.grad(y, x, grad)[0], torch.autograd.grad(ref, x, grad)[0],
                                rtol=0, atol=1e-12)
-    assert torch.autograd.gradcheck(lambda t: resample2x(t, kind), (x,))
-    # the layout of the input is kept (what the fake kernel promises torch.compile); a 1x1 map is
-    # both layouts at once, and resampled as NCHW
-    assert y.is_contiguous(memory_format=torch.contiguous_format if x.is_contiguous() else LAYOUTS[layout])
+    assert torch.autograd.gradcheck(avg_down2x, (x,))
+    assert_layout(y, layout)
 
 
-@pytest.mark.parametrize('kind', ATEN)
-def test_fp32_at_feature_map_sizes(kind):
+@pytest.mark.parametrize('mode', UP_MODES)
+@pytest.mark.parametrize('layout', LAYOUTS)
+@pytest.mark.parametrize('size', SIZES)
+def test_up_add_values_and_gradients_are_pytorchs(mode, layout, size):
+    low, out = up_inputs(size, layout, dtype=torch.float64)
+    y, ref = up2x_add(low, out, mode), ref_up_add(low, out, mode)
+    torch.testing.assert_close(y, ref, rtol=0, atol=1e-12)
+    grad = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(y, (low, out), grad), torch.autograd.grad(ref, (low, out), grad)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda lo, o: up2x_add(lo, o, mode), (low, out))
+    assert_layout(y, layout)
+
+
+def test_nearest_is_not_bilinear():
+    # the two modes of U must differ (a 'nearest' that ran bilinear would pass the tests above only if
+    # the reference did too): nearest copies each value to its 2x2 window
+    low, out = torch.arange(4.).view(1, 1, 2, 2), torch.zeros(1, 1, 4, 4)
+    expected = torch.tensor([[0., 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]])
+    torch.testing.assert_close(up2x_add(low, out, 'nearest')[0, 0], expected)
+    # bilinear, align_corners=False, by hand: row 0 of the output is 3/4 row 0 + 1/4 row 0 (clamped)
+    assert up2x_add(low, out, 'bilinear')[0, 0, 0].tolist() == [0., 0.25, 0.75, 1.]
+
+
+@pytest.mark.parametrize('mode', UP_MODES)
+def test_fp32_at_feature_map_sizes(mode):
     # the strided NCHW kernels on a realistic block input, against PyTorch's, to fp32 rounding
     x = torch.randn(4, 64, 56, 56).requires_grad_()
-    y, ref = resample2x(x, kind), ATEN[kind](x)
+    y, ref = avg_down2x(x), ref_down(x)
     torch.testing.assert_close(y, ref, rtol=1e-6, atol=1e-6)
     grad = torch.randn_like(ref)
     torch.testing.assert_close(torch.autograd.grad(y, x, grad)[0], torch.autograd.grad(ref, x, grad)[0],
                                rtol=1e-6, atol=1e-6)
+    low, out = up_inputs((56, 56), 'nchw')
+    y, ref = up2x_add(low, out, mode), ref_up_add(low, out, mode)
+    torch.testing.assert_close(y, ref, rtol=1e-6, atol=1e-6)
+    grad = torch.randn_like(ref)
+    torch.testing.assert_close(torch.autograd.grad(y, low, grad)[0], torch.autograd.grad(ref, low, grad)[0],
+                               rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize('kind,aten_op', [
-    ('avg_down', 'aten::avg_pool2d'), ('bilinear_up', 'aten::upsample_bilinear2d'),
-    ('nearest_up', 'aten::upsample_nearest2d')])
-def test_which_kernels_run(kind, aten_op):
+def aten_ops(fn, *tensors):
+    with torch.profiler.profile() as prof:
+        y = fn(*tensors)
+        y.backward(torch.randn_like(y))  # a gradient in y's layout
+    return {e.name for e in prof.events() if e.name.startswith('aten::avg_pool2d')
+            or e.name.startswith('aten::upsample')}
+
+
+@pytest.mark.parametrize('mode', UP_MODES)
+def test_which_kernels_run_on_the_cpu(mode):
     """PyTorch's kernels are slow on contiguous NCHW CPU tensors: the strided ones run there, forward
     and backward; PyTorch's own on channels_last tensors and where pooling meets an odd size."""
-    def ops(x):
-        with torch.profiler.profile() as prof:
-            resample2x(x, kind).sum().backward()
-        return {e.name for e in prof.events()}
-    nchw = ops(torch.randn(2, 4, 8, 6, requires_grad=True))
-    assert aten_op not in nchw and f'{aten_op}_backward' not in nchw
-    assert aten_op in ops(torch.randn(2, 4, 8, 6).contiguous(memory_format=torch.channels_last).requires_grad_())
-    assert aten_op in ops(torch.randn(2, 4, 7, 6, requires_grad=True)) or kind != 'avg_down'
+    assert aten_ops(avg_down2x, randn(2, 4, 8, 6).requires_grad_()) == set()
+    assert aten_ops(lambda lo, o: up2x_add(lo, o, mode), *up_inputs((8, 6), 'nchw')) == set()
+    assert aten_ops(lambda lo, o: up2x_add(lo, o, mode), *up_inputs((7, 5), 'nchw')) == set()
+    # pooling's gradient is a nearest upsampling (of the gradient over each window's size)
+    pooling = {'aten::avg_pool2d', 'aten::upsample_nearest2d'}
+    assert aten_ops(avg_down2x, randn(2, 4, 8, 6, layout='channels_last').requires_grad_()) == pooling
+    assert aten_ops(avg_down2x, randn(2, 4, 7, 6).requires_grad_()) == pooling
+    assert aten_ops(lambda lo, o: up2x_add(lo, o, mode), *up_inputs((8, 6), 'channels_last')) \
+        == {f'aten::upsample_{mode}2d', f'aten::upsample_{mode}2d_backward'}
 
 
-@pytest.mark.parametrize('kind', ATEN)
-def test_bfloat16(kind):
+@pytest.mark.parametrize('mode', UP_MODES)
+def test_bfloat16(mode):
     x = torch.randn(2, 8, 10, 12, dtype=torch.bfloat16)
-    torch.testing.assert_close(resample2x(x, kind), ATEN[kind](x), rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(avg_down2x(x), ref_down(x), rtol=2e-2, atol=2e-2)
+    low, out = torch.randn(2, 8, 5, 6, dtype=torch.bfloat16), torch.randn(2, 8, 10, 11, dtype=torch.bfloat16)
+    torch.testing.assert_close(up2x_add(low, out, mode), ref_up_add(low, out, mode), rtol=2e-2, atol=2e-2)
+
+
+def test_mixed_dtypes_promote_as_the_sum_does():
+    # out + U(low) has the dtype PyTorch's sum would have; each input gets its gradient in its own dtype
+    low = torch.randn(1, 2, 3, 3, requires_grad=True)
+    out = torch.randn(1, 2, 5, 6, dtype=torch.bfloat16, requires_grad=True)
+    y = up2x_add(low, out, 'bilinear')
+    assert y.dtype == torch.float32
+    g_low, g_out = torch.autograd.grad(y.sum(), (low, out))
+    assert (g_low.dtype, g_out.dtype) == (torch.float32, torch.bfloat16)
 
 
 @pytest.mark.parametrize('layout', LAYOUTS)
-@pytest.mark.parametrize('kind', ATEN)
-def test_custom_op_registration(kind, layout):
-    # schema, fake kernel (shapes and strides for torch.compile), autograd registration
-    x = torch.randn(2, 3, 6, 5).contiguous(memory_format=LAYOUTS[layout]).requires_grad_()
-    torch.library.opcheck(resample2x, (x, kind))
+def test_custom_op_registration(layout):
+    # schema, fake kernel (shapes, strides and dtypes for torch.compile), autograd registration
+    for size in [(6, 5), (8, 4)]:
+        torch.library.opcheck(avg_down2x, (randn(2, 3, *size, layout=layout).requires_grad_(),))
+        for mode in UP_MODES:
+            torch.library.opcheck(up2x_add, (*up_inputs(size, layout), mode))
+    g = randn(2, 3, 6, 5, layout=layout)
+    torch.library.opcheck(torch.ops.timm_elastic.avg_down2x_backward, (randn(2, 3, 3, 3, layout=layout), 6, 5))
+    for mode in UP_MODES:
+        torch.library.opcheck(torch.ops.timm_elastic.up2x_backward, (g, mode, 3, 3))
+
+
+# ---- autocast: every Elastic tensor stays in autocast's dtype ----
+
+@pytest.fixture
+def cuda_autocast_rule_on_cpu():
+    """CUDA's autocast runs upsampling in float32 (`upsample_*` are on its fp32 list); the CPU's does not.
+    Reproduce CUDA's rule on the CPU, for the length of a test, so that CPU tests see what CUDA does."""
+    lib = torch.library.Library('aten', 'IMPL')
+
+    def fp32(op):
+        def kernel(x, *args):
+            with torch._C._ExcludeDispatchKeyGuard(DispatchKeySet(DispatchKey.AutocastCPU)):
+                return op(x.float(), *args)
+        return kernel
+    for name in ('upsample_bilinear2d', 'upsample_nearest2d'):
+        packet = getattr(torch.ops.aten, name)
+        lib.impl(name, fp32(packet.default), 'AutocastCPU')
+        lib.impl(f'{name}.vec', fp32(packet.vec), 'AutocastCPU')
+    yield
+    lib._destroy()
+
+
+def test_the_reproduced_rule_is_cudas(cuda_autocast_rule_on_cpu):
+    x = torch.randn(1, 2, 4, 4, dtype=torch.bfloat16)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert F.interpolate(x, scale_factor=2., mode='bilinear').dtype == torch.float32
+        assert F.avg_pool2d(x, 2).dtype == torch.bfloat16
+
+
+def elastic_dtypes(model, x, amp_device):
+    """The dtype of each Elastic block's output in a forward pass under autocast to bf16."""
+    dtypes = {}
+    hooks = [m.register_forward_hook(lambda m, i, o, n=n: dtypes.__setitem__(n, o.dtype))
+             for n, m in model.named_modules() if isinstance(m, Elastic)]
+    with torch.autocast(amp_device, dtype=torch.bfloat16):
+        model(x)
+    for h in hooks:
+        h.remove()
+    return dtypes
+
+
+@pytest.mark.parametrize('layout', LAYOUTS)
+@pytest.mark.parametrize('mode', timm_elastic.RESAMPLE_MODES)
+def test_elastic_blocks_keep_the_autocast_dtype(cuda_autocast_rule_on_cpu, mode, layout):
+    model = tiny(elastic_resample=mode).to(memory_format=LAYOUTS[layout])
+    x = randn(2, 3, 37, 42, layout=layout)
+    dtypes = elastic_dtypes(model, x, 'cpu')
+    assert len(dtypes) == 5 and set(dtypes.values()) == {torch.bfloat16}, dtypes
+
+
+@pytest.mark.parametrize('layout', LAYOUTS)
+@pytest.mark.parametrize('mode', timm_elastic.RESAMPLE_MODES)
+def test_compiled_inference_keeps_the_autocast_dtype(cuda_autocast_rule_on_cpu, mode, layout):
+    # compiled without autograd, the aten ops are traced (see resample.py): the upsampling's float32 must
+    # not reach the sum in the graph
+    m = Elastic(lambda n, d: Sigmoid(4, 3, n, d), 4, 4, 3, elastic_resample=mode).eval()
+    x = randn(2, 4, 7, 10, layout=layout)
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        y = torch.compile(m, fullgraph=True)(x)
+    torch._dynamo.reset()
+    assert y.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize('layout', LAYOUTS)
+def test_fake_kernels_agree_with_the_real_ones_under_autocast(cuda_autocast_rule_on_cpu, layout):
+    # what torch.compile is told (fake) must be what runs (real): shape, strides, dtype
+    low, out = (t.detach() for t in up_inputs((7, 6), layout))
+    x = randn(2, 3, 7, 6, layout=layout)
+    calls = [(avg_down2x, (x,)), (up2x_add, (low, out, 'bilinear')), (up2x_add, (low, out, 'nearest')),
+             (torch.ops.timm_elastic.up2x_backward, (out, 'bilinear', 4, 3)),
+             (torch.ops.timm_elastic.avg_down2x_backward, (low, 7, 6))]
+    for amp in (torch.bfloat16, None):
+        for op, args in calls:
+            args = [a.to(amp) if torch.is_tensor(a) and amp else a for a in args]
+            mode = FakeTensorMode()
+            fake_args = [mode.from_tensor(a) if torch.is_tensor(a) else a for a in args]
+            with torch.autocast('cpu', dtype=amp or torch.bfloat16, enabled=amp is not None):
+                real = op(*args)
+                with mode:
+                    fake = op(*fake_args)
+            assert (fake.shape, fake.stride(), fake.dtype) == (real.shape, real.stride(), real.dtype), op
 
 
 class Sigmoid(nn.Sequential):
@@ -181,15 +337,36 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA de
 
 @cuda
 @pytest.mark.parametrize('layout', LAYOUTS)
-@pytest.mark.parametrize('kind', ATEN)
-def test_cuda_values_gradients_and_registration(kind, layout):
-    x = torch.randn(2, 3, 7, 6, dtype=torch.float64, device='cuda')
-    x = x.contiguous(memory_format=LAYOUTS[layout]).requires_grad_()
-    y, ref = resample2x(x, kind), ATEN[kind](x)
-    torch.testing.assert_close(y, ref, rtol=0, atol=1e-12)
-    assert y.is_contiguous(memory_format=LAYOUTS[layout])
-    assert torch.autograd.gradcheck(lambda t: resample2x(t, kind), (x,))
-    torch.library.opcheck(resample2x, (x.detach().float().requires_grad_(), kind))
+@pytest.mark.parametrize('mode', timm_elastic.RESAMPLE_MODES)
+def test_cuda_elastic_blocks_keep_the_autocast_dtype(mode, layout):
+    model = tiny(elastic_resample=mode).cuda().to(memory_format=LAYOUTS[layout])
+    x = randn(2, 3, 37, 42, layout=layout, device='cuda')
+    dtypes = elastic_dtypes(model, x, 'cuda')
+    assert len(dtypes) == 5 and set(dtypes.values()) == {torch.bfloat16}, dtypes
+    with torch.no_grad():
+        dtypes = elastic_dtypes(model.eval(), x, 'cuda')
+    assert len(dtypes) == 5 and set(dtypes.values()) == {torch.bfloat16}, dtypes
+
+
+def compiled_training_code(model, x):
+    """The code inductor generates for a training step of `model` (forward and backward)."""
+    from torch._inductor.utils import run_and_get_code
+    compiled = torch.compile(model, fullgraph=True)
+    _, code = run_and_get_code(lambda: compiled(x).float().square().sum().backward())
+    torch._dynamo.reset()
+    return '\n'.join(code)
+
+
+@pytest.mark.parametrize('device', ['cpu', pytest.param('cuda', marks=cuda)])
+def test_compiled_backward_has_no_atomics(device):
+    """Bilinear upsampling's gradient traced by inductor is a scatter with atomic adds; the custom ops keep
+    their own (gather) gradients in the compiled backward."""
+    model = tiny().to(device).to(memory_format=torch.channels_last).train()
+    x = randn(4, 3, 40, 36, layout='channels_last', device=device)
+    with torch.autocast(device, dtype=torch.bfloat16):
+        code = compiled_training_code(model, x)
+    assert 'timm_elastic.up2x_backward' in code and 'timm_elastic.avg_down2x_backward' in code
+    assert 'atomic_add' not in code
 
 
 @cuda

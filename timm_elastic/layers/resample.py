@@ -6,29 +6,35 @@ rounded up by `down`). Where U makes a new tensor, the sum is written into it, s
 one full-size tensor for its output, not two.
 
 Speed. The default pair, 2x2 average pooling and bilinear 2x upsampling, runs in every Elastic block
-on the largest tensors of the network, so both run as one op, `timm_elastic::resample2x`, with its
-transpose as its gradient:
-- on a contiguous (NCHW) tensor on the CPU, as strided elementwise kernels written here (the 2-tap
-  filters of bilinear upsampling as `lerp`, rows first so that the interleaving store along W runs on
-  half the data). PyTorch's own kernels are slow there: on a (8, 256, 56, 56) tensor with 2 threads,
+on the largest tensors of the network, so each runs as one op with its transpose as its gradient:
+`timm_elastic::avg_down2x(x)` and `timm_elastic::up2x_add(low, out, mode)`, U and the branch sum in
+one op. Their kernels:
+- CUDA: Triton kernels (`resample_triton.py`), gathers without atomics, the sum fused into U;
+- CPU, contiguous (NCHW) tensors: strided elementwise kernels written here (the 2-tap filters of
+  bilinear upsampling as `lerp`, rows first so that the interleaving store along W runs on half the
+  data). PyTorch's own kernels are slow there: on a (8, 256, 56, 56) tensor with 2 threads,
   avg_pool2d takes 6 ms in NCHW against 0.5 ms in channels_last, bilinear upsampling 13 ms against
   1 ms, their backward passes 7 and 12 ms. Same values up to fp32 rounding (the order of the sums);
-- elsewhere (channels_last, CUDA, odd sizes when pooling), as PyTorch's aten kernels.
-When training under torch.compile, the custom op is called as it is: traced through instead,
-inductor turns bilinear upsampling's gradient into a scatter-add, which made a compiled
+- elsewhere (channels_last on the CPU, CUDA without Triton, other devices): PyTorch's aten kernels.
+Every kernel returns the dtype of its inputs: CUDA's autocast would run aten's upsampling in float32
+(it is on autocast's fp32 list), and the sum, the block's norm and everything up to the next
+convolution with it.
+When training under torch.compile, the ops are called as they are: traced through instead, inductor
+turns bilinear upsampling's gradient into a scatter-add (atomics on CUDA), which made a compiled
 ResNeXt50+Elastic training step 25% slower on the CPU. Compiled without autograd, the aten ops run,
 which inductor fuses with the sum. TorchScript and `torch.jit.trace` run the aten ops too, so that
 scripted and traced models do not need this package.
 """
-from typing import Callable, Dict, Tuple
+import functools
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.models import register_notrace_module
 
-__all__ = ['RESAMPLE_MODES', 'make_resample', 'resample2x', 'AvgDown', 'InterpolateUp', 'FilterDown', 'FilterUp',
-           'SmoothAvg', 'Sum']
+__all__ = ['RESAMPLE_MODES', 'make_resample', 'avg_down2x', 'up2x_add', 'AvgDown', 'InterpolateUp', 'FilterDown',
+           'FilterUp', 'SmoothAvg', 'Sum']
 
 # elastic_resample value -> the row of Table 6 it reproduces
 RESAMPLE_MODES: Dict[str, str] = {
@@ -40,7 +46,7 @@ RESAMPLE_MODES: Dict[str, str] = {
 }
 
 
-# ---- strided kernels for contiguous NCHW tensors on the CPU (no autograd: resample2x pairs them) ----
+# ---- strided kernels for contiguous NCHW tensors on the CPU (no autograd: the ops below pair them) ----
 
 def _sum_down2x(x: torch.Tensor) -> torch.Tensor:
     """(N, C, 2h, 2w) -> (N, C, h, w): the sum of each 2x2 window. Rows first: adding whole rows
@@ -102,31 +108,42 @@ def _bilinear_up2x_adjoint(grad: torch.Tensor) -> torch.Tensor:
     return _lerp_2x_adjoint(cols[..., 0], cols[..., 1], 3)
 
 
-# kind -> (forward, its transpose), the strided kernels for contiguous NCHW tensors on the CPU
-_STRIDED: Dict[str, Tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]] = {
-    'avg_down': (lambda x: _sum_down2x(x).mul_(0.25), lambda g: _repeat_up2x(g * 0.25)),
-    'nearest_up': (_repeat_up2x, _sum_down2x),
-    'bilinear_up': (_bilinear_up2x, _bilinear_up2x_adjoint),
+# U's mode -> (U, its transpose), the strided kernels for contiguous NCHW tensors on the CPU
+_STRIDED_UP: Dict[str, Tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]] = {
+    'bilinear': (_bilinear_up2x, _bilinear_up2x_adjoint),
+    'nearest': (_repeat_up2x, _sum_down2x),
 }
 
 
-def _aten_forward(x: torch.Tensor, kind: str) -> torch.Tensor:
-    """`resample2x` as PyTorch's ops (also what TorchScript runs: scriptable)."""
-    if kind == 'avg_down':
-        return F.avg_pool2d(x, 2, stride=2, ceil_mode=True)
-    if kind == 'nearest_up':
-        return F.interpolate(x, scale_factor=2., mode='nearest')
-    return F.interpolate(x, scale_factor=2., mode='bilinear', align_corners=False)
+# ---- PyTorch's ops: the fallback, and what TorchScript, torch.jit.trace and inference under torch.compile run ----
+
+def _aten_down(x: torch.Tensor) -> torch.Tensor:
+    return F.avg_pool2d(x, 2, stride=2, ceil_mode=True)
 
 
-def _aten_backward(grad: torch.Tensor, kind: str, height: int, width: int) -> torch.Tensor:
+def _aten_up(low: torch.Tensor, mode: str) -> torch.Tensor:
+    # CUDA's autocast runs upsampling in float32 (its fp32 op list): cast back, or the branch sum, and
+    # every layer after it up to the next convolution, would run in float32 too
+    if mode == 'nearest':
+        return F.interpolate(low, scale_factor=2., mode='nearest').to(low.dtype)
+    return F.interpolate(low, scale_factor=2., mode='bilinear', align_corners=False).to(low.dtype)
+
+
+def _aten_up_add(low: torch.Tensor, out: torch.Tensor, mode: str) -> torch.Tensor:
+    return out + _aten_up(low, mode)[:, :, :out.shape[-2], :out.shape[-1]]
+
+
+def _aten_up_backward(grad: torch.Tensor, mode: str, height: int, width: int) -> torch.Tensor:
+    """The gradient of `_aten_up(low)` for `low` of size (height, width), `grad` of U's full size."""
     n, c = grad.shape[:2]
-    if kind == 'bilinear_up':
-        return torch.ops.aten.upsample_bilinear2d_backward(grad, grad.shape[-2:], [n, c, height, width], False, 2., 2.)
-    if kind == 'nearest_up':
+    if mode == 'nearest':
         return torch.ops.aten.upsample_nearest2d_backward(grad, grad.shape[-2:], [n, c, height, width], 2., 2.)
-    # avg_down: each input pixel gets its window's gradient over the window's size, 4 but at an odd
-    # border, where ceil_mode's window holds 2 valid entries (1 in the corner)
+    return torch.ops.aten.upsample_bilinear2d_backward(grad, grad.shape[-2:], [n, c, height, width], False, 2., 2.)
+
+
+def _aten_down_backward(grad: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    # each input pixel gets its window's gradient over the window's size, 4 but at an odd border,
+    # where ceil_mode's window holds 2 valid entries (1 in the corner)
     grad = grad * 0.25
     if height % 2:
         grad[:, :, -1].mul_(2.)
@@ -135,76 +152,157 @@ def _aten_backward(grad: torch.Tensor, kind: str, height: int, width: int) -> to
     return F.interpolate(grad, scale_factor=2., mode='nearest')[:, :, :height, :width]
 
 
+# ---- the ops: one per function, with a kernel per device ----
+
 def _layout(x: torch.Tensor) -> torch.memory_format:
     """The memory format of what is computed from `x` (made explicit, so the fake kernels can say it)."""
     channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
-def _strided(x: torch.Tensor, kind: str, height: int, width: int) -> bool:
-    """Whether the strided kernels apply: a tensor on the CPU that is not channels_last (it is made
-    contiguous); for pooling, of an even-sized input."""
-    return x.device.type == 'cpu' and _layout(x) == torch.contiguous_format \
-        and (kind != 'avg_down' or (height % 2 == 0 and width % 2 == 0))
+def _like(ref: torch.Tensor, size, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """An empty tensor of `size` in the dtype (by default) and memory format of `ref`: what every op
+    returns, on every device, and what its fake kernel says it returns."""
+    return ref.new_empty(size, dtype=dtype).contiguous(memory_format=_layout(ref))
 
 
-@torch.library.custom_op('timm_elastic::resample2x', mutates_args=())
-def resample2x(x: torch.Tensor, kind: str) -> torch.Tensor:
-    """2x resampling of (N, C, H, W): `kind` 'avg_down' (2x2 average, stride 2, odd sizes rounded up)
-    -> (N, C, ceil(H / 2), ceil(W / 2)); 'bilinear_up' (align_corners=False) or 'nearest_up' ->
-    (N, C, 2H, 2W). A new tensor in the memory format of `x`."""
-    if _strided(x, kind, *x.shape[-2:]):
-        return _STRIDED[kind][0](x.contiguous())
-    return _aten_forward(x, kind).contiguous(memory_format=_layout(x))
+def _as(t: torch.Tensor, ref: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """`t` in the dtype (by default) and memory format of `ref` (no copy where it already is)."""
+    return t.to(dtype or ref.dtype).contiguous(memory_format=_layout(ref))
 
 
-@resample2x.register_fake
-def _(x: torch.Tensor, kind: str) -> torch.Tensor:
+def _cpu_nchw(x: torch.Tensor) -> bool:
+    """Whether the strided CPU kernels apply: a tensor on the CPU that is not channels_last."""
+    return x.device.type == 'cpu' and _layout(x) == torch.contiguous_format
+
+
+def _even(height: int, width: int) -> bool:
+    return height % 2 == 0 and width % 2 == 0
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_kernels(device: torch.device):
+    """`resample_triton` (the CUDA kernels, imported on first use) if Triton serves `device`, else None:
+    Triton is missing, or the GPU predates what Triton compiles for (NVIDIA compute capability 7.0)."""
+    if torch.version.hip is None and torch.cuda.get_device_capability(device) < (7, 0):
+        return None
+    try:
+        from . import resample_triton
+    except ImportError:
+        return None
+    return resample_triton
+
+
+def _op(fn):
+    """`fn` as the custom op `timm_elastic::<its name>`: its kernel on every device but CUDA, where the
+    Triton kernel of the same name runs (`fn` too where Triton does not serve the GPU)."""
+    op = torch.library.custom_op(f'timm_elastic::{fn.__name__}', fn, mutates_args=())
+
+    @op.register_kernel('cuda')
+    def _(*args, **kwargs):
+        kernels = _triton_kernels(next(a.device for a in (*args, *kwargs.values()) if torch.is_tensor(a)))
+        return (fn if kernels is None else getattr(kernels, fn.__name__))(*args, **kwargs)
+    return op
+
+
+@_op
+def avg_down2x(x: torch.Tensor) -> torch.Tensor:
+    """D: 2x2 average pooling, stride 2, of (N, C, H, W) -> (N, C, ceil(H / 2), ceil(W / 2)); an odd size
+    rounds up, the window over the border averaging its valid entries. A new tensor in the dtype and
+    memory format of `x`."""
+    if _cpu_nchw(x) and _even(*x.shape[-2:]):
+        return _sum_down2x(x.contiguous()).mul_(0.25)
+    return _as(_aten_down(x), x)
+
+
+@avg_down2x.register_fake
+def _(x: torch.Tensor) -> torch.Tensor:
     n, c, h, w = x.shape
-    size = (n, c, (h + 1) // 2, (w + 1) // 2) if kind == 'avg_down' else (n, c, 2 * h, 2 * w)
-    return x.new_empty(size).contiguous(memory_format=_layout(x))
+    return _like(x, (n, c, (h + 1) // 2, (w + 1) // 2))
 
 
-@torch.library.custom_op('timm_elastic::resample2x_backward', mutates_args=())
-def resample2x_backward(grad: torch.Tensor, kind: str, height: int, width: int) -> torch.Tensor:
-    """The gradient of `resample2x(x, kind)` with respect to `x` of size (height, width): the
-    transposed operation. In the memory format of `grad`."""
-    if _strided(grad, kind, height, width):
-        return _STRIDED[kind][1](grad.contiguous())
-    return _aten_backward(grad, kind, height, width).contiguous(memory_format=_layout(grad))
+@_op
+def avg_down2x_backward(grad: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """The gradient of `avg_down2x(x)` for `x` of size (height, width): the transposed pooling."""
+    if _cpu_nchw(grad) and _even(height, width):
+        return _repeat_up2x(grad.contiguous() * 0.25)
+    return _as(_aten_down_backward(grad, height, width), grad)
 
 
-@resample2x_backward.register_fake
-def _(grad: torch.Tensor, kind: str, height: int, width: int) -> torch.Tensor:
-    return grad.new_empty(*grad.shape[:2], height, width).contiguous(memory_format=_layout(grad))
+@avg_down2x_backward.register_fake
+def _(grad: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    return _like(grad, (*grad.shape[:2], height, width))
 
 
-def _setup_context(ctx, inputs, output) -> None:
-    # only the input's size: saving the input itself would keep it alive where nothing else needs it
-    x, ctx.kind = inputs
-    ctx.size = x.shape[-2:]
+@_op
+def up2x_add(low: torch.Tensor, out: torch.Tensor, mode: str) -> torch.Tensor:
+    """The branch sum `out + U(low)`: U 2x upsampling of `low` (N, C, h, w), 'bilinear'
+    (align_corners=False) or 'nearest', cropped to the size (H, W) of `out`, h = ceil(H / 2) and
+    w = ceil(W / 2). A new tensor in the memory format of `out`, of the dtype of `out + low`."""
+    up = _STRIDED_UP[mode][0](low.contiguous()) if _cpu_nchw(low) else _aten_up(low, mode)
+    dtype = torch.result_type(out, low)
+    # the sum goes into U's new output where it can: one full-size tensor, not two
+    if up.shape == out.shape and up.dtype == dtype and _layout(up) == _layout(out):
+        return up.add_(out)
+    return _as(out + up[:, :, :out.shape[-2], :out.shape[-1]], out, dtype)
 
 
-def _backward(ctx, grad: torch.Tensor):
-    return resample2x_backward(grad, ctx.kind, *ctx.size), None
+@up2x_add.register_fake
+def _(low: torch.Tensor, out: torch.Tensor, mode: str) -> torch.Tensor:
+    return _like(out, out.shape, torch.result_type(out, low))
 
 
-resample2x.register_autograd(_backward, setup_context=_setup_context)
+@_op
+def up2x_backward(grad: torch.Tensor, mode: str, height: int, width: int) -> torch.Tensor:
+    """The gradient of `low` (of size (height, width)) in `up2x_add(low, out, mode)` from the gradient
+    of the sum, of the size (H, W) of `out`: U's transpose. (The gradient of `out` is `grad` itself.)"""
+    full = grad
+    if grad.shape[-2:] != (2 * height, 2 * width):  # cropped: what was cut off had no gradient
+        full = F.pad(grad, (0, 2 * width - grad.shape[-1], 0, 2 * height - grad.shape[-2]))
+    if _cpu_nchw(grad):
+        return _STRIDED_UP[mode][1](full.contiguous())
+    return _as(_aten_up_backward(full, mode, height, width), grad)
 
 
-def _resample(x: torch.Tensor, kind: str) -> torch.Tensor:
-    """`resample2x`, or the aten ops where they serve better: in `torch.jit.trace`, which records what
+@up2x_backward.register_fake
+def _(grad: torch.Tensor, mode: str, height: int, width: int) -> torch.Tensor:
+    return _like(grad, (*grad.shape[:2], height, width))
+
+
+# autograd saves the input's size and dtype only: saving the input itself would keep it alive where
+# nothing else needs it
+def _down_context(ctx, inputs, output) -> None:
+    ctx.size = inputs[0].shape[-2:]
+
+
+def _down_grad(ctx, grad: torch.Tensor):
+    return avg_down2x_backward(grad, *ctx.size)
+
+
+def _up_context(ctx, inputs, output) -> None:
+    low, out, ctx.mode = inputs
+    ctx.size, ctx.low_dtype, ctx.out_dtype = low.shape[-2:], low.dtype, out.dtype
+
+
+def _up_grad(ctx, grad: torch.Tensor):
+    return up2x_backward(grad, ctx.mode, *ctx.size).to(ctx.low_dtype), grad.to(ctx.out_dtype), None
+
+
+avg_down2x.register_autograd(_down_grad, setup_context=_down_context)
+up2x_add.register_autograd(_up_grad, setup_context=_up_context)
+
+
+def _traced_as_aten(*tensors: torch.Tensor) -> bool:
+    """Where PyTorch's ops serve better than the custom ops: in `torch.jit.trace`, which records what
     runs (a traced model then needs nothing of this package), and in `torch.compile` without autograd,
     where inductor fuses them with the sum and the block's norm."""
-    no_grad = not (torch.is_grad_enabled() and x.requires_grad)
-    if torch.jit.is_tracing() or (torch.compiler.is_compiling() and no_grad):
-        return _aten_forward(x, kind)
-    return resample2x(x, kind)
+    no_grad = not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+    return torch.jit.is_tracing() or (torch.compiler.is_compiling() and no_grad)
 
 
 def _merge(up: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """`out + up`, `up` cropped to `out`'s size. Run eagerly, the sum is written into `up` where the
-    sizes agree: `up` must be a new tensor that no autograd node saved (true of every U below).
+    sizes agree: `up` must be a new tensor that no autograd node saved (true of FilterUp's).
     Compiled, it stays out of place, so that inductor computes U inside the sum's kernel."""
     if up.shape == out.shape and up.dtype == out.dtype and not torch.compiler.is_compiling():
         return up.add_(out)
@@ -222,12 +320,12 @@ class AvgDown(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():
-            return _aten_forward(x, 'avg_down')
+            return _aten_down(x)
         return self._resample(x)
 
     @torch.jit.unused
     def _resample(self, x: torch.Tensor) -> torch.Tensor:
-        return _resample(x, 'avg_down')
+        return _aten_down(x) if _traced_as_aten(x) else avg_down2x(x)
 
 
 @register_notrace_module
@@ -243,12 +341,12 @@ class InterpolateUp(nn.Module):
 
     def forward(self, low: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():
-            return _merge(_aten_forward(low, self.mode + '_up'), out)
-        return _merge(self._resample(low), out)
+            return _aten_up_add(low, out, self.mode)
+        return self._up_add(low, out)
 
     @torch.jit.unused
-    def _resample(self, low: torch.Tensor) -> torch.Tensor:
-        return _resample(low, f'{self.mode}_up')
+    def _up_add(self, low: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        return _aten_up_add(low, out, self.mode) if _traced_as_aten(low, out) else up2x_add(low, out, self.mode)
 
     def extra_repr(self) -> str:
         return f'mode={self.mode!r}'
