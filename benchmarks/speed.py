@@ -15,6 +15,21 @@ fp32 or autocast to bf16 / fp16, channels_last or not):
   the step's start (parameters, buffers, optimizer state, batch) plus the highest net allocation
   during the step, read from the profiler's memory events.
 For `compile-*` settings the Elastic model's graph breaks are counted with `torch._dynamo.explain`.
+Per Elastic row, `resample share`: the part of a step spent in resampling and the branch sum, from the
+profiler (two steps; device time of the ops on CUDA, CPU time on the CPU, over the profiled steps' time).
+Ops counted: `timm_elastic::*` (pooling, U fused with the sum, their gradients) and, for `--resample aten`,
+aten's average pooling and upsampling and their gradients (with the network's own average pooling,
+DenseNet's transitions and DLA's head, and without the sum, an `aten::add` like the residual's). Fused
+by inductor (inference under torch.compile), it cannot be told apart: blank.
+
+`--resample` runs the Elastic model with other resampling, each variant against the same baseline:
+- `ours` (default): the package as installed;
+- `aten`: PyTorch's ops (`F.avg_pool2d`, `F.interpolate`, then the sum): the implementation before
+  timm-elastic had its own kernels;
+- `free`: the floor, resampling made (almost) free with outputs of the same sizes: D a strided view
+  (`x[..., ::2, ::2]`, copied by the next convolution), U nothing (the sum skipped; the low group's
+  gradient is the sum's gradient subsampled the same way). What stays between `free` and the baseline
+  is the cost of the Elastic structure itself (more, narrower layers at high resolution).
 
 `--self-check MODEL` pairs a model with a second instance of itself: the harness must read
 1.00 +- 0.03 there, or its ratios mean nothing on this machine.
@@ -22,6 +37,7 @@ For `compile-*` settings the Elastic model's graph breaks are counted with `torc
     python benchmarks/speed.py                               # CPU, 2 threads, batch 8, the 5 pairs
     python benchmarks/speed.py --pairs resnext50 --settings eager-fp32,eager-fp32-cl --modes infer
     python benchmarks/speed.py --device cuda                 # AMP, channels_last, train batch 256
+    python benchmarks/speed.py --device cuda --pairs resnext50 --resample ours,aten,free --settings eager-bf16-cl
     python benchmarks/speed.py --self-check resnext50_32x4d --modes infer
 
 Prints a markdown table; `--json PATH` also writes every number and the machine it came from.
@@ -35,7 +51,7 @@ import platform
 import statistics
 import sys
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -77,15 +93,87 @@ class Setting:
         return cls(name, parts[0] == 'compile', DTYPES[parts[1]], len(parts) == 3)
 
 
+class AtenDown(torch.nn.Module):
+    """D as PyTorch's op (`--resample aten`)."""
+
+    def forward(self, x):
+        return F.avg_pool2d(x, 2, stride=2, ceil_mode=True)
+
+
+class AtenUp(torch.nn.Module):
+    """U as PyTorch's op, then the sum (`--resample aten`)."""
+
+    def __init__(self, mode: str):
+        super().__init__()
+        self.mode = mode
+
+    def forward(self, low, out):
+        kwargs = dict(align_corners=False) if self.mode == 'bilinear' else {}
+        up = F.interpolate(low, scale_factor=2., mode=self.mode, **kwargs)
+        return out + up[:, :, :out.shape[-2], :out.shape[-1]]
+
+
+class FreeDown(torch.nn.Module):
+    """D replaced by a strided view of the same output size (`--resample free`)."""
+
+    def forward(self, x):
+        return x[:, :, ::2, ::2]
+
+
+class _SkipSum(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, low, out):
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad[:, :, ::2, ::2], grad
+
+
+class FreeUp(torch.nn.Module):
+    """U and the sum replaced by nothing (`--resample free`): `out` passes; the low group's gradient is
+    the sum's gradient subsampled, so that the low paths' backward still runs on real data."""
+
+    def forward(self, low, out):
+        return _SkipSum.apply(low, out)
+
+
+RESAMPLE_VARIANTS = ('ours', 'aten', 'free')
+
+
+def swap_resampling(model: torch.nn.Module, variant: str) -> int:
+    """Replace the default resampling of every Elastic block of `model` by `variant`'s; the blocks changed."""
+    from timm_elastic.layers import Elastic
+    from timm_elastic.layers.resample import AvgDown, InterpolateUp
+    count = 0
+    for m in model.modules():
+        if variant != 'ours' and isinstance(m, Elastic) and isinstance(m.down, AvgDown) \
+                and isinstance(m.up, InterpolateUp):
+            m.down, m.up = (AtenDown(), AtenUp(m.up.mode)) if variant == 'aten' else (FreeDown(), FreeUp())
+            count += 1
+    return count
+
+
+# per variant, the ops whose time is the step's resampling time (ours: U fused with the sum)
+RESAMPLE_OPS = {
+    'ours': ('timm_elastic::',),
+    'aten': ('aten::avg_pool2d', 'aten::upsample_bilinear2d', 'aten::upsample_nearest2d'),
+    'free': (),
+}
+
+
 class Runner:
     """One model in one setting and mode, ready to run `step()` on a fixed random batch."""
 
     def __init__(self, name: str, setting: Setting, mode: str, device: torch.device, batch_size: int,
-                 img_size: int, seed: int):
+                 img_size: int, seed: int, resample: str = 'ours'):
         torch.manual_seed(seed)
-        self.name, self.setting, self.mode, self.device = name, setting, mode, device
+        self.name, self.setting, self.mode, self.device, self.resample = name, setting, mode, device, resample
         fmt = torch.channels_last if setting.channels_last else torch.contiguous_format
-        model = timm.create_model(name, num_classes=1000).to(device=device, memory_format=fmt)
+        model = timm.create_model(name, num_classes=1000)
+        if resample != 'ours' and not swap_resampling(model, resample):
+            raise SystemExit(f'--resample {resample}: {name} has no Elastic block with the default resampling')
+        model = model.to(device=device, memory_format=fmt)
         model.train(mode == 'train')
         self.model = model
         g = torch.Generator().manual_seed(seed)
@@ -155,6 +243,32 @@ class Runner:
             peak = max(peak, net)
         return start + peak
 
+    def resample_share(self, steps: int = 2) -> Dict:
+        """Milliseconds per step in the resampling ops (RESAMPLE_OPS of the variant, outermost calls only) and
+        their share of the profiled steps' time: device time on CUDA, CPU time on the CPU."""
+        from torch.profiler import ProfilerActivity, profile
+        cuda = self.device.type == 'cuda'
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        self.sync()
+        with profile(activities=activities) as prof:
+            t = time.perf_counter()
+            for _ in range(steps):
+                self.step()
+            self.sync()
+            wall = time.perf_counter() - t
+
+        def resampling(e) -> bool:
+            return bool(RESAMPLE_OPS[self.resample]) and e.name.startswith(RESAMPLE_OPS[self.resample])
+        spent_us = 0.
+        for e in prof.events():
+            parent, nested = e.cpu_parent, False
+            while parent is not None and not nested:
+                nested, parent = resampling(parent), parent.cpu_parent
+            if resampling(e) and not nested:
+                spent_us += e.device_time_total if cuda else e.cpu_time_total
+        ms = spent_us / 1e3 / steps
+        return dict(resample_ms=ms, step_ms=wall * 1e3 / steps, resample_share=ms / (wall * 1e3 / steps))
+
 
 def graph_breaks(runner: Runner) -> int:
     """Graph breaks that `torch._dynamo.explain` finds in the runner's model (its own forward)."""
@@ -171,10 +285,12 @@ def calibrate(runner: Runner, min_time: float) -> int:
     return max(1, math.ceil(min_time / max(runner.timed(1), 1e-6)))
 
 
-def compare(names: Tuple[str, str], setting: Setting, mode: str, args, device: torch.device) -> Dict:
+def compare(names: Tuple[str, str], setting: Setting, mode: str, args, device: torch.device,
+            resample: str = 'ours') -> Dict:
     """Interleaved measurement of (Elastic, baseline) in one setting and mode."""
     batch = args.train_batch_size if mode == 'train' else args.batch_size
-    runners = [Runner(n, setting, mode, device, batch, args.img_size, args.seed) for n in names]
+    runners = [Runner(n, setting, mode, device, batch, args.img_size, args.seed, resample if i == 0 else 'ours')
+               for i, n in enumerate(names)]
     t0 = time.perf_counter()
     for r in runners:
         for _ in range(args.warmup):
@@ -188,7 +304,7 @@ def compare(names: Tuple[str, str], setting: Setting, mode: str, args, device: t
             rates[i].append(batch * iters[i] / runners[i].timed(iters[i]))
     ratios = sorted(e / b for e, b in zip(*rates))
     row = dict(
-        elastic=names[0], baseline=names[1], setting=setting.name, mode=mode, batch_size=batch,
+        elastic=names[0], resample=resample, baseline=names[1], setting=setting.name, mode=mode, batch_size=batch,
         img_size=args.img_size, rounds=args.rounds, iters_per_round=iters, warmup_s=round(warm_s, 1),
         elastic_img_s=statistics.median(rates[0]), baseline_img_s=statistics.median(rates[1]),
         ratio=statistics.median(ratios), ratio_min=ratios[0], ratio_max=ratios[-1],
@@ -197,6 +313,10 @@ def compare(names: Tuple[str, str], setting: Setting, mode: str, args, device: t
     if mode == 'train':
         mem = [r.peak_memory() for r in runners]
         row.update(elastic_peak_mb=mem[0] / 2 ** 20, baseline_peak_mb=mem[1] / 2 ** 20, memory_ratio=mem[0] / mem[1])
+    if names[0] != names[1]:
+        share = runners[0].resample_share()
+        fused = setting.compiled and mode == 'infer' and resample == 'ours'  # inductor fused the aten ops
+        row.update(share if not fused else dict(resample_ms=None, step_ms=share['step_ms'], resample_share=None))
     if setting.compiled and names[0] != names[1]:
         row['elastic_graph_breaks'] = graph_breaks(runners[0])
     return row
@@ -221,17 +341,19 @@ def markdown(rows: List[Dict], info: Dict) -> str:
     lines = [
         f'Elastic / stock timm, same process, interleaved ({where}; torch {info["torch"]}, timm {info["timm"]})',
         '',
-        '| Elastic | baseline | setting | mode | batch | Elastic img/s | baseline img/s | ratio [min, max] '
-        '| peak MB Elastic / baseline (ratio) | graph breaks |',
-        '|---|---|---|---|---|---|---|---|---|---|',
+        '| Elastic | resample | baseline | setting | mode | batch | Elastic img/s | baseline img/s | ratio [min, max] '
+        '| peak MB Elastic / baseline (ratio) | resample share (ms / step) | graph breaks |',
+        '|---|---|---|---|---|---|---|---|---|---|---|---|',
     ]
     for r in rows:
         mem = (f'{r["elastic_peak_mb"]:.0f} / {r["baseline_peak_mb"]:.0f} ({r["memory_ratio"]:.2f}x)'
                if 'memory_ratio' in r else '')
+        share = (f'{100 * r["resample_share"]:.1f}% ({r["resample_ms"]:.1f} / {r["step_ms"]:.1f})'
+                 if r.get('resample_share') is not None else '')
         lines.append(
-            f'| {r["elastic"]} | {r["baseline"]} | {r["setting"]} | {r["mode"]} | {r["batch_size"]} '
-            f'| {r["elastic_img_s"]:.2f} | {r["baseline_img_s"]:.2f} '
-            f'| **{r["ratio"]:.2f}x** [{r["ratio_min"]:.2f}, {r["ratio_max"]:.2f}] | {mem} '
+            f'| {r["elastic"]} | {r.get("resample", "ours")} | {r["baseline"]} | {r["setting"]} | {r["mode"]} '
+            f'| {r["batch_size"]} | {r["elastic_img_s"]:.2f} | {r["baseline_img_s"]:.2f} '
+            f'| **{r["ratio"]:.2f}x** [{r["ratio_min"]:.2f}, {r["ratio_max"]:.2f}] | {mem} | {share} '
             f'| {r.get("elastic_graph_breaks", "")} |')
     return '\n'.join(lines)
 
@@ -249,6 +371,9 @@ def parse_args(argv=None):
     parser.add_argument('--settings', help='comma separated; default for cpu: '
                         f'{DEFAULT_SETTINGS["cpu"]}; for cuda: {DEFAULT_SETTINGS["cuda"]}')
     parser.add_argument('--modes', default='infer,train', help='infer, train or both (default: both)')
+    parser.add_argument('--resample', default='ours',
+                        help='the Elastic models\' resampling, comma separated: ours (the package\'s), aten '
+                             '(PyTorch\'s ops), free (the floor: no resampling cost); default: ours')
     parser.add_argument('--threads', type=int, default=2, help='CPU threads (default: 2)')
     parser.add_argument('--batch-size', type=int, help='inference batch (default: 8 on cpu, 256 on cuda)')
     parser.add_argument('--train-batch-size', type=int, help='training batch (default: 8 on cpu, 256 on cuda)')
@@ -270,6 +395,9 @@ def parse_args(argv=None):
     if not modes or any(m not in ('infer', 'train') for m in modes):
         parser.error(f'--modes takes infer and/or train, got {args.modes!r}')
     args.modes = modes
+    args.resample = args.resample.split(',')
+    if not args.resample or any(v not in RESAMPLE_VARIANTS for v in args.resample):
+        parser.error(f'--resample takes {", ".join(RESAMPLE_VARIANTS)}, got {",".join(args.resample)!r}')
     args.settings = [Setting.parse(s) for s in (args.settings or DEFAULT_SETTINGS[args.device]).split(',')]
     if args.device == 'cpu' and any(s.amp == torch.float16 for s in args.settings):
         parser.error('fp16 autocast is for CUDA; on the CPU use bf16')
@@ -300,23 +428,32 @@ def main(argv=None) -> None:
         torch.backends.cudnn.benchmark = True  # as timm's benchmark.py and train.py
     info = machine(device)
     rows = []
+    variants = ['ours'] if args.self_check else args.resample
     for names in args.pairs:
         for setting in args.settings:
             for mode in args.modes:
-                row = compare(names, setting, mode, args, device)
-                rows.append(row)
-                print(f'{row["elastic"]} / {row["baseline"]} {setting.name} {mode}: {row["ratio"]:.3f}x '
-                      f'[{row["ratio_min"]:.3f}, {row["ratio_max"]:.3f}] ({row["elastic_img_s"]:.2f} / '
-                      f'{row["baseline_img_s"]:.2f} img/s)'
-                      + (f', peak memory {row["memory_ratio"]:.3f}x' if 'memory_ratio' in row else '')
-                      + (f', graph breaks {row["elastic_graph_breaks"]}' if 'elastic_graph_breaks' in row else ''),
-                      file=sys.stderr, flush=True)
-    table = markdown(rows, info)
-    print(table)
+                for resample in variants:
+                    row = compare(names, setting, mode, args, device, resample)
+                    rows.append(row)
+                    print(f'{row["elastic"]} [{resample}] / {row["baseline"]} {setting.name} {mode}: '
+                          f'{row["ratio"]:.3f}x [{row["ratio_min"]:.3f}, {row["ratio_max"]:.3f}] '
+                          f'({row["elastic_img_s"]:.2f} / {row["baseline_img_s"]:.2f} img/s)'
+                          + (f', peak memory {row["memory_ratio"]:.3f}x' if 'memory_ratio' in row else '')
+                          + (f', resample share {100 * row["resample_share"]:.1f}%'
+                             if row.get('resample_share') is not None else '')
+                          + (f', graph breaks {row["elastic_graph_breaks"]}' if 'elastic_graph_breaks' in row
+                             else ''), file=sys.stderr, flush=True)
+                    if args.json:  # after every row, so that a run cut short keeps what it measured
+                        write_results(args, info, rows)
+    print(markdown(rows, info))
     if args.json:
-        write_json(args.json, dict(machine=info, args=dict(
-            device=args.device, threads=args.threads, img_size=args.img_size, rounds=args.rounds,
-            warmup=args.warmup, min_time=args.min_time, seed=args.seed), results=rows, markdown=table))
+        write_results(args, info, rows)
+
+
+def write_results(args, info: Dict, rows: List[Dict]) -> None:
+    write_json(args.json, dict(machine=info, args=dict(
+        device=args.device, threads=args.threads, img_size=args.img_size, rounds=args.rounds, warmup=args.warmup,
+        min_time=args.min_time, seed=args.seed, resample=args.resample), results=rows, markdown=markdown(rows, info)))
 
 
 if __name__ == '__main__':
