@@ -33,7 +33,7 @@ from .resample import _layout
 
 __all__ = ['avg_down2x', 'avg_down2x_backward', 'up2x_add', 'up2x_backward']
 
-TILE = 2048  # elements per program: TILE // BLOCK_C rows of BLOCK_C
+TILE = 1024  # elements per program (TILE // BLOCK_C rows of BLOCK_C): 8 a thread at 4 warps, 16 bytes of bf16
 MAX_BLOCK_C = 128
 NUM_WARPS = 4
 INT32_LIMIT = 2 ** 31  # tensors spanning this many elements or more are indexed in 64 bits
