@@ -7,6 +7,7 @@ import timm
 import torch
 
 import timm_elastic
+from paper import MODELS, ORIGINAL_CODE, PAPER, PAPER_FLOPS_DIFFER, SELASTIC_PARAMS
 from timm_elastic.complexity import count_gmacs, count_params
 from timm_elastic.layers import RESAMPLE_MODES
 
@@ -16,21 +17,6 @@ FAMILY = ['resnext50_selastic', 'dla_x60_elastic', 'densenet201_elastic']
 ELASTIC = [n for n in ALL if 'elastic' in n]
 TWIN_NAMES = {n for pair in timm_elastic.TWINS.items() for n in pair}
 
-# parameter counts of the original implementation (its key manifests) for the layouts it released.
-# The DLA originals also hold projections they never use (see models/dla.py), counted apart.
-ORIGINAL_PARAMS = {
-    'resnext50_elastic': 25_246_504,
-    'resnext101_elastic': 44_265_256,
-    'seresnext50_elastic': 27_803_976,
-    'resnext50_selastic': 25_028_904,  # = ResNeXt50's: sElastic keeps every parameter (Appendix A)
-    'dla_x60': 17_649_816,
-    'dla_x60_elastic': 17_649_816,  # = DLA-X60's (Table 8: +sElastic = +Elastic)
-    'dla_x102': 26_772_120,
-    'dla_x102_selastic': 26_772_120,
-    'dla_x102_elastic': 24_917_144,
-    'densenet201_elastic': 19_482_824,
-}
-
 
 def original_counts(model):
     """(parameters, GMACs at 224) as the original code counts them."""
@@ -39,24 +25,30 @@ def original_counts(model):
 
 
 def test_registered():
-    assert set(ELASTIC) == set(timm.list_models('*elastic*'))
-    twins = {n for pair in timm_elastic.TWINS.items() for n in pair}
-    assert set(ALL) == set(timm_elastic.PAPER_ROWS) | twins and not twins & set(timm_elastic.PAPER_ROWS)
-    assert {'dla_x60', 'dla_x102'} <= set(ALL)
+    assert set(ALL) == MODELS
+    assert set(ELASTIC) == set(timm.list_models('*elastic*')) == {n for n in MODELS if 'elastic' in n}
     for name in ALL:
         assert timm.is_model(name)
         assert timm.models.get_pretrained_cfg(name) is not None
 
 
-@pytest.mark.parametrize('name', list(timm_elastic.PAPER_ROWS))
-def test_counts_match_the_original(name):
+@pytest.mark.parametrize('name', sorted(PAPER))
+def test_counts_match_the_paper_and_the_original_code(name):
+    """Parameters and multiply-adds at 224x224, counted as the original code counts them (DLA: with the
+    projections it never uses), against the paper's printed values at its precision (half a unit of the last
+    digit) and against the original code's exact counts where it builds the model (tests/paper.py)."""
     model = timm.create_model(name)
-    row = timm_elastic.PAPER_ROWS[name]
     params, gmacs = original_counts(model)
-    assert abs(params / 1e6 / row.params_m - 1) < 0.005, (params, row)
-    assert abs(gmacs / row.gmacs - 1) < 0.005, (gmacs, row)
-    if name in ORIGINAL_PARAMS:
-        assert params == ORIGINAL_PARAMS[name]
+    _, paper_params, paper_gmacs = PAPER[name]
+    assert abs(params / 1e6 - paper_params) <= 0.05, params
+    if name not in PAPER_FLOPS_DIFFER:
+        assert abs(gmacs - paper_gmacs) <= 0.05, gmacs
+    if name in ORIGINAL_CODE:
+        original_params, original_gmacs = ORIGINAL_CODE[name]
+        assert params == original_params
+        assert abs(gmacs / original_gmacs - 1) < 1e-4, (gmacs, original_gmacs)
+    if name in SELASTIC_PARAMS:
+        assert params == SELASTIC_PARAMS[name]
 
 
 @pytest.mark.parametrize('elastic, twin', list(timm_elastic.TWINS.items()))
@@ -188,12 +180,28 @@ def test_head_and_features_api(name):
     assert sum(len(g) for g in groups.values()) == len(list(model.parameters()))
 
 
+def saved_tensors(model, x) -> int:
+    """How many tensors autograd saves for backward in a forward pass of `model`."""
+    count = 0
+
+    def pack(t):
+        nonlocal count
+        count += 1
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x)
+    return count
+
+
 @pytest.mark.parametrize('name', FAMILY)
 def test_grad_checkpointing_same_result(name):
+    """Checkpointed, a model saves fewer tensors for backward (it recomputes them) and gives the same
+    outputs and gradients."""
     model = timm.create_model(name, num_classes=3).train()
     ref = copy.deepcopy(model)
     model.set_grad_checkpointing(True)
     x = torch.randn(2, 3, 64, 64)
+    assert saved_tensors(model, x) < saved_tensors(ref, x)
     a, b = model(x), ref(x)
     torch.testing.assert_close(a, b)
     a.sum().backward()
@@ -234,21 +242,6 @@ def test_fx_feature_extraction(name):
 
 
 @pytest.mark.parametrize('name', FAMILY)
-def test_no_graph_breaks(name):
-    model = timm.create_model(name, num_classes=4).eval()
-    explanation = torch._dynamo.explain(model)(torch.randn(2, 3, 64, 64))
-    assert explanation.graph_break_count == 0
-
-
-def test_torch_compile_full_graph():
-    model = timm.create_model('resnext50_selastic', num_classes=4).eval()
-    x = torch.randn(2, 3, 64, 64)
-    compiled = torch.compile(model, fullgraph=True)
-    with torch.no_grad():
-        torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
-
-
-@pytest.mark.parametrize('name', FAMILY)
 def test_channels_last(name):
     model = timm.create_model(name, num_classes=4).eval()
     x = torch.randn(2, 3, 65, 64)
@@ -270,8 +263,9 @@ def test_bf16_autocast_cpu(name):
         with torch.autocast('cpu', dtype=torch.bfloat16):
             out = model(x)
     assert out.dtype == torch.bfloat16
-    assert torch.isfinite(out.float()).all()
-    assert (out.float() - ref).abs().max() < 0.1 * ref.abs().max() + 0.1
+    # bf16 keeps 8 bits of mantissa: the logits within a few percent of fp32's, relative to their own size
+    # (the randomly initialised logits can be tiny: an absolute bound would pass all-zero logits)
+    assert ((out.float() - ref).norm() / ref.norm()).item() < 0.05
     model.train()
     with torch.autocast('cpu', dtype=torch.bfloat16):
         loss = model(x).float().logsumexp(-1).mean()

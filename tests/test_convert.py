@@ -15,6 +15,7 @@ from timm_elastic.tasks.coco import COCO_CLASSES
 
 from original import (
     ARCHS, as_release, expected, make_input, manifest, original_forward, stand_in_state, tolerance)
+from paper import RELEASED_TAGS
 
 
 def test_reference_covers_every_original():
@@ -73,9 +74,8 @@ def test_coco_labels():
 def test_registry_tags_are_the_releases():
     """`.in1k` / `.coco` tags exactly where the authors released weights, each naming its Hub repository."""
     ours = set(timm_elastic.list_models())
-    released = {f'{s.model}.{t}' for s in ORIGINALS.values() if s.model in ours for t in s.released}
     tagged = {n for n in timm.list_pretrained() if n.split('.')[0] in ours}
-    assert tagged == released
+    assert tagged == RELEASED_TAGS
     for name in tagged:
         cfg = timm.models.get_pretrained_cfg(name)
         assert cfg.hf_hub_id == hub_id(name)
@@ -89,11 +89,19 @@ def test_registry_tags_are_the_releases():
 
 
 def test_checkpoint_forms_load_the_same(tmp_path):
+    """A release file, its dict, its state dict with and without `module.`, the `model` wrapper other
+    trainers write, and a `.safetensors` file of it: the same model."""
+    from safetensors.torch import save_file
     state = stand_in_state('dla60x_elastic')
     path = tmp_path / 'dla60x_elastic.pth.tar'
     torch.save(as_release(state), path)
+    wrapped = tmp_path / 'dla60x_elastic_model.pth'
+    torch.save({'model': state, 'epoch': 3}, wrapped)
+    flat = tmp_path / 'dla60x_elastic.safetensors'
+    save_file(as_release(state)['state_dict'], str(flat))
     before = hashlib.sha256(path.read_bytes()).hexdigest()
-    forms = [str(path), path, as_release(state), as_release(state)['state_dict'], state, {'state_dict': state}]
+    forms = [str(path), path, as_release(state), as_release(state)['state_dict'], state, {'state_dict': state},
+             {'model': state}, str(wrapped), str(flat), flat]
     x = make_input([1, 3, 224, 224])
     with torch.no_grad():
         outputs = [from_original(f, arch=None if i % 2 else 'dla60x_elastic')(x) for i, f in enumerate(forms)]

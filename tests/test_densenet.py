@@ -74,6 +74,41 @@ def test_elastic_blocks_needs_one_flag_per_block():
         timm.create_model('densenet201_elastic', elastic_blocks=(True, False))
 
 
+def saved_per_layer(model, x):
+    """Tensors that autograd saves for backward during each dense layer's forward (Elastic or not), not
+    counting the layer's inputs (earlier layers' features, alive anyway): what the layer adds to memory."""
+    current, inputs, counts = [None], {}, {}
+
+    def pack(t):
+        if current[0] is not None and t.untyped_storage().data_ptr() not in inputs[current[0]]:
+            counts[current[0]] += 1
+        return t
+
+    def enter(name, features):
+        features = features[0] if isinstance(features[0], (list, tuple)) else features
+        current[0], counts[name] = name, 0
+        inputs[name] = {f.untyped_storage().data_ptr() for f in features}
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (DenseLayer, ElasticDenseLayer))]
+    hooks = [h for n, m in layers for h in (
+        m.register_forward_pre_hook(lambda m, i, n=n: enter(n, i)),
+        m.register_forward_hook(lambda m, i, o: current.__setitem__(0, None)))]
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x)
+    for h in hooks:
+        h.remove()
+    return counts
+
+
 def test_memory_efficient_kwarg_checkpoints_elastic_layers():
-    model = timm.create_model('densenet201_elastic', memory_efficient=True)
-    assert all(m.grad_checkpointing for m in model.modules() if isinstance(m, (DenseLayer, ElasticDenseLayer)))
+    """memory_efficient=True checkpoints every dense layer, Elastic ones included: each keeps fewer new
+    tensors for backward (what it computes is recomputed there), with the same outputs."""
+    torch.manual_seed(0)
+    plain = timm.create_model('densenet201_elastic', num_classes=3).train()
+    torch.manual_seed(0)
+    efficient = timm.create_model('densenet201_elastic', num_classes=3, memory_efficient=True).train()
+    x = torch.randn(2, 3, 64, 64)
+    before, after = saved_per_layer(plain, x), saved_per_layer(efficient, x)
+    assert len(before) == 10 + 20 + 40 + 30  # the dense blocks of DenseNet201+Elastic (Table 11)
+    assert any(isinstance(efficient.get_submodule(n), ElasticDenseLayer) for n in after)
+    assert all(after[n] < before[n] for n in before), [n for n in before if after[n] >= before[n]]
+    torch.testing.assert_close(efficient(x), plain(x))

@@ -154,14 +154,58 @@ def test_checkpoint_replacement_is_atomic(tmp_path, monkeypatch):
     assert torch.load(tmp_path / 'last.pth.tar', weights_only=False)['epoch'] == 0
 
 
+def test_last_checkpoint_is_whole_at_every_step(tmp_path, monkeypatch):
+    """At every file-system step of a save, last.pth.tar is a complete checkpoint; a process that dies at
+    the rename (here: the rename fails) leaves the previous one. (timm's own saver deletes last.pth.tar
+    before renaming the new file over it: a kill in between leaves none.)"""
+    model = torch.nn.Linear(4, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    saver = AtomicCheckpointSaver(model, opt, checkpoint_dir=str(tmp_path), recovery_dir=str(tmp_path))
+    last = tmp_path / 'last.pth.tar'
+    epochs_seen = []
+
+    def check_last():
+        epochs_seen.append(torch.load(last, weights_only=False)['epoch'] if os.path.exists(last) else None)
+
+    def checked(fn):
+        def step(*args, **kwargs):
+            check_last()
+            result = fn(*args, **kwargs)
+            check_last()
+            return result
+        return step
+    for name in ('replace', 'rename', 'unlink', 'remove', 'link'):
+        monkeypatch.setattr(os, name, checked(getattr(os, name)))
+    saver.save_checkpoint(0, metric=1.)
+    epochs_seen.clear()
+    for epoch in (1, 2):
+        saver.save_checkpoint(epoch, metric=1. + epoch)
+    assert epochs_seen and None not in epochs_seen, epochs_seen
+
+    def rename_fails(src, dst, **kwargs):
+        check_last()
+        raise OSError(5, 'Input/output error')
+    monkeypatch.setattr(os, 'replace', rename_fails)
+    monkeypatch.setattr(os, 'rename', rename_fails)
+    with pytest.raises(OSError, match='Input/output error'):
+        saver.save_checkpoint(3, metric=4.)
+    assert epochs_seen[-1] == 2 and torch.load(last, weights_only=False)['epoch'] == 2
+
+
 def test_ddp_two_cpu_processes(tmp_path):
-    """torchrun with two gloo processes trains, and evaluates each image once: the summary's
-    top-1 is what a single-process validate of its checkpoint gives."""
+    """torchrun with two gloo processes trains; evaluation counts each image once (113 images over 2
+    ranks: the sampler pads one rank with a duplicate), so the summary's top-1 is what a single-process
+    validate of its checkpoint gives; and --dist-bn reduce (the default) leaves both processes with the
+    same BatchNorm statistics before evaluating."""
     torchrun = os.path.join(os.path.dirname(sys.executable), 'torchrun')
-    env = dict(os.environ, OMP_NUM_THREADS='1')
-    proc = subprocess.run([torchrun, '--standalone', '--nproc-per-node', '2', '-m', 'timm_elastic', 'train',
+    dump = tmp_path / 'bn'
+    dump.mkdir()
+    env = dict(os.environ, OMP_NUM_THREADS='1', BN_DUMP_DIR=str(dump))
+    helper = os.path.join(os.path.dirname(__file__), 'ddp_bn_dump.py')
+    small = [a if a != '112' else '113' for a in SMALL]
+    proc = subprocess.run([torchrun, '--standalone', '--nproc-per-node', '2', helper, 'train',
                            '--epochs', '1', '-j', '0', '--output', str(tmp_path), '--experiment', 'ddp',
-                           *SMALL], capture_output=True, text=True, timeout=900, env=env)
+                           *small], capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = summary(tmp_path / 'ddp' / 'summary.csv')
     assert len(rows) == 2
@@ -169,11 +213,16 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert not any(k.startswith('module.') for k in ckpt['state_dict'])
     assert ckpt['args'].world_size == 2 and ckpt['args'].distributed
     args = build_parser().parse_args(['validate', '--model', 'resnext_tiny_elastic', '--checkpoint',
-                                      str(tmp_path / 'ddp' / 'last.pth.tar'), '--val-num-samples', '112', '-j', '0',
+                                      str(tmp_path / 'ddp' / 'last.pth.tar'), '--val-num-samples', '113', '-j', '0',
                                       '--no-progress'])
     metrics = validate(args)
-    assert metrics['count'] == 112
+    assert metrics['count'] == 113
     assert metrics['top1'] == pytest.approx(float(rows[1][3]), abs=1e-9)
+    assert metrics['loss'] == pytest.approx(float(rows[1][2]), rel=1e-6)
+    ranks = [torch.load(dump / f'rank{r}.pt') for r in (0, 1)]
+    assert ranks[0].keys() == ranks[1].keys() and any('running_var' in k for k in ranks[0])
+    for k in ranks[0]:
+        torch.testing.assert_close(ranks[0][k], ranks[1][k], rtol=1e-6, atol=1e-7, msg=k)
 
     # SyncBatchNorm is CUDA-only in torch: a clear error from every process, not a traceback
     proc = subprocess.run([torchrun, '--standalone', '--nproc-per-node', '2', '-m', 'timm_elastic', 'train',
@@ -184,11 +233,29 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert 'timm_elastic/train.py' not in proc.stderr  # (torchrun adds its own report of the failed children)
 
 
-def test_bf16_autocast_and_channels_last_on_cpu(tmp_path):
+def test_bf16_autocast_and_channels_last_on_cpu(tmp_path, monkeypatch):
+    """--amp --amp-dtype bfloat16 --channels-last: during training every convolution's weight is channels_last
+    and its output bf16; the checkpoint keeps fp32 weights; --elastic-ratio reaches the model."""
+    import timm_elastic.train as train_module
+    seen = []
+
+    def observe(m, inputs, output):
+        if m.training:
+            seen.append((m.weight.is_contiguous(memory_format=torch.channels_last), output.dtype))
+
+    def create_and_observe(*args, **kwargs):
+        model = create_model(*args, **kwargs)
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1):  # 1x1: both layouts at once
+                m.register_forward_hook(observe)
+        return model
+    create_model = train_module.create_model
+    monkeypatch.setattr(train_module, 'create_model', create_and_observe)
     args = build_parser().parse_args(['train', '--epochs', '1', '-j', '0', '--amp', '--amp-dtype', 'bfloat16',
                                       '--channels-last', '--output', str(tmp_path), '--experiment', 'bf16',
                                       '--elastic-ratio', '0.25', *SMALL])
     metrics = train(args)
+    assert seen and set(seen) == {(True, torch.bfloat16)}, set(seen)
     assert metrics['count'] == 112 and 0 <= metrics['top1'] <= 100 and metrics['loss'] == metrics['loss']
     ckpt = torch.load(tmp_path / 'bf16' / 'last.pth.tar', map_location='cpu', weights_only=False)
     sd = ckpt['state_dict']
@@ -200,6 +267,78 @@ def test_bf16_autocast_and_channels_last_on_cpu(tmp_path):
                                      '--checkpoint', str(tmp_path / 'bf16' / 'last.pth.tar'), '--amp',
                                      '--channels-last', '--val-num-samples', '112', '-j', '0', '--no-progress'])
     assert abs(validate(val)['top1'] - metrics['top1']) <= 100 * 3 / 112  # bf16: a few images may flip
+
+
+def test_training_learns(tmp_path):
+    """On a fixed seed, 64 training images and 6 epochs: the training loss falls to under half of the first
+    epoch's, and top-1 on those same images (the train split as validation set, no augmentation) is far above
+    chance (1 in 8 classes)."""
+    args = build_parser().parse_args(['train', '--epochs', '6', '-j', '0', '-b', '16', '--train-num-samples', '64',
+                                      '--val-num-samples', '64', '--val-split', 'train', '--no-aug', '--seed', '3',
+                                      '--output', str(tmp_path), '--experiment', 'learn', '--no-progress',
+                                      '--log-interval', '0'])
+    metrics = train(args)
+    rows = summary(tmp_path / 'learn' / 'summary.csv')
+    losses = [float(r[1]) for r in rows[1:]]
+    assert len(losses) == 6 and losses[-1] < 0.5 * losses[0], losses
+    assert metrics['top1'] >= 50., metrics
+
+
+def test_summary_rows_after_the_checkpoint_are_dropped_on_resume(tmp_path):
+    """A run killed after writing epoch 1's summary row but before its checkpoint resumes from epoch 0's
+    checkpoint: epoch 1's row is written once, and equals the uninterrupted run's (deterministically, by
+    resuming from checkpoint-0.pth.tar beside that row)."""
+    flags = ['--epochs', '2', '-j', '0', '--seed', '5', '--output', str(tmp_path), '--experiment', 'run', *SMALL]
+    proc = cli('train', *flags)
+    assert proc.returncode == 0, proc.stderr
+    run = tmp_path / 'run'
+    straight = summary(run / 'summary.csv')
+    assert [r[0] for r in straight[1:]] == ['0', '1']
+    proc = cli('train', *flags, '--resume', str(run / 'checkpoint-0.pth.tar'))
+    assert proc.returncode == 0, proc.stderr
+    assert 'epoch 0:' not in proc.stdout and 'epoch 1:' in proc.stdout
+    assert summary(run / 'summary.csv') == straight
+
+
+COUNTING = 'timm_elastic_test_counting'
+GRAPHS = []
+
+
+def counting_backend(gm, example_inputs):
+    """A torch.compile backend that records the graphs it is given and runs them as they are."""
+    GRAPHS.append(gm)
+    return gm.forward
+
+
+def test_torchcompile_mixup_and_cutmix(tmp_path, monkeypatch):
+    """--torchcompile BACKEND compiles the model it trains (a counting backend here: inductor would
+    take minutes) and saves plain (not `_orig_mod.`) keys; --mixup / --cutmix train on mixed images with
+    soft targets (timm's SoftTargetCrossEntropy)."""
+    import timm.loss
+    if COUNTING not in torch._dynamo.list_backends():
+        torch._dynamo.register_backend(counting_backend, COUNTING)
+    GRAPHS.clear()
+    targets = []
+    soft_ce = timm.loss.SoftTargetCrossEntropy.forward
+
+    def spy(self, x, target):
+        targets.append(target.detach())
+        return soft_ce(self, x, target)
+    monkeypatch.setattr(timm.loss.SoftTargetCrossEntropy, 'forward', spy)
+    args = build_parser().parse_args(['train', '--epochs', '1', '-j', '0', '--torchcompile', COUNTING,
+                                      '--mixup', '0.8', '--cutmix', '1.0', '--output', str(tmp_path),
+                                      '--experiment', 'c', *SMALL])
+    metrics = train(args)
+    torch._dynamo.reset()
+    assert GRAPHS and metrics['count'] == 112
+    sd = state(tmp_path / 'c' / 'last.pth.tar')
+    assert not any(k.startswith('_orig_mod.') for k in sd) and 'fc.weight' in sd
+    assert len(targets) == 192 // 32 and all(t.shape == (32, 8) for t in targets)
+    # mixed: in every batch, images whose targets spread over two classes above the smoothing floor (one
+    # mixing weight a batch; an image mixed with one of its own class keeps one class)
+    off = min(float(t.min()) for t in targets)
+    assert all(((t > off + 1e-6).sum(1) == 2).any() for t in targets)
+    assert all(torch.allclose(t.sum(1), torch.ones(32)) for t in targets)
 
 
 def test_compare_prints_table4(tmp_path):
