@@ -20,7 +20,7 @@ profiler (two steps; device time of the ops on CUDA, CPU time on the CPU, over t
 Ops counted: `timm_elastic::*` (pooling, U fused with the sum, their gradients) and, for `--resample aten`,
 aten's average pooling and upsampling and their gradients (with the network's own average pooling,
 DenseNet's transitions and DLA's head, and without the sum, an `aten::add` like the residual's). Fused
-by inductor (inference under torch.compile), it cannot be told apart: blank.
+by inductor (inference under torch.compile), it cannot be told apart; `--resample free` has none: blank.
 
 `--resample` runs the Elastic model with other resampling, each variant against the same baseline:
 - `ours` (default): the package as installed;
@@ -258,7 +258,7 @@ class Runner:
             wall = time.perf_counter() - t
 
         def resampling(e) -> bool:
-            return bool(RESAMPLE_OPS[self.resample]) and e.name.startswith(RESAMPLE_OPS[self.resample])
+            return e.name.startswith(RESAMPLE_OPS[self.resample])
         spent_us = 0.
         for e in prof.events():
             parent, nested = e.cpu_parent, False
@@ -313,10 +313,9 @@ def compare(names: Tuple[str, str], setting: Setting, mode: str, args, device: t
     if mode == 'train':
         mem = [r.peak_memory() for r in runners]
         row.update(elastic_peak_mb=mem[0] / 2 ** 20, baseline_peak_mb=mem[1] / 2 ** 20, memory_ratio=mem[0] / mem[1])
-    if names[0] != names[1]:
-        share = runners[0].resample_share()
-        fused = setting.compiled and mode == 'infer' and resample == 'ours'  # inductor fused the aten ops
-        row.update(share if not fused else dict(resample_ms=None, step_ms=share['step_ms'], resample_share=None))
+    fused = setting.compiled and mode == 'infer' and resample == 'ours'  # inductor fused the aten ops
+    if names[0] != names[1] and RESAMPLE_OPS[resample] and not fused:
+        row.update(runners[0].resample_share())
     if setting.compiled and names[0] != names[1]:
         row['elastic_graph_breaks'] = graph_breaks(runners[0])
     return row
@@ -446,8 +445,6 @@ def main(argv=None) -> None:
                     if args.json:  # after every row, so that a run cut short keeps what it measured
                         write_results(args, info, rows)
     print(markdown(rows, info))
-    if args.json:
-        write_results(args, info, rows)
 
 
 def write_results(args, info: Dict, rows: List[Dict]) -> None:

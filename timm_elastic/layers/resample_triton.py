@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .resample import _layout
+from .resample import _layout, _like
 
 __all__ = ['avg_down2x', 'avg_down2x_backward', 'up2x_add', 'up2x_backward']
 
@@ -204,20 +204,19 @@ def _launch(kernel, tensors, result: torch.Tensor, *args, **constexprs) -> torch
 
 def avg_down2x(x: torch.Tensor) -> torch.Tensor:
     n, c, H, W = x.shape
-    y = x.new_empty(n, c, (H + 1) // 2, (W + 1) // 2).contiguous(memory_format=_layout(x))
+    y = _like(x, (n, c, (H + 1) // 2, (W + 1) // 2))
     return _launch(_avg_down2x_kernel, (x,), y, c, H, W, *y.shape[-2:], *x.stride())
 
 
 def avg_down2x_backward(grad: torch.Tensor, height: int, width: int) -> torch.Tensor:
     n, c, h, w = grad.shape
-    gx = grad.new_empty(n, c, height, width).contiguous(memory_format=_layout(grad))
+    gx = _like(grad, (n, c, height, width))
     return _launch(_avg_down2x_backward_kernel, (grad,), gx, c, height, width, h, w, *grad.stride())
 
 
 def up2x_add(low: torch.Tensor, out: torch.Tensor, mode: str) -> torch.Tensor:
-    layout = _layout(out)
-    res = out.new_empty(out.shape, dtype=torch.result_type(out, low)).contiguous(memory_format=layout)
-    out = out.contiguous(memory_format=layout)
+    res = _like(out, out.shape, torch.result_type(out, low))
+    out = out.contiguous(memory_format=_layout(out))
     n, c, H, W = out.shape
     return _launch(_up2x_add_kernel, (low, out), res, c, H, W, *low.shape[-2:], *low.stride(),
                    BILINEAR=mode == 'bilinear')
@@ -225,6 +224,6 @@ def up2x_add(low: torch.Tensor, out: torch.Tensor, mode: str) -> torch.Tensor:
 
 def up2x_backward(grad: torch.Tensor, mode: str, height: int, width: int) -> torch.Tensor:
     n, c, H, W = grad.shape
-    gl = grad.new_empty(n, c, height, width).contiguous(memory_format=_layout(grad))
+    gl = _like(grad, (n, c, height, width))
     return _launch(_up2x_backward_kernel, (grad,), gl, c, H, W, height, width, *grad.stride(),
                    BILINEAR=mode == 'bilinear')
