@@ -1,10 +1,11 @@
-"""A Hugging Face cache with the converted stand-in releases, as `huggingface_hub` leaves a download:
-what lets tests load `pretrained=True` by tag and `hf-hub:` ids without network (HF_HUB_OFFLINE=1)."""
+"""Caches that let tests load pretrained weights without network: a Hugging Face cache holding a
+converted folder as `huggingface_hub` leaves a download (`hf-hub:` ids, HF_HUB_OFFLINE=1), and torch.hub's
+cache holding the stand-ins of the authors' releases (`pretrained=True` by tag, TORCH_HOME)."""
 import hashlib
 import os
 import shutil
-import tempfile
 from typing import List
+from urllib.parse import urlparse
 
 import timm
 import torch
@@ -12,7 +13,7 @@ import torch
 import timm_elastic
 from timm_elastic.convert import original_of
 from timm_elastic.hub import sha256_file
-from timm_elastic.models._cfg import TAGS, hub_id
+from timm_elastic.models._cfg import TAGS
 
 from original import as_release, stand_in_state
 
@@ -40,21 +41,21 @@ def offline_env(hf_home: str) -> dict:
     return dict(HF_HOME=hf_home, HF_HUB_CACHE=os.path.join(hf_home, 'hub'), HF_HUB_OFFLINE='1')
 
 
-def cache_every_release(hub_cache: str) -> List[str]:
-    """Export the stand-in of every registered pretrained tag (`model.in1k`, `model.coco`) with
-    `timm-elastic`'s exporter and put it in `hub_cache`; returns the repository ids."""
-    repos = []
+def cache_every_release(torch_home: str) -> List[str]:
+    """The stand-in of every registered pretrained tag's release (`model.in1k`, `model.coco`), saved
+    in the original layout where torch.hub keeps the download of its URL (`torch_home`/hub/checkpoints,
+    named as the URL's file), so `pretrained=True` reads it with TORCH_HOME=`torch_home` and no
+    network; returns the file names."""
+    folder = os.path.join(torch_home, 'hub', 'checkpoints')
+    os.makedirs(folder, exist_ok=True)
+    names = []
     ours = set(timm_elastic.list_models())
     for name in timm.list_pretrained():
         model, tag = name.split('.', 1)
         if model not in ours:
             continue
-        arch = original_of(model)
-        with tempfile.TemporaryDirectory() as tmp:
-            state = stand_in_state(arch, num_classes=TAGS[tag].get('num_classes', 1000))
-            ckpt = os.path.join(tmp, f'{arch}.pth.tar')
-            torch.save(as_release(state), ckpt)
-            timm_elastic.export_original(ckpt, os.path.join(tmp, name), arch=arch)
-            put_in_hf_cache(os.path.join(tmp, name), hub_id(name), hub_cache, move=True)
-        repos.append(hub_id(name))
-    return repos
+        filename = os.path.basename(urlparse(timm.models.get_pretrained_cfg(name).url).path)
+        state = stand_in_state(original_of(model), num_classes=TAGS[tag].get('num_classes', 1000))
+        torch.save(as_release(state), os.path.join(folder, filename))
+        names.append(filename)
+    return names

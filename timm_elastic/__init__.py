@@ -8,5 +8,6 @@ from .convert import ORIGINALS, CheckpointError, from_original
 from .hub import export_original
 from .layers import Elastic, RESAMPLE_MODES, check_elastic_args, split_paths
 from .models import PAPER_ROWS, TWINS, list_models
+from .models._builder import PretrainedWeightsError
 
 __version__ = '0.1.0'

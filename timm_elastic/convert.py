@@ -155,25 +155,68 @@ def _read(path: str) -> Any:
         raise FileNotFoundError(f'checkpoint not found: {path}')
     if os.path.isdir(path):
         raise CheckpointError(f'{path} is a directory; give the checkpoint file (e.g. resnext50_elastic.pth.tar)')
-    if path.endswith('.safetensors'):
+    kind = _file_kind(path)
+    if kind == 'safetensors':  # by its content, whatever the name says
         from safetensors import SafetensorError
         from safetensors.torch import load_file
         try:
             return load_file(path)
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f'{path} is not a readable safetensors file: {e}') from None
+    if kind not in ('zip', 'pickle'):
+        raise CheckpointError(f'{path} is {kind}, not a PyTorch or safetensors checkpoint')
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # torch reports a damaged file with whatever its parser hit first
         text = str(e).strip()
+        reason = f'{type(e).__name__}: {text.splitlines()[0].split(". ")[0]}' if text else type(e).__name__
+        size = os.path.getsize(path)
+        if (kind == 'zip' and not _has_zip_end(path)) or (
+                kind == 'pickle' and (isinstance(e, EOFError) or 'unexpected EOF' in text)):
+            raise CheckpointError(
+                f'{path} is a truncated PyTorch checkpoint: it ends after {size} bytes, before its '
+                f'{"zip archive" if kind == "zip" else "data"} does ({reason}); download it again') from None
         if isinstance(e, pickle.UnpicklingError) and text.startswith('Weights only load failed'):
             refused = next((ln.strip() for ln in text.splitlines() if 'global' in ln.lower()), 'unsupported object')
             raise CheckpointError(
                 f'{path} contains pickled objects other than tensors and plain containers, so it was not '
                 f'loaded (checkpoints are read with weights_only=True and never run code): {refused}') from None
-        reason = f'{type(e).__name__}: {text.splitlines()[0]}' if text else type(e).__name__
-        raise CheckpointError(
-            f'{path} is not a readable PyTorch checkpoint ({reason}); a truncated download looks like this') from None
+        raise CheckpointError(f'{path} is a damaged PyTorch checkpoint ({reason})') from None
+
+
+def _file_kind(path: str) -> str:
+    """What the file's first bytes say it is: 'zip' (torch.save since PyTorch 1.6), 'pickle' (the
+    legacy torch.save format of the original code's PyTorch 0.4), 'safetensors', or a description
+    of something else ('empty', 'an HTML page', 'a text file', ...)."""
+    with open(path, 'rb') as f:
+        head = f.read(512)
+    if not head:
+        return 'empty (0 bytes)'
+    if head.startswith(b'PK\x03\x04'):
+        return 'zip'
+    if head[0] == 0x80 and 2 <= head[1] <= 5:  # pickle PROTO opcode
+        return 'pickle'
+    if path.endswith('.safetensors') or head[8:9] == b'{':  # a little-endian header size, then JSON
+        return 'safetensors'
+    try:
+        text = head.decode('utf-8')
+    except UnicodeDecodeError:
+        text = None
+    if text is None or any(ord(c) < 32 and c not in '\t\n\r\f' for c in text):
+        return f'a file of unknown format (it begins with the bytes {head[:8].hex(" ")})'
+    if text.lstrip().lower().startswith(('<!doctype html', '<html')):
+        return 'an HTML page (a web server\'s page in place of the file, e.g. for a moved or private file)'
+    first = text.strip().splitlines()[0][:60] if text.strip() else ''
+    return f'a text file (it begins {first!r})'
+
+
+def _has_zip_end(path: str) -> bool:
+    """Whether the file ends with a zip archive's end-of-central-directory record (in its last
+    64 KiB + 22 bytes: the record and the longest comment), which a truncated archive lacks."""
+    size = os.path.getsize(path)
+    with open(path, 'rb') as f:
+        f.seek(max(0, size - (1 << 16) - 22))
+        return b'PK\x05\x06' in f.read()
 
 
 # ------------------------------------------------------------------------------------- converting
@@ -431,23 +474,23 @@ def release_pretrained_cfg(model_name: str, tag: str) -> Dict[str, Any]:
     architectures (resnext50_32x4d, ...), the same cfg built for them."""
     import timm
     from timm.models import get_pretrained_cfg
-    from .models._cfg import elastic_cfg, hub_id, release_cfg
+    from .models._cfg import elastic_cfg, release_cfg
     name = f'{model_name}.{tag}'
-    registered = get_pretrained_cfg(name) if name in timm.list_pretrained(name) else None
-    if registered is not None and registered.hf_hub_id == hub_id(name):
-        return dict(registered.to_dict(), architecture=model_name, tag=tag)
     base = get_pretrained_cfg(model_name)
-    return dict(release_cfg(name, elastic_cfg(base.first_conv, base.classifier)),
-                architecture=model_name, tag=tag)
+    ours = release_cfg(name, elastic_cfg(base.first_conv, base.classifier))
+    registered = get_pretrained_cfg(name) if name in timm.list_pretrained(name) else None
+    if registered is not None and registered.url == ours.get('url', ''):  # not one of timm's own tags
+        return dict(registered.to_dict(), architecture=model_name, tag=tag)
+    return dict(ours, architecture=model_name, tag=tag)
 
 
 def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
     """timm's `pretrained_filter_fn`: converts an original checkpoint on load, so that
-    `timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file='<arch>.pth.tar'))`
-    works; a state dict already in timm's layout passes through unchanged."""
-    from timm.models import clean_state_dict
-
-    state_dict = clean_state_dict(dict(state_dict))
+    `timm.create_model(name, pretrained=True)` (the release URL) and `pretrained_cfg_overlay=dict(file=
+    '<arch>.pth.tar')` work. timm hands over what the file holds: the original's whole checkpoint
+    (`{'state_dict': ..., 'optimizer': ...}`) from a URL, the state dict alone from a file. A state dict
+    already in timm's layout passes through unchanged."""
+    state_dict = load_original(state_dict)
     cfg = model.pretrained_cfg
     name = cfg.get('architecture')
     target = _shapes(model)

@@ -24,13 +24,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import BatchNormAct2d, get_norm_act_layer
-from timm.models import build_model_with_cfg, register_model
+from timm.models import register_model
 from timm.models._manipulate import checkpoint
 from timm.models.densenet import DenseLayer, DenseNet
 
 from ..complexity import PaperRow
-from ..convert import checkpoint_filter_fn
 from ..layers import Elastic, check_elastic_args
+from ._builder import build_elastic
 from ._cfg import elastic_cfg, generate_release_cfgs
 
 __all__ = ['ElasticDenseNet', 'ElasticDenseLayer', 'PAPER_ROWS']
@@ -155,9 +155,7 @@ class ElasticDenseNet(DenseNet):
 
 
 def _create_densenet_elastic(variant: str, pretrained: bool = False, **kwargs) -> ElasticDenseNet:
-    return build_model_with_cfg(
-        ElasticDenseNet, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(flatten_sequential=True), **kwargs)
+    return build_elastic(ElasticDenseNet, variant, pretrained, feature_cfg=dict(flatten_sequential=True), **kwargs)
 
 
 def _cfg(**kwargs) -> Dict[str, Any]:

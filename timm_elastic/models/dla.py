@@ -37,13 +37,13 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.models import build_model_with_cfg, register_model
+from timm.models import register_model
 from timm.models._manipulate import checkpoint_seq
 from timm.models.dla import DLA, DlaBottleneck, DlaTree
 
 from ..complexity import PaperRow
-from ..convert import checkpoint_filter_fn
 from ..layers import Elastic, pop_elastic_args
+from ._builder import build_elastic
 from ._cfg import elastic_cfg, generate_release_cfgs
 from .resnet import BottleneckPath
 
@@ -213,9 +213,7 @@ class ElasticDLA(DLA):
 
 
 def _create_dla_elastic(variant: str, pretrained: bool = False, **kwargs) -> ElasticDLA:
-    return build_model_with_cfg(
-        ElasticDLA, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=(1, 2, 3, 4, 5)), **kwargs)
+    return build_elastic(ElasticDLA, variant, pretrained, feature_cfg=dict(out_indices=(1, 2, 3, 4, 5)), **kwargs)
 
 
 def _cfg(**kwargs) -> Dict[str, Any]:

@@ -19,13 +19,13 @@ from typing import Any, Dict, Optional, Type
 import torch
 import torch.nn as nn
 from timm.layers import create_attn
-from timm.models import build_model_with_cfg, register_model
+from timm.models import register_model
 from timm.models.resnet import Bottleneck, ResNet
 
 from ..complexity import PaperRow
-from ..convert import checkpoint_filter_fn
 from ..data.scales import CLASSES
 from ..layers import Elastic, pop_elastic_args
+from ._builder import build_elastic
 from ._cfg import elastic_cfg, generate_release_cfgs
 
 __all__ = ['BottleneckPath', 'ElasticBottleneck', 'StageBlocks', 'PAPER_ROWS', 'TWINS']
@@ -181,8 +181,7 @@ def _create_resnet_elastic(variant: str, pretrained: bool = False, **kwargs) -> 
     # Elastic options arrive as model kwargs (timm.create_model(name, elastic_ratio=...)); the
     # blocks take them, so they travel in block_args
     block_args = dict(kwargs.pop('block_args', None) or {}, **pop_elastic_args(kwargs))
-    return build_model_with_cfg(
-        ResNet, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, block_args=block_args, **kwargs)
+    return build_elastic(ResNet, variant, pretrained, block_args=block_args, **kwargs)
 
 
 def _cfg(**kwargs) -> Dict[str, Any]:

@@ -1,0 +1,105 @@
+"""How every family builds its models: timm's `build_model_with_cfg`, with the authors' checkpoints
+converted on load and a failed download of them reported as one error that says what to do.
+
+`pretrained=True` of a released tag downloads the authors' file through timm's own path
+(`torch.hub.load_state_dict_from_url`, cached in `$TORCH_HOME/hub/checkpoints`, `weights_only=True`).
+Where that fails (no network, a moved file, a truncated download) timm would raise whatever urllib or
+torch.load hit first, deep in its loader. Here it becomes a `PretrainedWeightsError` naming the tag,
+the URL and the offline route, and a cached file that is not a readable checkpoint is removed, so the
+next call downloads it again instead of failing on it forever.
+"""
+import os
+import traceback
+from typing import Any, Callable, Dict, Optional
+from urllib.parse import urlparse
+
+import torch
+from timm.models import build_model_with_cfg, resolve_pretrained_cfg
+
+from ..convert import CheckpointError, checkpoint_filter_fn, load_original
+
+__all__ = ['PretrainedWeightsError', 'build_elastic']
+
+
+class PretrainedWeightsError(RuntimeError):
+    """The weights of a pretrained tag could not be downloaded or read. `url` is the address tried,
+    `cached` the file in torch.hub's cache it was to be read from, `reason` the underlying error."""
+
+    def __init__(self, message: str, url: str, cached: str, reason: BaseException):
+        super().__init__(message)
+        self.url, self.cached, self.reason = url, cached, reason
+
+
+def build_elastic(model_cls: Callable, variant: str, pretrained: bool = False, **kwargs):
+    """`timm.models.build_model_with_cfg(model_cls, variant, pretrained, **kwargs)` with
+    `convert.checkpoint_filter_fn` as the pretrained filter. Raises PretrainedWeightsError when the
+    weights of the cfg's `url` cannot be downloaded or read."""
+    try:
+        return build_model_with_cfg(
+            model_cls, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
+    except Exception as e:
+        url = _url_loaded(variant, kwargs) if pretrained and _raised_in_load_pretrained(e) else None
+        if url is None:
+            raise
+        error = _download_error(variant, kwargs, url, e)
+    raise error  # outside the handler: the user reads this error, not urllib's or torch.load's traceback
+
+
+def _raised_in_load_pretrained(error: BaseException) -> bool:
+    return any(frame.f_code.co_name == 'load_pretrained' for frame, _ in traceback.walk_tb(error.__traceback__))
+
+
+def _url_loaded(variant: str, kwargs: Dict[str, Any]) -> Optional[str]:
+    """The URL timm reads the weights from for these create kwargs, or None if it reads a file, a
+    state dict or the Hub (timm's order, `timm.models._builder._resolve_pretrained_source`)."""
+    from timm.models import _builder
+    resolve = getattr(_builder, '_resolve_pretrained_source', None)
+    if resolve is None:  # another timm: leave its error as it is
+        return None
+    cfg = resolve_pretrained_cfg(
+        variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
+        pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay')).to_dict()
+    load_from, location = resolve(cfg)
+    return location if load_from == 'url' else None
+
+
+def _cached_path(url: str, cache_dir: Optional[str]) -> str:
+    """Where torch.hub.load_state_dict_from_url keeps the download of `url`."""
+    folder = os.fspath(cache_dir) if cache_dir else os.path.join(torch.hub.get_dir(), 'checkpoints')
+    return os.path.join(folder, os.path.basename(urlparse(url).path))
+
+
+def _download_error(variant: str, kwargs: Dict[str, Any], url: str, error: Exception) -> PretrainedWeightsError:
+    cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
+                                 pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'))
+    name = f'{variant}.{cfg.tag}' if cfg.tag else variant
+    cached = _cached_path(url, kwargs.get('cache_dir'))
+    filename = os.path.basename(cached)
+    if not os.path.exists(cached):
+        what = f'downloading {url} failed ({_one_line(error)})'
+    else:
+        try:
+            load_original(cached)
+            readable = True
+        except (CheckpointError, OSError) as e:
+            readable, why = False, e
+        if not readable:
+            os.remove(cached)  # a half or wrong download would be read from the cache forever
+            what = (f'the file downloaded from {url} is not a readable checkpoint and was removed from the cache '
+                    f'({_one_line(why)})')
+        elif isinstance(error, CheckpointError):
+            what = f'{cached} (downloaded from {url}) does not convert to {variant}: {_one_line(error)}'
+        else:
+            what = f'loading {cached} (downloaded from {url}) failed ({_one_line(error)})'
+    message = (
+        f'could not load the pretrained weights of {name}: {what}.\n'
+        f'Without network, get {filename} from {url} on another machine, then either pass it directly, '
+        f"timm.create_model('{name}', pretrained=True, pretrained_cfg_overlay=dict(file='{filename}')), "
+        f'or convert it once, `timm-elastic convert {filename} --out DIR`, and use '
+        f"timm.create_model('local-dir:DIR', pretrained=True).")
+    return PretrainedWeightsError(message, url, cached, error)
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f'{type(error).__name__}: {text.splitlines()[0]}' if text else type(error).__name__
