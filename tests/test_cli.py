@@ -1,5 +1,6 @@
 """The `timm-elastic` command, driven as a user drives it: a subprocess."""
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ def run(*args):
     return subprocess.run([exe, *args], capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_models_table():
     proc = run('models')
     assert proc.returncode == 0, proc.stderr
@@ -54,6 +56,7 @@ def test_models_table():
         assert params == pytest.approx(paper_params, rel=0.005) and gmacs == pytest.approx(paper_gmacs, rel=0.005)
 
 
+@pytest.mark.slow
 def test_models_json_and_filter():
     proc = run('models', '--filter', 'resnext50*', '--json')
     assert proc.returncode == 0, proc.stderr
@@ -86,3 +89,18 @@ def test_bad_arguments(args, message):
 def test_help():
     proc = run('models', '--help')
     assert proc.returncode == 0 and '--filter' in proc.stdout and 'GMACs' not in proc.stderr
+
+
+def test_existing_output_names_the_flag(tmp_path):
+    """Each interface speaks its own: the command line says --force (Python's functions say force=True)."""
+    out = tmp_path / 'data'
+    out.mkdir()
+    (out / 'mine.txt').write_text('keep me')
+    proc = run('data', '--out', str(out), '--train-num-samples', '8', '--val-num-samples', '8')
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f'timm-elastic data: error: {out} exists and is not empty; pass --force to replace it'], proc.stderr
+    proc = run('data', '--out', str(out), '--train-num-samples', '8', '--val-num-samples', '8', '--force')
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f'timm-elastic data: error: {out} is not a dataset written by write_image_folder (no objects.csv); '
+        f'not replacing it even with --force, remove it yourself'], proc.stderr
+    assert os.listdir(out) == ['mine.txt']

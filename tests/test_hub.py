@@ -1,5 +1,6 @@
 """`timm-elastic convert` and the Hub: the exported folder loads through timm's `local-dir:` and,
-placed in a Hugging Face cache, through `hf-hub:` and the registry's pretrained tags, offline."""
+placed in a Hugging Face cache as its published copy, through `hf-hub:` ids and a tag whose pretrained
+cfg names that copy, offline."""
 import json
 import os
 import shutil
@@ -42,6 +43,7 @@ def test_convert_writes_a_hub_folder(release):
     assert sorted(os.listdir(out)) == ['README.md', 'config.json', 'model.safetensors']
     assert sorted(os.listdir(release['root'])) == ['dla60x_elastic.pth.tar', 'dla_x60_elastic.in1k']  # no temp left
     assert 'timm-elastic/dla_x60_elastic.in1k' in release['stdout']
+    assert f"timm.create_model('local-dir:{out}', pretrained=True)" in release['stdout']  # else: random weights
     config = json.loads((out / 'config.json').read_text())
     assert config['architecture'] == 'dla_x60_elastic' and config['num_classes'] == 1000
     assert len(config['label_names']) == 1000 and config['label_names'][0] == 'n01440764'
@@ -63,7 +65,7 @@ def test_local_dir_loads_the_original_model(release):
         assert (model(x) - reference).abs().max().item() <= tolerance(reference)
 
 
-def test_hub_cache_loads_by_tag_and_hf_hub_id_offline(release, tmp_path):
+def test_hub_copy_loads_by_hf_hub_id_offline(release, tmp_path):
     hf_home = tmp_path / 'hf'
     put_in_hf_cache(str(release['out']), 'timm-elastic/dla_x60_elastic.in1k', str(hf_home / 'hub'))
     # the user imports only timm: the installed hook registers the models (tests/test_autoload.py)
@@ -73,8 +75,11 @@ def test_hub_cache_loads_by_tag_and_hf_hub_id_offline(release, tmp_path):
         assert [r.repo_id for r in scan_cache_dir().repos] == ['timm-elastic/dla_x60_elastic.in1k']
         x = torch.load(sys.argv[1])
         out = {}
-        for name in ('dla_x60_elastic.in1k', 'dla_x60_elastic', 'hf-hub:timm-elastic/dla_x60_elastic.in1k'):
-            model = timm.create_model(name, pretrained=True).eval()
+        # a published copy: by its Hub id, or by tag with the id set in the pretrained cfg
+        for name, overlay in (('hf-hub:timm-elastic/dla_x60_elastic.in1k', None),
+                              ('dla_x60_elastic.in1k', dict(hf_hub_id='timm-elastic/dla_x60_elastic.in1k')),
+                              ('dla_x60_elastic', dict(hf_hub_id='timm-elastic/dla_x60_elastic.in1k'))):
+            model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay).eval()
             with torch.no_grad():
                 out[name] = model(x).tolist()
         print(json.dumps(out))
@@ -91,13 +96,16 @@ def test_hub_cache_loads_by_tag_and_hf_hub_id_offline(release, tmp_path):
         assert (torch.tensor(logits) - reference).abs().max().item() <= tolerance(reference), name
 
 
+@pytest.mark.slow
 def test_existing_folder_needs_force(release, tmp_path):
     out = tmp_path / 'out'
     out.mkdir()
     (out / 'mine.txt').write_text('keep me')
     proc = convert(str(release['ckpt']), '--out', str(out))
     assert proc.returncode == 2 and 'Traceback' not in proc.stderr
-    assert proc.stderr.strip() == f'timm-elastic convert: error: {out} already exists; pass --force (force=True) to replace it'
+    assert proc.stderr.strip() == f'timm-elastic convert: error: {out} already exists; pass --force to replace it'
+    with pytest.raises(FileExistsError, match=f'^{out} already exists; pass force=True to replace it$'):
+        export_original(release['ckpt'], out)  # Python's own wording
     assert os.listdir(out) == ['mine.txt']
     proc = convert(str(release['ckpt']), '--out', str(out), '--force')
     assert proc.returncode == 0, proc.stderr
@@ -123,7 +131,7 @@ def test_coco_export(tmp_path):
 
 
 @pytest.mark.parametrize('make,args,message', [
-    ('truncated', [], 'is not a readable PyTorch checkpoint'),
+    ('truncated', [], 'is a truncated PyTorch checkpoint: it ends after 100000 bytes'),
     ('missing', [], 'checkpoint not found'),
     ('release', ['--arch', 'resnext77'], "unknown original architecture 'resnext77'; known: resnext50"),
     ('release', ['--arch', 'densenet201_elastic'], 'not a checkpoint of densenet201_elastic (densenet201_elastic)'),

@@ -3,6 +3,7 @@ after a kill, atomic checkpoint replacement, DDP with two CPU processes, bf16 an
 and one-line errors for bad arguments."""
 import csv
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -35,6 +36,7 @@ def state(path, key='state_dict'):
     return torch.load(path, map_location='cpu', weights_only=False)[key]
 
 
+@pytest.mark.slow
 def test_train_checkpoint_validate(tmp_path):
     out = tmp_path / 'runs'
     proc = cli('train', '--epochs', '2', '-j', '0', '--output', str(out), '--experiment', 'tiny',
@@ -49,14 +51,15 @@ def test_train_checkpoint_validate(tmp_path):
     assert head[:5] == ['epoch', 'train_loss', 'eval_loss', 'eval_top1', 'eval_top5'] and head[-1] == 'lr'
     assert 'eval_top1_small' in head and 'eval_top1_large+medium+small' in head
     assert [r[0] for r in rows[1:]] == ['0', '1']
-    assert 'epoch 0/1' in proc.stderr  # the progress bar
-    assert 'epoch 1: train loss' in proc.stdout
+    assert 'epoch 1/2' in proc.stderr and 'epoch 0/' not in proc.stderr  # the progress bar counts from 1
+    assert 'epoch 2/2: train loss' in proc.stdout
 
     best = max(rows[1:], key=lambda r: float(r[3]))
     results = tmp_path / 'val.json'
-    proc = cli('validate', '--model', 'resnext_tiny_elastic', '--checkpoint', str(run / 'model_best.pth.tar'),
+    proc = cli('validate', '--checkpoint', str(run / 'model_best.pth.tar'),  # it records its --model
                '--val-num-samples', '112', '-j', '0', '--results-file', str(results), '--no-progress')
     assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith('resnext_tiny_elastic: top-1 ')
     import json
     metrics = json.loads(results.read_text())
     assert metrics['count'] == 112 and metrics['num_classes'] == 8
@@ -67,6 +70,7 @@ def test_train_checkpoint_validate(tmp_path):
     assert f'top-1 {metrics["top1"]:.2f}%' in proc.stdout and 'objects small' in proc.stdout
 
 
+@pytest.mark.slow
 def test_image_folder_round_trip(tmp_path):
     """`timm-elastic data` writes the built-in images as a folder that timm's reader trains on, and
     validating on it gives exactly what the in-memory dataset gives (PNG is lossless), size
@@ -94,6 +98,7 @@ def test_image_folder_round_trip(tmp_path):
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
+@pytest.mark.slow
 def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path):
     """A run killed during epoch 2 and resumed from last.pth.tar writes the same summary rows
     (losses, accuracies, lr: every digit) and ends with the same weights and EMA as a run that
@@ -122,7 +127,7 @@ def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path):
 
     proc = cli('train', *flags, '--experiment', 'killed', '--resume', str(killed / 'last.pth.tar'))
     assert proc.returncode == 0, proc.stderr
-    assert 'epoch 0:' not in proc.stdout and 'epoch 2:' in proc.stdout  # it continued, not restarted
+    assert 'epoch 1/3:' not in proc.stdout and 'epoch 3/3:' in proc.stdout  # it continued, not restarted
     assert summary(killed / 'summary.csv') == summary(tmp_path / 'straight' / 'summary.csv')
     for key in ('state_dict', 'state_dict_ema'):
         a, b = state(tmp_path / 'straight' / 'last.pth.tar', key), state(killed / 'last.pth.tar', key)
@@ -233,6 +238,7 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert 'timm_elastic/train.py' not in proc.stderr  # (torchrun adds its own report of the failed children)
 
 
+@pytest.mark.slow
 def test_bf16_autocast_and_channels_last_on_cpu(tmp_path, monkeypatch):
     """--amp --amp-dtype bfloat16 --channels-last: during training every convolution's weight is channels_last
     and its output bf16; the checkpoint keeps fp32 weights; --elastic-ratio reaches the model."""
@@ -269,6 +275,7 @@ def test_bf16_autocast_and_channels_last_on_cpu(tmp_path, monkeypatch):
     assert abs(validate(val)['top1'] - metrics['top1']) <= 100 * 3 / 112  # bf16: a few images may flip
 
 
+@pytest.mark.slow
 def test_training_learns(tmp_path):
     """On a fixed seed, 64 training images and 6 epochs: the training loss falls to under half of the first
     epoch's, and top-1 on those same images (the train split as validation set, no augmentation) is far above
@@ -284,6 +291,7 @@ def test_training_learns(tmp_path):
     assert metrics['top1'] >= 50., metrics
 
 
+@pytest.mark.slow
 def test_summary_rows_after_the_checkpoint_are_dropped_on_resume(tmp_path):
     """A run killed after writing epoch 1's summary row but before its checkpoint resumes from epoch 0's
     checkpoint: epoch 1's row is written once, and equals the uninterrupted run's (deterministically, by
@@ -296,7 +304,7 @@ def test_summary_rows_after_the_checkpoint_are_dropped_on_resume(tmp_path):
     assert [r[0] for r in straight[1:]] == ['0', '1']
     proc = cli('train', *flags, '--resume', str(run / 'checkpoint-0.pth.tar'))
     assert proc.returncode == 0, proc.stderr
-    assert 'epoch 0:' not in proc.stdout and 'epoch 1:' in proc.stdout
+    assert 'epoch 1/2:' not in proc.stdout and 'epoch 2/2:' in proc.stdout
     assert summary(run / 'summary.csv') == straight
 
 
@@ -310,6 +318,7 @@ def counting_backend(gm, example_inputs):
     return gm.forward
 
 
+@pytest.mark.slow
 def test_torchcompile_mixup_and_cutmix(tmp_path, monkeypatch):
     """--torchcompile BACKEND compiles the model it trains (a counting backend here: inductor would
     take minutes) and saves plain (not `_orig_mod.`) keys; --mixup / --cutmix train on mixed images with
@@ -341,6 +350,7 @@ def test_torchcompile_mixup_and_cutmix(tmp_path, monkeypatch):
     assert all(torch.allclose(t.sum(1), torch.ones(32)) for t in targets)
 
 
+@pytest.mark.slow
 def test_compare_prints_table4(tmp_path):
     proc = cli('compare', '--epochs', '1', '-j', '0', '--output', str(tmp_path), '--experiment', 'cmp', *SMALL,
                '--results-file', str(tmp_path / 'cmp.json'))
@@ -363,8 +373,15 @@ def test_compare_prints_table4(tmp_path):
     cells = [c.strip() for c in all_row.split('|')]
     assert float(cells[2]) == pytest.approx(res['resnext_tiny']['top1'], abs=0.006)
     assert float(cells[3]) == pytest.approx(res['resnext_tiny_elastic']['top1'], abs=0.006)
-    assert lines[-1].split(' overall: ')[0] in ('Elastic wins', 'the twin wins', 'a tie')
-    assert os.path.isfile(tmp_path / 'cmp' / 'resnext_tiny' / 'summary.csv')
+    assert lines[-2].split(' overall: ')[0] in ('Elastic wins', 'the twin wins', 'a tie')
+    # the console is the table: no checkpoint lists, data configs or per-batch lines; one line says where the files are
+    assert re.fullmatch(rf"Both runs' checkpoints and summary.csv: {re.escape(str(tmp_path / 'cmp'))} \(\d+ MB\)",
+                        lines[-1]), lines[-1]
+    for noise in ('Current checkpoints', 'Data processing configuration', '[6/6] loss'):
+        assert noise not in proc.stderr, noise
+    for name in ('resnext_tiny', 'resnext_tiny_elastic'):  # the best checkpoint and the last, not three best
+        assert sorted(os.listdir(tmp_path / 'cmp' / name)) == [
+            'checkpoint-0.pth.tar', 'last.pth.tar', 'model_best.pth.tar', 'summary.csv']
 
 
 @pytest.mark.parametrize('args, message', [
@@ -378,6 +395,9 @@ def test_compare_prints_table4(tmp_path):
     (['train', '--epochs', '0'], '--epochs must be at least 1, got 0'),
     (['validate', '--model', 'resnext_tiny_elastic', '--checkpoint', '/no/such.pth.tar'],
      "--checkpoint '/no/such.pth.tar' does not exist"),
+    (['validate', '--model', 'resnext_tiny_elastic'],  # would score random weights
+     'no weights to evaluate: pass --checkpoint PATH (a training checkpoint) or --pretrained'),
+    (['validate', '--pretrained'], '--model is needed with --pretrained'),
     (['compare', '--model', 'resnext50_elastic'], "--model 'resnext50_elastic' has no registered non-Elastic twin"),
 ])
 def test_bad_arguments_are_one_line_errors(tmp_path, args, message):
@@ -388,6 +408,7 @@ def test_bad_arguments_are_one_line_errors(tmp_path, args, message):
     assert err[0].startswith(f'timm-elastic {args[0]}: error: ') and message in err[0], err[0]
 
 
+@pytest.mark.slow
 def test_resume_with_other_classes_or_model_is_refused(tmp_path):
     proc = cli('train', '--epochs', '1', '-j', '0', '--output', str(tmp_path), '--experiment', 'a', *SMALL)
     assert proc.returncode == 0, proc.stderr
@@ -404,6 +425,7 @@ def test_resume_with_other_classes_or_model_is_refused(tmp_path):
         assert not os.path.exists(tmp_path / 'b')
 
 
+@pytest.mark.slow
 def test_validate_takes_the_class_count_from_the_checkpoint(tmp_path):
     proc = cli('train', '--epochs', '1', '-j', '0', '--num-classes', '10', '--output', str(tmp_path),
                '--experiment', 'ten', *SMALL)
@@ -414,3 +436,14 @@ def test_validate_takes_the_class_count_from_the_checkpoint(tmp_path):
     assert proc.returncode == 0, proc.stderr
     import json
     assert json.loads(out.read_text())['num_classes'] == 10
+    # a contradicting --model is refused; a checkpoint that does not record its model needs --model
+    proc = cli('validate', '--model', 'resnext_tiny', '--checkpoint', str(tmp_path / 'ten' / 'last.pth.tar'))
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"timm-elastic validate: error: --checkpoint '{tmp_path / 'ten' / 'last.pth.tar'}' is a checkpoint of "
+        f"--model resnext_tiny_elastic, not resnext_tiny"], proc.stderr
+    bare = tmp_path / 'weights.pth'
+    torch.save({'state_dict': torch.load(tmp_path / 'ten' / 'last.pth.tar', weights_only=False)['state_dict']}, bare)
+    proc = cli('validate', '--checkpoint', str(bare))
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"timm-elastic validate: error: --checkpoint '{bare}' does not record a model name (its arch is None); "
+        f"pass --model NAME"], proc.stderr

@@ -5,7 +5,19 @@ import shutil
 import tempfile
 from typing import Any
 
-__all__ = ['replace_dir', 'write_text', 'write_json', 'fsync_dir']
+__all__ = ['OutputExistsError', 'replace_dir', 'write_text', 'write_json', 'fsync_dir']
+
+
+class OutputExistsError(FileExistsError):
+    """An output path that is there already. `template` names the way to replace it as `{force}`:
+    the Python message says `force=True`, the command line's (`message('--force')`) its flag."""
+
+    def __init__(self, template: str):
+        self.template = template
+        super().__init__(self.message('force=True'))
+
+    def message(self, force: str) -> str:
+        return self.template.format(force=force)
 
 
 def replace_dir(tmp: str, dest: str) -> None:

@@ -98,7 +98,7 @@ def _convert(args: argparse.Namespace) -> int:
     print(f'converted original {done.arch} -> {name} ({done.params / 1e6:.2f}M parameters, '
           f'{done.num_classes} classes)')
     print(f'wrote {done.path}: {", ".join(sorted(os.listdir(done.path)))}')
-    print(f"load it with timm.create_model('local-dir:{done.path}') after import timm_elastic")
+    print(f"load it with timm.create_model('local-dir:{done.path}', pretrained=True)")
     if done.repo_id:
         print(f'it is the folder of the Hub repository {done.repo_id}: '
               f'hf upload {done.repo_id} {done.path}')
@@ -106,13 +106,18 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _fail(command: str, error: Exception) -> int:
-    print(f'timm-elastic {command}: error: {error}', file=sys.stderr)
+    from ._io import OutputExistsError
+    message = error.message('--force') if isinstance(error, OutputExistsError) else error
+    print(f'timm-elastic {command}: error: {message}', file=sys.stderr)
     return 2
 
 
 def _logging() -> None:
+    import logging
     from timm.utils import setup_default_logging
     setup_default_logging()
+    # timm's saver logs its whole list of checkpoints after every epoch; the files are in the output folder
+    logging.getLogger('timm.utils.checkpoint_saver').setLevel(logging.WARNING)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -152,6 +157,10 @@ def _compare(args: argparse.Namespace) -> int:
     if results[elastic]['output_dir'] is not None:  # the first process of a torchrun
         print()
         print(format_comparison(results, twin, elastic))
+        folder = os.path.dirname(results[elastic]['output_dir'])
+        stats = [os.stat(os.path.join(d, f)) for d, _, files in os.walk(folder) for f in files]
+        size = sum({(st.st_dev, st.st_ino): st.st_size for st in stats}.values())  # model_best is a hard link
+        print(f'Both runs\' checkpoints and summary.csv: {folder} ({size / 1e6:.0f} MB)')
         if args.results_file:
             write_json(args.results_file, results)
     return 0
@@ -221,9 +230,9 @@ def _add_data_args(p: argparse.ArgumentParser, training: bool) -> None:
 
 def _add_model_args(p: argparse.ArgumentParser, default_model: Optional[str]) -> None:
     g = p.add_argument_group('model')
-    g.add_argument('--model', metavar='NAME', default=default_model, required=default_model is None,
-                   help='any timm model name, e.g. resnext50_elastic (timm-elastic models lists ours)'
-                        + (f'; default: {default_model}' if default_model else ''))
+    g.add_argument('--model', metavar='NAME', default=default_model,
+                   help='any timm model name, e.g. resnext50_elastic (timm-elastic models lists ours); default: '
+                        + (default_model or 'the model that --checkpoint records'))
     g.add_argument('--pretrained', action='store_true', help="start from the model's pretrained weights")
     g.add_argument('--num-classes', type=int, metavar='N', default=None,
                    help='classifier size (default: the number of classes of the data)')
@@ -258,7 +267,9 @@ def _add_run_args(p: argparse.ArgumentParser, batch_size: int) -> None:
     g.add_argument('--no-progress', dest='progress', action='store_false', help='no progress bars')
 
 
-def _add_train_args(p: argparse.ArgumentParser) -> None:
+def _add_train_args(p: argparse.ArgumentParser, compare: bool = False) -> None:
+    # compare: what its user reads is the table: fewer files kept, no per-batch log lines
+    hist, log_interval = (1, 0) if compare else (3, 50)
     _add_data_args(p, training=True)
     _add_model_args(p, 'resnext_tiny_elastic')
     g = p.add_argument_group('checkpoints and output')
@@ -270,10 +281,12 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument('--output', metavar='DIR', default='', help='output root (default: ./output/train)')
     g.add_argument('--experiment', metavar='NAME', default='',
                    help='run folder under --output (default: date-time-model-size); checkpoints and summary.csv')
-    g.add_argument('--checkpoint-hist', type=int, metavar='N', default=3, help='best checkpoints kept (default: 3)')
+    g.add_argument('--checkpoint-hist', type=int, metavar='N', default=hist,
+                   help=f'best checkpoints kept besides last.pth.tar (default: {hist})')
     g.add_argument('--eval-metric', default='top1', choices=('top1', 'top5', 'loss'),
                    help='metric that ranks checkpoints (default: top1)')
-    g.add_argument('--log-interval', type=int, metavar='N', default=50, help='log every N batches (default: 50)')
+    g.add_argument('--log-interval', type=int, metavar='N', default=log_interval,
+                   help=f'log every N batches (default: {log_interval}; 0: never)')
     g.add_argument('--seed', type=int, metavar='N', default=42, help='random seed (default: 42)')
     g = p.add_argument_group('optimizer and schedule (timm create_optimizer_v2 / create_scheduler_v2)')
     g.add_argument('--opt', metavar='NAME', default='adamw',
@@ -370,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "medium and large objects side by side, as the paper's Table 4 does. Takes about 4 minutes on "
                     "2 CPU cores with the defaults. Every train flag applies to both models.",
         epilog='example: timm-elastic compare --epochs 6 --output runs/compare')
-    _add_train_args(p)
+    _add_train_args(p, compare=True)
     p.set_defaults(func=_compare)
     p.add_argument('--results-file', metavar='PATH', default='', help='also write both models\' results as JSON')
 
@@ -390,10 +403,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evaluate a model on a dataset split with timm's loaders: loss, top-1 and top-5, and, on the "
                     "built-in dataset (or an image folder written by timm-elastic data), top-1 per combination of "
                     "object sizes.",
-        epilog='example: timm-elastic validate --model resnext_tiny_elastic --checkpoint runs/tiny/model_best.pth.tar')
+        epilog='examples: timm-elastic validate --checkpoint runs/tiny/model_best.pth.tar; '
+               'timm-elastic validate --model resnext50_elastic --pretrained --data-dir /data/imagenet --split val')
     _add_data_args(p, training=False)
     _add_model_args(p, None)
-    p.add_argument('--checkpoint', metavar='PATH', default='', help='weights to evaluate (a training checkpoint)')
+    p.add_argument('--checkpoint', metavar='PATH', default='',
+                   help='weights to evaluate: a training checkpoint (of timm-elastic train or timm\'s train.py); '
+                        'it records its --model. Without it, --pretrained is required')
     p.add_argument('--use-ema', action='store_true', help="evaluate the checkpoint's EMA weights")
     p.add_argument('--results-file', metavar='PATH', default='', help='also write the results as JSON')
     _add_run_args(p, batch_size=128)

@@ -3,7 +3,7 @@
 `export_original` turns an original checkpoint into the folder that its Hub repository
 (`timm-elastic/<model>.<tag>`, see models/_cfg.py) holds, in timm's own format:
 - `config.json`: architecture, num_classes, label names, model args, pretrained_cfg (timm's
-  `save_for_hf`), so `timm.create_model('local-dir:DIR')` and `'hf-hub:ORG/NAME'` rebuild it;
+  `save_for_hf`), so `timm.create_model('local-dir:DIR', pretrained=True)` and `'hf-hub:ORG/NAME'` rebuild it;
 - `model.safetensors`: the converted state dict;
 - `README.md`: a model card with the paper's results for these weights and where they came from.
 The folder is written next to its destination and renamed into place, so it is complete or absent.
@@ -17,7 +17,7 @@ from typing import Any, Dict, Mapping, Optional, Union
 
 import torch
 
-from ._io import replace_dir
+from ._io import OutputExistsError, replace_dir
 from .convert import ORIGINALS, Original, from_original, infer_arch, load_original, num_classes_of, release_tag
 
 __all__ = ['Export', 'export_original', 'model_card', 'sha256_file']
@@ -76,7 +76,7 @@ def export_original(
         if not os.path.isdir(out_dir) or os.path.islink(out_dir):
             raise FileExistsError(f'{out_dir} exists and is not a folder; choose another --out')
         if not force:
-            raise FileExistsError(f'{out_dir} already exists; pass --force (force=True) to replace it')
+            raise OutputExistsError(f'{out_dir} already exists; pass {{force}} to replace it')
 
     state = load_original(checkpoint)
     arch = arch or infer_arch(state)
@@ -131,6 +131,7 @@ def model_card(
     (Table 2 for ImageNet, Table 3 for the MS COCO fine-tune), provenance and usage."""
     import timm
     from . import __version__
+    from .models._cfg import release_url
 
     coco = tag == 'coco'
     name = f'{spec.model}.{tag}' if tag else spec.model
@@ -182,8 +183,8 @@ def model_card(
         lines += ['- converted from a state dict given in memory']
     released = tag in spec.released
     lines += [
-        f'- {"released by the authors" if released else "no released checkpoint of this architecture and tag"}'
-        f'{": http://ai2-vision.s3.amazonaws.com/elastic/" + ("coco_models/coco_" if coco else "imagenet_models/") + arch + ".pth.tar" if released else ""}',
+        f'- released by the authors: {release_url(arch, tag)}' if released
+        else '- no released checkpoint of this architecture and tag',
         f'- converter: timm-elastic {__version__} (timm {timm.__version__}, torch {torch.__version__.split("+")[0]})',
     ]
     if repo_id:

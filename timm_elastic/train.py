@@ -161,6 +161,7 @@ def elastic_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
 
 def create_model(args: argparse.Namespace, num_classes: Optional[int], checkpoint_path: str = ''):
     import timm
+    from .models._builder import PretrainedWeightsError
     name = args.model
     if not name.startswith(('hf-hub:', 'local-dir:')) and not timm.is_model(name):
         from .models import list_models
@@ -179,6 +180,8 @@ def create_model(args: argparse.Namespace, num_classes: Optional[int], checkpoin
             raise UsageError(f'--model {name} has no Elastic blocks, so --elastic-* options do not apply') from None
         raise
     except ValueError as e:  # e.g. elastic_ratio out of range
+        raise UsageError(str(e)) from None
+    except PretrainedWeightsError as e:  # says what to do instead
         raise UsageError(str(e)) from None
     except (FileNotFoundError, RuntimeError):
         if checkpoint_path and not os.path.isfile(checkpoint_path):
@@ -422,7 +425,7 @@ def train(args: argparse.Namespace, datasets=None) -> Dict[str, Any]:
                              'default) averages the BatchNorm statistics of the processes after every epoch')
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
-    data_config = resolve_data_config(vars(args), model=model, verbose=primary)
+    data_config = resolve_data_config(vars(args), model=model)  # its settings: in the info line below
     optimizer = create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
                                     momentum=args.momentum)
     start_epoch = 0
@@ -487,8 +490,8 @@ def train(args: argparse.Namespace, datasets=None) -> Dict[str, Any]:
             saver.load_state_dict_from_checkpoint(args.resume)
         trim_summary(os.path.join(output_dir, 'summary.csv'), start_epoch)
         _logger.info(f'{args.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.3f}M parameters, '
-                     f'{num_classes} classes, {len(train_ds)} training images, epochs {start_epoch}..{num_epochs - 1}'
-                     f', output {output_dir}')
+                     f'{num_classes} classes, {len(train_ds)} training images at {_data_summary(data_config)}, '
+                     f'epochs {start_epoch + 1}..{num_epochs} of {num_epochs}, output {output_dir}')
 
     eval_metrics: Dict[str, Any] = {}
     for epoch in range(start_epoch, num_epochs):
@@ -500,12 +503,13 @@ def train(args: argparse.Namespace, datasets=None) -> Dict[str, Any]:
             amp_autocast, loss_scaler, model_ema, mixup_fn)
         if args.distributed and args.dist_bn in ('broadcast', 'reduce'):
             distribute_bn(model, args.world_size, args.dist_bn == 'reduce')
-        eval_metrics = evaluate(model, loader_eval, args, device, amp_autocast, combinations, f'eval {epoch}')
+        eval_metrics = evaluate(model, loader_eval, args, device, amp_autocast, combinations,
+                                f'eval {epoch + 1}/{num_epochs}')
         if model_ema is not None:
             if args.distributed and args.dist_bn in ('broadcast', 'reduce'):
                 distribute_bn(model_ema, args.world_size, args.dist_bn == 'reduce')
             eval_metrics = evaluate(model_ema, loader_eval, args, device, amp_autocast, combinations,
-                                    f'eval ema {epoch}')
+                                    f'eval ema {epoch + 1}/{num_epochs}')
         lr = optimizer.param_groups[0]['lr']
         if not args.sched_on_updates:
             lr_scheduler.step(epoch + 1, eval_metrics[args.eval_metric])
@@ -514,11 +518,20 @@ def train(args: argparse.Namespace, datasets=None) -> Dict[str, Any]:
             update_summary(epoch, train_metrics, _flat(eval_metrics), summary, lr=lr,
                            write_header=not os.path.exists(summary) or os.path.getsize(summary) == 0)
             saver.save_checkpoint(epoch, metric=eval_metrics[args.eval_metric])
-            print(f'epoch {epoch}: train loss {train_metrics["loss"]:.4f}, eval loss {eval_metrics["loss"]:.4f}, '
-                  f'top-1 {eval_metrics["top1"]:.2f}%, top-5 {eval_metrics["top5"]:.2f}%, lr {lr:.4g}', flush=True)
+            print(f'epoch {epoch + 1}/{num_epochs}: train loss {train_metrics["loss"]:.4f}, '
+                  f'eval loss {eval_metrics["loss"]:.4f}, top-1 {eval_metrics["top1"]:.2f}%, '
+                  f'top-5 {eval_metrics["top5"]:.2f}%, lr {lr:.4g}', flush=True)
     if args.distributed:
         torch.distributed.barrier()
     return dict(eval_metrics, output_dir=output_dir, num_classes=num_classes)
+
+
+def _data_summary(data_config: Dict[str, Any]) -> str:
+    """timm's data config in a few words: '64x64 (bilinear, crop 1.0, mean ..., std ...)'."""
+    _, h, w = data_config['input_size']
+    return (f'{h}x{w} ({data_config["interpolation"]}, crop_pct {data_config["crop_pct"]}, '
+            f'mean {tuple(round(m, 3) for m in data_config["mean"])}, '
+            f'std {tuple(round(m, 3) for m in data_config["std"])})')
 
 
 def _train_one_epoch(epoch, num_epochs, model, loader, optimizer, loss_fn, args, device, lr_scheduler,
@@ -528,7 +541,7 @@ def _train_one_epoch(epoch, num_epochs, model, loader, optimizer, loss_fn, args,
     num_updates = epoch * updates
     loss_sum = torch.zeros((), dtype=torch.float64)
     count = 0
-    bar = _progress(loader, f'epoch {epoch}/{num_epochs - 1}', args)
+    bar = _progress(loader, f'epoch {epoch + 1}/{num_epochs}', args)  # counted from 1 (summary.csv: from 0)
     for i, (x, y) in enumerate(bar):
         x, y = x.to(device), y.to(device)
         if mixup_fn is not None:
@@ -555,7 +568,7 @@ def _train_one_epoch(epoch, num_epochs, model, loader, optimizer, loss_fn, args,
         if hasattr(bar, 'set_postfix'):
             bar.set_postfix(loss=f'{loss.item():.4f}', lr=f'{optimizer.param_groups[0]["lr"]:.3g}', refresh=False)
         if args.log_interval and (i % args.log_interval == 0 or i == updates - 1) and _is_primary(args):
-            _logger.info(f'epoch {epoch} [{i + 1}/{updates}] loss {loss.item():.4f} '
+            _logger.info(f'epoch {epoch + 1}/{num_epochs} [{i + 1}/{updates}] loss {loss.item():.4f} '
                          f'lr {optimizer.param_groups[0]["lr"]:.4g}')
     if args.distributed:  # the loss of the epoch over every rank's images
         t = torch.stack([loss_sum, torch.tensor(float(count), dtype=torch.float64)]).to(device)
@@ -597,16 +610,21 @@ def _safe(name: str) -> str:
 # validation
 
 def validate(args: argparse.Namespace) -> Dict[str, Any]:
-    """Evaluate `args.model` (from `--checkpoint`, `--pretrained` or fresh weights) as
-    `timm-elastic validate` does: loss, top-1, top-5 and, where the data records object sizes,
-    top-1 per size combination."""
+    """Evaluate `args.model` with the weights of `--checkpoint` or `--pretrained` (one of them is
+    required; without `--model` the checkpoint's recorded model) as `timm-elastic validate` does:
+    loss, top-1, top-5 and, where the data records object sizes, top-1 per size combination."""
     from timm.data import resolve_data_config
     from timm.models import load_checkpoint
 
+    ckpt = _load_checkpoint_dict(args.checkpoint, '--checkpoint') if args.checkpoint else None
+    if ckpt is None and not args.pretrained:
+        raise UsageError('no weights to evaluate: pass --checkpoint PATH (a training checkpoint) or --pretrained '
+                         "(the model's released weights); without either it would score a randomly initialised model")
+    if not args.model:
+        args.model = _recorded_model(ckpt, args.checkpoint)
     device = _init_device(args)
     amp_autocast, _ = amp_context(args, device)
     _, eval_ds, data_classes = create_datasets(args, training=False)
-    ckpt = _load_checkpoint_dict(args.checkpoint, '--checkpoint') if args.checkpoint else None
     num_classes = args.num_classes or data_classes
     if ckpt is not None and not args.num_classes:
         num_classes = _checkpoint_classes(ckpt, args.model) or num_classes
@@ -620,11 +638,24 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
     model.to(device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
-    data_config = resolve_data_config(vars(args), model=model, verbose=_is_primary(args))
+    data_config = resolve_data_config(vars(args), model=model)
     loader = _eval_loader(eval_ds, args.batch_size, args, data_config, device)
     metrics = evaluate(model, loader, args, device, amp_autocast,
                        combinations_of(eval_ds, args.data_dir, args.val_split))
     return dict(metrics, model=args.model, num_classes=model.num_classes, img_size=data_config['input_size'][-1])
+
+
+def _recorded_model(ckpt: Optional[Dict[str, Any]], path: str) -> str:
+    """The model name a training checkpoint records (timm's saver keeps `--model` as `arch`)."""
+    import timm
+    if ckpt is None:
+        raise UsageError('--model is needed with --pretrained (with --checkpoint it defaults to the model that the '
+                         'checkpoint records)')
+    name = ckpt.get('arch')
+    if not isinstance(name, str) or not (timm.is_model(name) or name.startswith(('hf-hub:', 'local-dir:'))):
+        raise UsageError(f'--checkpoint {path!r} does not record a model name (its arch is {name!r}); '
+                         'pass --model NAME')
+    return name
 
 
 def _pick_state(ckpt: Dict[str, Any], use_ema: bool) -> Dict[str, Any]:
@@ -669,7 +700,7 @@ def compare(args: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
             run.elastic_ratio = run.elastic_resample = None
         start = time.perf_counter()
         if os.environ.get('RANK', '0') == '0':  # torchrun's first process
-            print(f'== training {name} ({run.epochs} epochs)', flush=True)
+            print(f'== training {name} ({run.epochs} epoch{"s" if run.epochs != 1 else ""})', flush=True)
         results[name] = train(run, datasets)
         results[name]['seconds'] = time.perf_counter() - start
     return results
@@ -686,8 +717,8 @@ def format_comparison(results: Dict[str, Dict[str, Any]], base: str, elastic: st
     lines += [head, '-' * len(head)]
 
     def row(label, count, tb, te):
-        return (f'{label} | {count:>6} | {tb:>14.2f} | {te:>22.2f} | {te - tb:>+6.2f} | '
-                f'{100 * (te - tb) / tb if tb else float("nan"):>+7.1f}%')
+        relative = f'{100 * (te - tb) / tb:>+7.1f}%' if tb else f'{"n/a":>8}'  # nothing to be relative to
+        return f'{label} | {count:>6} | {tb:>14.2f} | {te:>22.2f} | {te - tb:>+6.2f} | {relative}'
 
     for combo in COMBINATIONS:
         key = combination_name(combo)

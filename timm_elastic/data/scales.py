@@ -37,7 +37,7 @@ import numpy as np
 import torch.utils.data
 from PIL import Image, ImageDraw
 
-from .._io import replace_dir
+from .._io import OutputExistsError, replace_dir
 
 __all__ = [
     'SIZES', 'SIZE_RANGES', 'COMBINATIONS', 'CLASSES', 'SPLITS', 'DEFAULT_SAMPLES', 'MIN_IMG_SIZE',
@@ -514,10 +514,10 @@ def _check_replaceable(root: str, force: bool) -> None:
     if not os.listdir(root):
         return
     if not force:
-        raise FileExistsError(f'{root} exists and is not empty; pass force=True to replace it')
+        raise OutputExistsError(f'{root} exists and is not empty; pass {{force}} to replace it')
     if not os.path.isfile(os.path.join(root, _CSV_NAME)):
-        raise FileExistsError(f'{root} is not a dataset written by write_image_folder (no {_CSV_NAME}); '
-                              f'not replacing it even with force=True, remove it yourself')
+        raise OutputExistsError(f'{root} is not a dataset written by write_image_folder (no {_CSV_NAME}); '
+                                f'not replacing it even with {{force}}, remove it yourself')
 
 
 def read_combinations(root: str, split: str) -> Dict[str, Tuple[str, ...]]:
