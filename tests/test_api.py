@@ -14,6 +14,13 @@ from timm_elastic.layers import RESAMPLE_MODES
 ALL = timm_elastic.list_models()
 # one Elastic model per family, the cheapest
 FAMILY = ['resnext50_selastic', 'dla_x60_elastic', 'densenet201_elastic']
+# FAMILY for the costlier tests: DenseNet201's case, by far the slowest of the three, is left out of the fast
+# subset (`pytest -m "not slow"`); the full suite runs it
+FAMILY_DENSENET_SLOW = [pytest.param(n, marks=pytest.mark.slow) if 'densenet' in n else n for n in FAMILY]
+# the deeper, wider and squeeze-excitation variants of a family: tests of every model leave them out of the fast
+# subset, where the smaller models of their family run the same code
+LARGER = {'resnext50x2_elastic', 'resnext101_elastic', 'seresnext50_elastic', 'dla_x102', 'dla_x102_elastic',
+          'dla_x102_selastic'}
 ELASTIC = [n for n in ALL if 'elastic' in n]
 TWIN_NAMES = {n for pair in timm_elastic.TWINS.items() for n in pair}
 
@@ -64,7 +71,7 @@ def test_small_twins_match_in_parameters_and_multiply_adds(elastic, twin):
     assert not any('Elastic' in type(m).__name__ for m in b.modules())
 
 
-@pytest.mark.parametrize('name', ALL)
+@pytest.mark.parametrize('name', [pytest.param(n, marks=pytest.mark.slow) if n in LARGER else n for n in ALL])
 @pytest.mark.parametrize('size', [(225, 193), (240, 240), (32, 32)])
 def test_odd_and_small_inputs(name, size):
     model = timm.create_model(name, num_classes=7)
@@ -84,7 +91,7 @@ def test_more_low_resolution_paths_cost_fewer_macs_same_params(name):
     assert len({count_params(m) for m in models}) == 1
 
 
-@pytest.mark.parametrize('name', FAMILY)
+@pytest.mark.parametrize('name', FAMILY_DENSENET_SLOW)
 @pytest.mark.parametrize('mode', list(RESAMPLE_MODES))
 def test_resample_modes_build_run_and_train(name, mode):
     model = timm.create_model(name, elastic_resample=mode, num_classes=3).train()
@@ -114,7 +121,7 @@ def test_unknown_kwarg_is_a_type_error(name):
         timm.create_model(name, elastic_ratios=0.5)
 
 
-@pytest.mark.parametrize('name', FAMILY)
+@pytest.mark.parametrize('name', FAMILY_DENSENET_SLOW)
 @pytest.mark.parametrize('size', [(224, 224), (225, 193)])
 def test_features_only_every_index(name, size):
     n = len(timm.create_model(name).feature_info)
@@ -193,7 +200,7 @@ def saved_tensors(model, x) -> int:
     return count
 
 
-@pytest.mark.parametrize('name', FAMILY)
+@pytest.mark.parametrize('name', FAMILY_DENSENET_SLOW)
 def test_grad_checkpointing_same_result(name):
     """Checkpointed, a model saves fewer tensors for backward (it recomputes them) and gives the same
     outputs and gradients."""
@@ -229,7 +236,7 @@ def test_torchscript(name):
         torch.testing.assert_close(scripted(x), model(x))
 
 
-@pytest.mark.parametrize('name', FAMILY)
+@pytest.mark.parametrize('name', FAMILY_DENSENET_SLOW)
 def test_fx_feature_extraction(name):
     torch.manual_seed(1)
     model = timm.create_model(name, features_only=True, feature_cls='fx').eval()
@@ -241,7 +248,7 @@ def test_fx_feature_extraction(name):
             torch.testing.assert_close(a, b)
 
 
-@pytest.mark.parametrize('name', FAMILY)
+@pytest.mark.parametrize('name', FAMILY_DENSENET_SLOW)
 def test_channels_last(name):
     model = timm.create_model(name, num_classes=4).eval()
     x = torch.randn(2, 3, 65, 64)
@@ -254,7 +261,7 @@ def test_channels_last(name):
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize('name', FAMILY)
+@pytest.mark.parametrize('name', FAMILY_DENSENET_SLOW)
 def test_bf16_autocast_cpu(name):
     model = timm.create_model(name, num_classes=4).eval()
     x = torch.randn(2, 3, 64, 64)

@@ -57,8 +57,10 @@ def test_elastic_ratio(ratio, low_width):
     assert out.shape == (2, 5)
 
 
-@pytest.mark.parametrize('output_stride', [8, 16, 32])
-@pytest.mark.parametrize('size', [(224, 224), (225, 193)])
+# the fast subset (-m "not slow") runs one case, the odd size at the largest dilation; the full suite all six
+@pytest.mark.parametrize('output_stride', [8, pytest.param(16, marks=pytest.mark.slow),
+                                           pytest.param(32, marks=pytest.mark.slow)])
+@pytest.mark.parametrize('size', [pytest.param((224, 224), marks=pytest.mark.slow), (225, 193)])
 def test_features_only_every_index_and_output_stride(output_stride, size):
     full = timm.create_model('resnext50_elastic', features_only=True, output_stride=output_stride).eval()
     assert full.feature_info.channels() == [64, 256, 512, 1024, 2048]
