@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 
 __all__ = [
-    'Original', 'ORIGINALS', 'CheckpointError', 'load_original', 'convert_state_dict', 'infer_arch',
+    'Original', 'ORIGINALS', 'CheckpointError', 'error_line', 'load_original', 'convert_state_dict', 'infer_arch',
     'num_classes_of', 'original_of', 'from_original', 'release_tag', 'release_pretrained_cfg', 'checkpoint_filter_fn',
 ]
 
@@ -42,6 +42,12 @@ Shapes = Mapping[str, Tuple[int, ...]]
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read, or that does not fit the architecture it is loaded into."""
+
+
+def error_line(error: BaseException) -> str:
+    """An exception as one line for a message: its type and the first line of its text."""
+    text = str(error).strip()
+    return f'{type(error).__name__}: {text.splitlines()[0]}' if text else type(error).__name__
 
 
 @dataclass(frozen=True)
@@ -169,7 +175,7 @@ def _read(path: str) -> Any:
         return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # torch reports a damaged file with whatever its parser hit first
         text = str(e).strip()
-        reason = f'{type(e).__name__}: {text.splitlines()[0].split(". ")[0]}' if text else type(e).__name__
+        reason = error_line(e).split('. ')[0]  # torch's zip errors go on for sentences
         size = os.path.getsize(path)
         if (kind == 'zip' and not _has_zip_end(path)) or (
                 kind == 'pickle' and (isinstance(e, EOFError) or 'unexpected EOF' in text)):

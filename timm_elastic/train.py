@@ -35,6 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ._io import fsync_dir, write_text
+from .convert import error_line
 
 __all__ = ['UsageError', 'AtomicCheckpointSaver', 'train', 'validate', 'compare', 'format_comparison', 'evaluate',
            'combination_table']
@@ -163,7 +164,7 @@ def create_model(args: argparse.Namespace, num_classes: Optional[int], checkpoin
     import timm
     from .models._builder import PretrainedWeightsError
     name = args.model
-    if not name.startswith(('hf-hub:', 'local-dir:')) and not timm.is_model(name):
+    if not _known_model(name):
         from .models import list_models
         raise UsageError(f'unknown model {name!r}; the Elastic models are {", ".join(list_models())} '
                          f'(timm-elastic models), and any timm model works')
@@ -189,6 +190,12 @@ def create_model(args: argparse.Namespace, num_classes: Optional[int], checkpoin
         raise
 
 
+def _known_model(name: str) -> bool:
+    """A registered model name, or a Hub / local folder one (whose config names the architecture)."""
+    import timm
+    return name.startswith(('hf-hub:', 'local-dir:')) or timm.is_model(name)
+
+
 def _load_checkpoint_dict(path: str, flag: str) -> Dict[str, Any]:
     """A training checkpoint's dict, read as timm reads them: tensors and plain values only
     (`weights_only`), plus the argparse.Namespace of the arguments that timm's scripts save."""
@@ -199,8 +206,7 @@ def _load_checkpoint_dict(path: str, flag: str) -> Dict[str, Any]:
         with allow([argparse.Namespace]) if allow else nullcontext():
             ckpt = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
-        raise UsageError(f'{flag} {path!r} is not a readable checkpoint ({type(e).__name__}: '
-                         f'{str(e).splitlines()[0]})') from None
+        raise UsageError(f'{flag} {path!r} is not a readable checkpoint ({error_line(e)})') from None
     if not isinstance(ckpt, dict):
         raise UsageError(f'{flag} {path!r} is not a checkpoint dict')
     return ckpt
@@ -647,12 +653,11 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
 
 def _recorded_model(ckpt: Optional[Dict[str, Any]], path: str) -> str:
     """The model name a training checkpoint records (timm's saver keeps `--model` as `arch`)."""
-    import timm
     if ckpt is None:
         raise UsageError('--model is needed with --pretrained (with --checkpoint it defaults to the model that the '
                          'checkpoint records)')
     name = ckpt.get('arch')
-    if not isinstance(name, str) or not (timm.is_model(name) or name.startswith(('hf-hub:', 'local-dir:'))):
+    if not isinstance(name, str) or not _known_model(name):
         raise UsageError(f'--checkpoint {path!r} does not record a model name (its arch is {name!r}); '
                          'pass --model NAME')
     return name

@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 import torch
 from timm.models import build_model_with_cfg, resolve_pretrained_cfg
 
-from ..convert import CheckpointError, checkpoint_filter_fn, load_original
+from ..convert import CheckpointError, checkpoint_filter_fn, error_line, load_original
 
 __all__ = ['PretrainedWeightsError', 'build_elastic']
 
@@ -38,10 +38,11 @@ def build_elastic(model_cls: Callable, variant: str, pretrained: bool = False, *
         return build_model_with_cfg(
             model_cls, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
     except Exception as e:
-        url = _url_loaded(variant, kwargs) if pretrained and _raised_in_load_pretrained(e) else None
+        cfg = _pretrained_cfg(variant, kwargs) if pretrained and _raised_in_load_pretrained(e) else None
+        url = _url_loaded(cfg) if cfg is not None else None
         if url is None:
             raise
-        error = _download_error(variant, kwargs, url, e)
+        error = _download_error(variant, cfg, kwargs.get('cache_dir'), url, e)
     raise error  # outside the handler: the user reads this error, not urllib's or torch.load's traceback
 
 
@@ -49,17 +50,20 @@ def _raised_in_load_pretrained(error: BaseException) -> bool:
     return any(frame.f_code.co_name == 'load_pretrained' for frame, _ in traceback.walk_tb(error.__traceback__))
 
 
-def _url_loaded(variant: str, kwargs: Dict[str, Any]) -> Optional[str]:
-    """The URL timm reads the weights from for these create kwargs, or None if it reads a file, a
-    state dict or the Hub (timm's order, `timm.models._builder._resolve_pretrained_source`)."""
+def _pretrained_cfg(variant: str, kwargs: Dict[str, Any]):
+    """The pretrained cfg timm built the model with, from the same create kwargs."""
+    return resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
+                                  pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'))
+
+
+def _url_loaded(cfg) -> Optional[str]:
+    """The URL timm reads the weights of `cfg` from, or None if it reads a file, a state dict or the
+    Hub (timm's order, `timm.models._builder._resolve_pretrained_source`)."""
     from timm.models import _builder
     resolve = getattr(_builder, '_resolve_pretrained_source', None)
     if resolve is None:  # another timm: leave its error as it is
         return None
-    cfg = resolve_pretrained_cfg(
-        variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
-        pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay')).to_dict()
-    load_from, location = resolve(cfg)
+    load_from, location = resolve(cfg.to_dict())
     return location if load_from == 'url' else None
 
 
@@ -69,14 +73,12 @@ def _cached_path(url: str, cache_dir: Optional[str]) -> str:
     return os.path.join(folder, os.path.basename(urlparse(url).path))
 
 
-def _download_error(variant: str, kwargs: Dict[str, Any], url: str, error: Exception) -> PretrainedWeightsError:
-    cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
-                                 pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'))
+def _download_error(variant: str, cfg, cache_dir: Optional[str], url: str, error: Exception) -> PretrainedWeightsError:
     name = f'{variant}.{cfg.tag}' if cfg.tag else variant
-    cached = _cached_path(url, kwargs.get('cache_dir'))
+    cached = _cached_path(url, cache_dir)
     filename = os.path.basename(cached)
     if not os.path.exists(cached):
-        what = f'downloading {url} failed ({_one_line(error)})'
+        what = f'downloading {url} failed ({error_line(error)})'
     else:
         try:
             load_original(cached)
@@ -86,11 +88,11 @@ def _download_error(variant: str, kwargs: Dict[str, Any], url: str, error: Excep
         if not readable:
             os.remove(cached)  # a half or wrong download would be read from the cache forever
             what = (f'the file downloaded from {url} is not a readable checkpoint and was removed from the cache '
-                    f'({_one_line(why)})')
+                    f'({error_line(why)})')
         elif isinstance(error, CheckpointError):
-            what = f'{cached} (downloaded from {url}) does not convert to {variant}: {_one_line(error)}'
+            what = f'{cached} (downloaded from {url}) does not convert to {variant}: {error_line(error)}'
         else:
-            what = f'loading {cached} (downloaded from {url}) failed ({_one_line(error)})'
+            what = f'loading {cached} (downloaded from {url}) failed ({error_line(error)})'
     message = (
         f'could not load the pretrained weights of {name}: {what}.\n'
         f'Without network, get {filename} from {url} on another machine, then either pass it directly, '
@@ -98,8 +100,3 @@ def _download_error(variant: str, kwargs: Dict[str, Any], url: str, error: Excep
         f'or convert it once, `timm-elastic convert {filename} --out DIR`, and use '
         f"timm.create_model('local-dir:DIR', pretrained=True).")
     return PretrainedWeightsError(message, url, cached, error)
-
-
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return f'{type(error).__name__}: {text.splitlines()[0]}' if text else type(error).__name__
