@@ -280,3 +280,18 @@ def test_data_package_imports_no_models():
                 assert not (node.module or '').startswith(('timm', 'timm_elastic')), path
             elif isinstance(node, ast.Import):
                 assert not any(a.name.split('.')[0] in ('timm', 'timm_elastic') for a in node.names), path
+
+
+def test_fill_cache_renders_every_image_once(monkeypatch):
+    """compare renders the data before the first run's clock starts: after fill_cache nothing is rendered again,
+    and the cached images are the rendered ones."""
+    expected = [pixels(ScaleShapes(split='validation', num_samples=5, seed=3).render(i)) for i in range(5)]
+    cached = ScaleShapes(split='validation', num_samples=5, seed=3, cache=True)
+    cached.fill_cache()
+
+    def no_render(layout):
+        raise AssertionError('rendered again')
+    monkeypatch.setattr(scales, '_render', no_render)
+    assert [pixels(cached[i][0]) for i in range(5)] == expected
+    with pytest.raises(AssertionError, match='rendered again'):  # without the cache it would render
+        ScaleShapes(split='validation', num_samples=5, seed=3).render(0)

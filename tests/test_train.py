@@ -350,38 +350,115 @@ def test_torchcompile_mixup_and_cutmix(tmp_path, monkeypatch):
     assert all(torch.allclose(t.sum(1), torch.ones(32)) for t in targets)
 
 
-@pytest.mark.slow
-def test_compare_prints_table4(tmp_path):
-    proc = cli('compare', '--epochs', '1', '-j', '0', '--output', str(tmp_path), '--experiment', 'cmp', *SMALL,
-               '--results-file', str(tmp_path / 'cmp.json'))
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
+def _table(stdout):
+    lines = stdout.splitlines()
     start = next(i for i, ln in enumerate(lines) if ln.startswith('Top-1 (%) on the built-in validation set'))
-    table = lines[start + 2:]
-    assert table[0].split()[:3] == ['Large', 'Medium', 'Small'] and 'resnext_tiny_elastic' in table[0]
-    rows = [ln for ln in table[2:9]]
+    return lines[start:]
+
+
+@pytest.mark.slow
+def test_compare_table4_over_seeds_is_repeatable(tmp_path):
+    """compare trains both models once per seed and prints the Table 4 layout with mean ± standard deviation
+    over the seeds, a reading of it and the conclusion. Run twice in two processes it prints the same table,
+    digit for digit, and every run ends with the same weights; the seeds give different runs."""
+    flags = ['compare', '--epochs', '1', '-j', '0', '--seeds', '3', '4', *SMALL]
+    proc = cli(*flags, '--output', str(tmp_path), '--experiment', 'cmp', '--results-file', str(tmp_path / 'cmp.json'))
+    assert proc.returncode == 0, proc.stderr
+    again = cli(*flags, '--output', str(tmp_path), '--experiment', 'again')
+    assert again.returncode == 0, again.stderr
+    table = _table(proc.stdout)
+    assert table[:-3] == _table(again.stdout)[:-3]  # the last lines: training time and the folder
+    for seed in (3, 4):
+        for name in ('resnext_tiny', 'resnext_tiny_elastic'):
+            run = tmp_path / 'cmp' / f'seed{seed}' / name
+            assert summary(run / 'summary.csv') == summary(tmp_path / 'again' / f'seed{seed}' / name / 'summary.csv')
+            a, b = state(run / 'last.pth.tar'), state(tmp_path / 'again' / f'seed{seed}' / name / 'last.pth.tar')
+            assert all(torch.equal(a[k], b[k]) for k in a), (seed, name)
+            # the best checkpoint and the last, not three best
+            assert sorted(os.listdir(run)) == ['checkpoint-0.pth.tar', 'last.pth.tar', 'model_best.pth.tar',
+                                               'summary.csv']
+    a = state(tmp_path / 'cmp' / 'seed3' / 'resnext_tiny_elastic' / 'last.pth.tar')
+    b = state(tmp_path / 'cmp' / 'seed4' / 'resnext_tiny_elastic' / 'last.pth.tar')
+    assert not torch.equal(a['fc.weight'], b['fc.weight'])
+
+    assert table[0].endswith('mean ± standard deviation over 2 seeds (3, 4):')
+    assert table[2].split()[:3] == ['Large', 'Medium', 'Small'] and 'resnext_tiny_elastic' in table[2]
+    rows = table[4:11]
     assert [r.split('|')[0].split() for r in rows] == [
         ['-', '-', 'x'], ['-', 'x', '-'], ['-', 'x', 'x'], ['x', '-', '-'], ['x', '-', 'x'], ['x', 'x', '-'],
         ['x', 'x', 'x']]
     import json
     res = json.loads((tmp_path / 'cmp.json').read_text())
-    assert set(res) == {'resnext_tiny', 'resnext_tiny_elastic'}
+    assert res == json.loads((tmp_path / 'cmp' / 'compare.json').read_text())
+    assert list(res) == ['resnext_tiny', 'resnext_tiny_elastic'] and [r['seed'] for r in res['resnext_tiny']] == [3, 4]
+
+    def cell(text):  # 'mean ± std' -> (mean, std)
+        mean, std = text.split(' ± ')
+        return float(mean), float(std)
+
     for r in rows:
+        combo = '+'.join(s for s, m in zip(('large', 'medium', 'small'), r.split('|')[0].split()) if m == 'x')
         cells = [c.strip() for c in r.split('|')]
-        assert float(cells[3]) - float(cells[2]) == pytest.approx(float(cells[4]), abs=0.011)
+        for col, name in ((2, 'resnext_tiny'), (3, 'resnext_tiny_elastic')):
+            per_seed = [run['per_combination'][combo]['top1'] for run in res[name]]
+            mean = sum(per_seed) / 2
+            std = abs(per_seed[0] - per_seed[1]) / 2 ** 0.5  # the sample standard deviation of two values
+            assert cell(cells[col]) == pytest.approx((mean, std), abs=0.006), (combo, name)
+        gains = [e['per_combination'][combo]['top1'] - b['per_combination'][combo]['top1']
+                 for b, e in zip(res['resnext_tiny'], res['resnext_tiny_elastic'])]
+        assert cell(cells[4]) == pytest.approx((sum(gains) / 2, abs(gains[0] - gains[1]) / 2 ** 0.5), abs=0.006)
     all_row = next(ln for ln in table if ln.strip().startswith('all'))
     cells = [c.strip() for c in all_row.split('|')]
-    assert float(cells[2]) == pytest.approx(res['resnext_tiny']['top1'], abs=0.006)
-    assert float(cells[3]) == pytest.approx(res['resnext_tiny_elastic']['top1'], abs=0.006)
-    assert lines[-2].split(' overall: ')[0] in ('Elastic wins', 'the twin wins', 'a tie')
+    assert cell(cells[2])[0] == pytest.approx(sum(r['top1'] for r in res['resnext_tiny']) / 2, abs=0.006)
+    assert cell(cells[3])[0] == pytest.approx(sum(r['top1'] for r in res['resnext_tiny_elastic']) / 2, abs=0.006)
+    lines = proc.stdout.splitlines()
+    assert lines[-5] == '' and lines[-4].startswith('Averaged over the 2 seeds, resnext_tiny_elastic is ahead of '
+                                                    'resnext_tiny on ')
+    verdict = lines[-3]
+    assert verdict.startswith('Overall, resnext_tiny_elastic ') and ' points over 2 seeds (per seed ' in verdict
+    assert ('stands above the noise' in verdict) != ('do not tell the two models apart' in verdict)
     # the console is the table: no checkpoint lists, data configs or per-batch lines; one line says where the files are
-    assert re.fullmatch(rf"Both runs' checkpoints and summary.csv: {re.escape(str(tmp_path / 'cmp'))} \(\d+ MB\)",
-                        lines[-1]), lines[-1]
+    folder = re.escape(str(tmp_path / 'cmp'))
+    assert re.fullmatch(rf"Every run's checkpoints and summary.csv: {folder}/seed<N>/<model>/; the metrics: "
+                        rf"{folder}/compare.json \(\d+ MB in all\)", lines[-1]), lines[-1]
     for noise in ('Current checkpoints', 'Data processing configuration', '[6/6] loss'):
         assert noise not in proc.stderr, noise
-    for name in ('resnext_tiny', 'resnext_tiny_elastic'):  # the best checkpoint and the last, not three best
-        assert sorted(os.listdir(tmp_path / 'cmp' / name)) == [
-            'checkpoint-0.pth.tar', 'last.pth.tar', 'model_best.pth.tar', 'summary.csv']
+
+
+def test_progress_bar_in_a_terminal_only(tmp_path):
+    """In a terminal one bar per epoch (through training and evaluation); in a pipe or a log, no bar fragments."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+    flags = ['train', '--epochs', '2', '-j', '0', '--train-num-samples', '64', '--val-num-samples', '32', '-b', '16',
+             '--log-interval', '0', '--output', str(tmp_path)]
+    piped = cli(*flags, '--experiment', 'piped')
+    assert piped.returncode == 0, piped.stderr
+    assert '\r' not in piped.stderr and '\r' not in piped.stdout and 'it/s' not in piped.stderr, piped.stderr
+
+    primary, secondary = pty.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack('HHHH', 24, 160, 0, 0))  # a terminal's size
+    proc = subprocess.Popen([shutil.which('timm-elastic'), *flags, '--experiment', 'tty'], stdout=subprocess.PIPE,
+                            stderr=secondary, text=True)
+    os.close(secondary)
+    out = b''
+    while True:
+        try:
+            chunk = os.read(primary, 4096)
+        except OSError:  # the other end closed
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(primary)
+    assert proc.wait(timeout=600) == 0
+    bars = out.decode(errors='replace')
+    # a bar counts the 4 training batches and the 2 evaluation ones of its epoch
+    for epoch in (1, 2):
+        assert re.search(rf'epoch {epoch}/2: +\d+%.*\| \d/6 ', bars), bars
+    assert not re.search(r'(^|\r)\s*eval', bars), bars  # evaluation has no bar of its own
+    assert 'epoch 2/2: train loss' in proc.stdout.read()
 
 
 @pytest.mark.parametrize('args, message', [

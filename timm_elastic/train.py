@@ -23,6 +23,7 @@ import csv
 import io
 import logging
 import os
+import sys
 import time
 from collections import OrderedDict
 from contextlib import nullcontext
@@ -37,8 +38,7 @@ import torch.nn.functional as F
 from ._io import fsync_dir, write_text
 from .convert import error_line
 
-__all__ = ['UsageError', 'AtomicCheckpointSaver', 'train', 'validate', 'compare', 'format_comparison', 'evaluate',
-           'combination_table']
+__all__ = ['UsageError', 'AtomicCheckpointSaver', 'Progress', 'train', 'validate', 'evaluate', 'combination_table']
 
 _logger = logging.getLogger('timm_elastic.train')
 
@@ -284,16 +284,58 @@ def _is_primary(args) -> bool:
 # ---------------------------------------------------------------------------------------------
 # evaluation
 
+class Progress:
+    """One progress bar, shown on the first process when stderr is a terminal; in a log or a pipe
+    nothing (a bar there is a stream of carriage-return fragments between the log lines). Training
+    draws one bar per epoch, through the training batches and then the evaluation ones; `validate`
+    one for its evaluation. The bar disappears when closed: the epoch's line replaces it."""
+
+    def __init__(self, total: int, desc: str, args: argparse.Namespace):
+        self.bar = None
+        if _is_primary(args) and getattr(args, 'progress', True) and sys.stderr.isatty():
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0)
+
+    def track(self, loader, phase: Optional[str] = None):
+        """The loader's batches, advancing the bar by one after each. The loader's iterator is made
+        here, at the call: every DataLoader iterator draws its seeds from torch's RNG, so it must be
+        made at the same point whether a bar is shown or not."""
+        batches = iter(loader)
+        if self.bar is None:
+            return batches
+        if phase:
+            self.bar.set_postfix_str(phase, refresh=False)
+        return self._advance(batches)
+
+    def _advance(self, batches):
+        for batch in batches:
+            yield batch
+            self.bar.update()
+
+    def note(self, **values) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(values, refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, args: argparse.Namespace, device: torch.device, amp_autocast=nullcontext,
-             combinations: Optional[Sequence[Tuple[str, ...]]] = None, desc: str = 'eval') -> Dict[str, Any]:
+             combinations: Optional[Sequence[Tuple[str, ...]]] = None, progress: Optional[Progress] = None,
+             phase: str = 'eval') -> Dict[str, Any]:
     """Loss, top-1 and top-5 (percent) over the whole evaluation set, and top-1 per object-size
     combination when `combinations` (one per image) is given. With DDP every rank evaluates its
-    shard and the per-image results are gathered, so padding duplicates are counted once."""
+    shard and the per-image results are gathered, so padding duplicates are counted once.
+    `progress`: the bar to advance (training's bar of the epoch), else one of its own."""
     model.eval()
     indices = list(iter(loader.sampler)) if loader.sampler is not None else None
     losses, top1, top5 = [], [], []
-    for x, y in _progress(loader, desc, args):
+    own = progress is None
+    if own:
+        progress = Progress(len(loader), phase, args)
+    for x, y in progress.track(loader, phase):
         x, y = x.to(device), y.to(device)
         if args.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -305,6 +347,8 @@ def evaluate(model: nn.Module, loader, args: argparse.Namespace, device: torch.d
         hits = out.topk(k, dim=1).indices == y[:, None]
         top1.append(hits[:, 0].cpu())
         top5.append(hits.any(dim=1).cpu())
+    if own:
+        progress.close()
     results = {'loss': torch.cat(losses), 'top1': torch.cat(top1), 'top5': torch.cat(top5)}
     if indices is None or len(indices) != len(results['loss']):
         indices = list(range(len(results['loss'])))
@@ -348,18 +392,6 @@ def combination_table(correct: torch.Tensor, combinations: Sequence[Tuple[str, .
             table[combination_name(combo)] = dict(top1=100. * float(correct[mask].double().mean()),
                                                   count=int(mask.sum()))
     return table
-
-
-def _progress(loader, desc: str, args):
-    """The loader's batches, with a progress bar on the first process. The loader's iterator is
-    made here, once: tqdm.auto's bar makes an iterator of what it wraps when it is created, and
-    every DataLoader iterator draws its seeds from torch's RNG, so wrapping the DataLoader itself
-    would make the data order depend on whether a bar is shown."""
-    batches = iter(loader)
-    if not _is_primary(args) or not getattr(args, 'progress', True):
-        return batches
-    from tqdm.auto import tqdm
-    return tqdm(batches, total=len(loader), desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -504,18 +536,21 @@ def train(args: argparse.Namespace, datasets=None) -> Dict[str, Any]:
         reseed(epoch_seed(args.seed, epoch, args.rank))
         if args.distributed and hasattr(loader_train.sampler, 'set_epoch'):
             loader_train.sampler.set_epoch(epoch)
+        # one bar per epoch (counted from 1; summary.csv counts from 0): its training batches, then evaluation's
+        progress = Progress(len(loader_train) + len(loader_eval) * (1 if model_ema is None else 2),
+                            f'epoch {epoch + 1}/{num_epochs}', args)
         train_metrics = _train_one_epoch(
             epoch, num_epochs, model, loader_train, optimizer, train_loss_fn, args, device, lr_scheduler,
-            amp_autocast, loss_scaler, model_ema, mixup_fn)
+            amp_autocast, loss_scaler, model_ema, mixup_fn, progress)
         if args.distributed and args.dist_bn in ('broadcast', 'reduce'):
             distribute_bn(model, args.world_size, args.dist_bn == 'reduce')
-        eval_metrics = evaluate(model, loader_eval, args, device, amp_autocast, combinations,
-                                f'eval {epoch + 1}/{num_epochs}')
+        eval_metrics = evaluate(model, loader_eval, args, device, amp_autocast, combinations, progress)
         if model_ema is not None:
             if args.distributed and args.dist_bn in ('broadcast', 'reduce'):
                 distribute_bn(model_ema, args.world_size, args.dist_bn == 'reduce')
-            eval_metrics = evaluate(model_ema, loader_eval, args, device, amp_autocast, combinations,
-                                    f'eval ema {epoch + 1}/{num_epochs}')
+            eval_metrics = evaluate(model_ema, loader_eval, args, device, amp_autocast, combinations, progress,
+                                    'eval ema')
+        progress.close()
         lr = optimizer.param_groups[0]['lr']
         if not args.sched_on_updates:
             lr_scheduler.step(epoch + 1, eval_metrics[args.eval_metric])
@@ -541,14 +576,13 @@ def _data_summary(data_config: Dict[str, Any]) -> str:
 
 
 def _train_one_epoch(epoch, num_epochs, model, loader, optimizer, loss_fn, args, device, lr_scheduler,
-                     amp_autocast, loss_scaler, model_ema, mixup_fn) -> Dict[str, float]:
+                     amp_autocast, loss_scaler, model_ema, mixup_fn, progress: Progress) -> Dict[str, float]:
     model.train()
     updates = len(loader)
     num_updates = epoch * updates
     loss_sum = torch.zeros((), dtype=torch.float64)
     count = 0
-    bar = _progress(loader, f'epoch {epoch + 1}/{num_epochs}', args)  # counted from 1 (summary.csv: from 0)
-    for i, (x, y) in enumerate(bar):
+    for i, (x, y) in enumerate(progress.track(loader, 'train')):
         x, y = x.to(device), y.to(device)
         if mixup_fn is not None:
             x, y = mixup_fn(x, y)
@@ -571,8 +605,7 @@ def _train_one_epoch(epoch, num_epochs, model, loader, optimizer, loss_fn, args,
         count += x.shape[0]
         if args.sched_on_updates:
             lr_scheduler.step_update(num_updates=num_updates)
-        if hasattr(bar, 'set_postfix'):
-            bar.set_postfix(loss=f'{loss.item():.4f}', lr=f'{optimizer.param_groups[0]["lr"]:.3g}', refresh=False)
+        progress.note(loss=f'{loss.item():.4f}', lr=f'{optimizer.param_groups[0]["lr"]:.3g}')
         if args.log_interval and (i % args.log_interval == 0 or i == updates - 1) and _is_primary(args):
             _logger.info(f'epoch {epoch + 1}/{num_epochs} [{i + 1}/{updates}] loss {loss.item():.4f} '
                          f'lr {optimizer.param_groups[0]["lr"]:.4g}')
@@ -677,66 +710,3 @@ def _checkpoint_classes(ckpt: Dict[str, Any], model_name: str) -> Optional[int]:
     head = f'{cfg.classifier}.weight' if cfg is not None and cfg.classifier else None
     state = ckpt.get('state_dict', {})
     return int(state[head].shape[0]) if head in state else None
-
-
-# ---------------------------------------------------------------------------------------------
-# the main job
-
-def compare(args: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
-    """Train an Elastic model (`--model`, default `resnext_tiny_elastic`) and its non-Elastic twin
-    with the same flags and seed, one after the other. Returns {twin: metrics, elastic: metrics},
-    each the last epoch's evaluation with top-1 per object-size combination and the training time
-    in seconds (`format_comparison` lays them out as the paper's Table 4)."""
-    import copy
-    from .models import TWINS
-    if args.model not in TWINS:
-        pairs = ', '.join(f'{e} (twin {b})' for e, b in TWINS.items())
-        raise UsageError(f'--model {args.model!r} has no registered non-Elastic twin; compare takes one of: {pairs}')
-    if args.data_dir:
-        raise UsageError('compare trains on the built-in dataset; leave out --data-dir (timm-elastic train takes it)')
-    stamp = time.strftime('%Y%m%d-%H%M%S')
-    datasets = create_datasets(args)
-    results = OrderedDict()
-    for name in (TWINS[args.model], args.model):
-        run = copy.copy(args)
-        run.model = name
-        run.experiment = f'{args.experiment or "compare-" + stamp}/{name}'
-        if name != args.model:  # the twin has no Elastic blocks to configure
-            run.elastic_ratio = run.elastic_resample = None
-        start = time.perf_counter()
-        if os.environ.get('RANK', '0') == '0':  # torchrun's first process
-            print(f'== training {name} ({run.epochs} epoch{"s" if run.epochs != 1 else ""})', flush=True)
-        results[name] = train(run, datasets)
-        results[name]['seconds'] = time.perf_counter() - start
-    return results
-
-
-def format_comparison(results: Dict[str, Dict[str, Any]], base: str, elastic: str) -> str:
-    """The Table 4 layout: one row per object-size combination (Large / Medium / Small present or
-    not), the image count, each model's top-1 and the Elastic model's gain, in points and relative."""
-    from .data import COMBINATIONS, combination_name
-    b, e = results[base], results[elastic]
-    lines = [f'Top-1 (%) on the built-in validation set ({b["count"]} images), by the sizes of the objects in '
-             f'the image (paper Table 4):', '']
-    head = f'{"Large":>5} {"Medium":>6} {"Small":>5} | {"images":>6} | {base:>14} | {elastic:>22} | {"gain":>6} | {"relative":>8}'
-    lines += [head, '-' * len(head)]
-
-    def row(label, count, tb, te):
-        relative = f'{100 * (te - tb) / tb:>+7.1f}%' if tb else f'{"n/a":>8}'  # nothing to be relative to
-        return f'{label} | {count:>6} | {tb:>14.2f} | {te:>22.2f} | {te - tb:>+6.2f} | {relative}'
-
-    for combo in COMBINATIONS:
-        key = combination_name(combo)
-        if key not in b.get('per_combination', {}):
-            continue
-        marks = ' '.join(f'{("x" if s in combo else "-"):>{w}}' for s, w in (('large', 5), ('medium', 6), ('small', 5)))
-        pb, pe = b['per_combination'][key], e['per_combination'][key]
-        lines.append(row(marks, pb['count'], pb['top1'], pe['top1']))
-    lines.append('-' * len(head))
-    lines.append(row(f'{"all":>18}', b['count'], b['top1'], e['top1']))
-    winner = elastic if e['top1'] > b['top1'] else base if b['top1'] > e['top1'] else None
-    lines.append('')
-    lines.append(f'{"Elastic wins" if winner == elastic else "the twin wins" if winner else "a tie"} overall: '
-                 f'{elastic} {e["top1"]:.2f}% vs {base} {b["top1"]:.2f}% top-1 '
-                 f'(training took {e["seconds"]:.0f} s and {b["seconds"]:.0f} s).')
-    return '\n'.join(lines)

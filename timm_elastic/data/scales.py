@@ -409,6 +409,12 @@ class ScaleShapes(torch.utils.data.Dataset):
             pixels = self._cache[index] = np.asarray(_render(self._layout(index)))
         return Image.fromarray(pixels)
 
+    def fill_cache(self) -> None:
+        """Render every image into the cache now (nothing without `cache`)."""
+        if self._cache is not None:
+            for i in range(self.num_samples):
+                self.render(i)
+
     def __getitem__(self, index: int):
         img, target = self.render(index), self.targets[self._index(index)]
         if self.transform is not None:

@@ -1,0 +1,79 @@
+"""The main job's statistics and text (`timm_elastic.compare`), on results written by hand; the command itself
+runs in tests/test_train.py (test_compare_table4_over_seeds_is_repeatable)."""
+import math
+
+import pytest
+
+from timm_elastic.compare import format_comparison, spread
+from timm_elastic.data import COMBINATIONS, combination_name
+
+TWIN, ELASTIC = 'resnext_tiny', 'resnext_tiny_elastic'
+
+
+def test_spread_is_mean_and_sample_standard_deviation():
+    assert spread([40., 42., 44.]) == (42., 2.)  # deviations -2, 0, 2: sqrt(8 / 2)
+    assert spread([1., 2.]) == pytest.approx((1.5, math.sqrt(0.5)))
+    single = spread([7.])
+    assert single.mean == 7. and math.isnan(single.std)
+    assert format(spread([40., 42., 44.]), '.2f') == '42.00 ± 2.00' and format(single, '+.2f') == '+7.00'
+    with pytest.raises(ValueError):
+        spread([])
+
+
+def results(twin, elastic, small_twin=None, small_elastic=None):
+    """Runs with the given overall top-1 per seed; every combination as overall but images with small objects
+    only, which get their own values where given."""
+    def runs(top1s, small):
+        out = []
+        for i, top1 in enumerate(top1s):
+            per = {combination_name(c): dict(top1=top1, count=200) for c in COMBINATIONS}
+            if small is not None:
+                per['small']['top1'] = small[i]
+            out.append(dict(seed=i, top1=top1, count=1400, per_combination=per, seconds=10.))
+        return out
+    return {TWIN: runs(twin, small_twin), ELASTIC: runs(elastic, small_elastic)}
+
+
+def test_a_gain_larger_than_the_spread_stands_above_the_noise():
+    text = format_comparison(results([40., 42., 44.], [45., 47., 49.], [20., 20., 20.], [23., 26., 29.]),
+                             TWIN, ELASTIC)
+    lines = text.splitlines()
+    assert lines[0].endswith('mean ± standard deviation over 3 seeds (0, 1, 2):')
+    small = next(ln for ln in lines if ln.split('|')[0].split() == ['-', '-', 'x'])
+    # twin 20, 20, 20; Elastic 23, 26, 29 (mean 26, std 3); gains 3, 6, 9 (mean 6, std 3): +30% of 20
+    assert [c.strip() for c in small.split('|')[1:]] == ['200', '20.00 ± 0.00', '26.00 ± 3.00', '+6.00 ± 3.00',
+                                                         '+30.0%']
+    overall = next(ln for ln in lines if ln.strip().startswith('all'))
+    assert [c.strip() for c in overall.split('|')[1:]] == ['1400', '42.00 ± 2.00', '47.00 ± 2.00', '+5.00 ± 0.00',
+                                                           '+11.9%']
+    assert lines[-3] == ('Averaged over the 3 seeds, resnext_tiny_elastic is ahead of resnext_tiny on 7 of the 7 '
+                         'size combinations; its best is images with small objects only (+6.00 points), its worst '
+                         'images with medium objects only (+5.00).')
+    assert lines[-2] == ('Overall, resnext_tiny_elastic 47.00% vs resnext_tiny 42.00% top-1: a gain of +5.00 ± 0.00 '
+                         'points over 3 seeds (per seed +5.00, +5.00, +5.00), larger than the seed-to-seed spread of '
+                         'either model (standard deviation 2.00 and 2.00 points): the difference stands above the '
+                         'noise of these runs.')
+    assert lines[-1] == 'Training took 30 s (resnext_tiny) and 30 s (resnext_tiny_elastic) in all.'
+
+
+def test_a_gain_within_the_spread_does_not_tell_the_models_apart():
+    # gains 1, 3, -1: mean 1, less than either model's standard deviation (2)
+    lines = format_comparison(results([40., 42., 44.], [41., 45., 43.]), TWIN, ELASTIC).splitlines()
+    assert lines[-2].endswith('a gain of +1.00 ± 2.00 points over 3 seeds (per seed +1.00, +3.00, -1.00), within the '
+                              'seed-to-seed spread of the models (standard deviation 2.00 and 2.00 points): these '
+                              'runs do not tell the two models apart.')
+    # a loss larger than the spread stands above it too
+    lines = format_comparison(results([40., 42., 44.], [30., 32., 34.]), TWIN, ELASTIC).splitlines()
+    assert 'a gain of -10.00 ± 0.00 points' in lines[-2] and lines[-2].endswith('stands above the noise of these runs.')
+    assert 'ahead of resnext_tiny on 0 of the 7 size combinations' in lines[-3]
+
+
+def test_one_seed_says_it_measures_no_spread():
+    lines = format_comparison(results([40.], [43.5]), TWIN, ELASTIC).splitlines()
+    assert lines[0].endswith('(paper Table 4); seed 0:')
+    overall = next(ln for ln in lines if ln.strip().startswith('all'))
+    assert [c.strip() for c in overall.split('|')[1:]] == ['1400', '40.00', '43.50', '+3.50', '+8.8%']
+    assert lines[-3].startswith('In this run, resnext_tiny_elastic is ahead of resnext_tiny on 7 of the 7')
+    assert lines[-2] == ('Overall, resnext_tiny_elastic 43.50% vs resnext_tiny 40.00% top-1 (+3.50 points). One seed '
+                         'measures no spread, and the seed alone moves a small model by points: run several '
+                         '(--seeds 0 1 2) before reading a winner into it.')

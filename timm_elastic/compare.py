@@ -1,0 +1,178 @@
+"""The main job (`timm-elastic compare`): an Elastic model against its non-Elastic twin, over several seeds.
+
+The paper's Table 4 in miniature: both models are trained with the same recipe on the built-in
+scale-challenging dataset (`timm_elastic.data`) and scored per combination of object sizes. One
+training run is one draw: the seed moves a small model's top-1 by points, and so does the machine
+(PyTorch's CPU kernels sum in an order that follows the instruction set, oneDNN's convolutions
+among them), so a single pair of runs can say either thing. Here every seed trains both models
+(the same data; the seed sets initial weights, data order and augmentation), and the table shows
+mean and standard deviation over the seeds, with a conclusion that says whether the Elastic
+model's mean gain is larger than the seed-to-seed spread of either model.
+
+Each run is an ordinary `train` run, kept in `<output>/<experiment>/seed<S>/<model>/` (summary.csv,
+the best and the last checkpoint), and `compare.json` beside them holds every run's metrics.
+"""
+import argparse
+import copy
+import math
+import os
+import time
+from collections import OrderedDict
+from typing import Any, Dict, List, NamedTuple, Sequence
+
+from .train import UsageError, create_datasets, train
+
+__all__ = ['DEFAULT_SEEDS', 'Spread', 'spread', 'compare', 'format_comparison']
+
+DEFAULT_SEEDS = (0, 1, 2)
+
+
+class Spread(NamedTuple):
+    """Mean and sample standard deviation (n - 1 in the denominator; NaN for a single value)."""
+    mean: float
+    std: float
+
+    def __format__(self, spec: str) -> str:
+        return f'{self.mean:{spec}}' if math.isnan(self.std) else f'{self.mean:{spec}} ± {self.std:.2f}'
+
+
+def spread(values: Sequence[float]) -> Spread:
+    """The mean and sample standard deviation of `values` (at least one)."""
+    n = len(values)
+    if n == 0:
+        raise ValueError('spread needs at least one value')
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else math.nan
+    return Spread(mean, std)
+
+
+def _check_seeds(seeds: Sequence[int]) -> List[int]:
+    seeds = list(seeds)
+    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise UsageError(f'--seeds must be distinct integers of 0 or more, got {" ".join(map(str, seeds)) or "none"}')
+    return seeds
+
+
+def compare(args: argparse.Namespace) -> Dict[str, List[Dict[str, Any]]]:
+    """Train the Elastic model `args.model` and its non-Elastic twin once per seed of `args.seeds`,
+    with the same flags; for each seed the twin first. Returns {twin: [metrics per seed], elastic:
+    [...]}: each the last epoch's evaluation (top-1 per object-size combination included) with its
+    `seed`, training time in `seconds` and `output_dir`. The metrics are also written to
+    `compare.json` in the folder that holds the runs (the first process of a torchrun writes)."""
+    from ._io import write_json
+    from .models import TWINS
+    if args.model not in TWINS:
+        pairs = ', '.join(f'{e} (twin {b})' for e, b in TWINS.items())
+        raise UsageError(f'--model {args.model!r} has no registered non-Elastic twin; compare takes one of: {pairs}')
+    if args.data_dir:
+        raise UsageError('compare trains on the built-in dataset; leave out --data-dir (timm-elastic train takes it)')
+    seeds = _check_seeds(args.seeds)
+    experiment = args.experiment or 'compare-' + time.strftime('%Y%m%d-%H%M%S')
+    primary = os.environ.get('RANK', '0') == '0'  # torchrun's first process
+    datasets = create_datasets(args)  # one dataset for every run: the seed varies training, not the data
+    for ds in datasets[:2]:  # rendered now, not inside the first run's time
+        if hasattr(ds, 'fill_cache'):
+            ds.fill_cache()
+    twin = TWINS[args.model]
+    results: Dict[str, List[Dict[str, Any]]] = OrderedDict((name, []) for name in (twin, args.model))
+    for seed in seeds:
+        for name in results:
+            run = copy.copy(args)
+            run.model, run.seed = name, seed
+            run.experiment = f'{experiment}/seed{seed}/{name}'
+            if name == twin:  # it has no Elastic blocks to configure
+                run.elastic_ratio = run.elastic_resample = None
+            if primary:
+                print(f'== seed {seed}: training {name} ({run.epochs} epoch{"s" if run.epochs != 1 else ""})',
+                      flush=True)
+            start = time.perf_counter()
+            metrics = train(run, datasets)
+            results[name].append(dict(metrics, seed=seed, seconds=time.perf_counter() - start))
+    folder = os.path.dirname(os.path.dirname(results[twin][0]['output_dir'] or ''))
+    if primary and folder:
+        write_json(os.path.join(folder, 'compare.json'), results)
+    return results
+
+
+_WORDS = {'small': 'small objects only', 'medium': 'medium objects only', 'large': 'large objects only'}
+
+
+def _in_words(key: str) -> str:
+    sizes = key.split('+')
+    return _WORDS[key] if len(sizes) == 1 else ' and '.join((', '.join(sizes[:-1]), sizes[-1])) + ' objects'
+
+
+def format_comparison(results: Dict[str, List[Dict[str, Any]]], base: str, elastic: str) -> str:
+    """The Table 4 layout: a row per object-size combination (Large / Medium / Small present or not)
+    with the image count, each model's top-1 and the Elastic model's gain in points (per seed,
+    Elastic minus twin) and relative to the twin: mean ± standard deviation over the seeds. Then a
+    line that reads the table in words, and the conclusion: the overall gain against the spread."""
+    from .data import COMBINATIONS, combination_name
+    runs_b, runs_e = results[base], results[elastic]
+    seeds = [r['seed'] for r in runs_b]
+    n = len(seeds)
+
+    def stats(runs_of_b, runs_of_e, get):
+        tb, te = [get(r) for r in runs_of_b], [get(r) for r in runs_of_e]
+        return spread(tb), spread(te), spread([e - b for b, e in zip(tb, te)])
+
+    over = f'mean ± standard deviation over {n} seeds ({", ".join(map(str, seeds))})' if n > 1 else f'seed {seeds[0]}'
+    lines = [f'Top-1 (%) on the built-in validation set ({runs_b[0]["count"]} images), by the sizes of the objects '
+             f'in the image (paper Table 4); {over}:', '']
+    wb, we, wg = max(len(base), 14 if n > 1 else 6), max(len(elastic), 14 if n > 1 else 6), 13 if n > 1 else 6
+    head = (f'{"Large":>5} {"Medium":>6} {"Small":>5} | {"images":>6} | {base:>{wb}} | {elastic:>{we}} | '
+            f'{"gain":>{wg}} | {"relative":>8}')
+    lines += [head, '-' * len(head)]
+
+    def row(label, count, sb, se, sg):
+        relative = f'{100 * sg.mean / sb.mean:>+7.1f}%' if sb.mean else f'{"n/a":>8}'  # nothing to be relative to
+        cells = f'{format(sb, ".2f"):>{wb}} | {format(se, ".2f"):>{we}} | {format(sg, "+.2f"):>{wg}}'
+        return f'{label} | {count:>6} | {cells} | {relative}'
+
+    gains = OrderedDict()
+    for combo in COMBINATIONS:
+        key = combination_name(combo)
+        if key not in runs_b[0].get('per_combination', {}):
+            continue
+        marks = ' '.join(f'{("x" if s in combo else "-"):>{w}}' for s, w in (('large', 5), ('medium', 6), ('small', 5)))
+        sb, se, sg = stats(runs_b, runs_e, lambda r: r['per_combination'][key]['top1'])
+        gains[key] = sg.mean
+        lines.append(row(marks, runs_b[0]['per_combination'][key]['count'], sb, se, sg))
+    lines.append('-' * len(head))
+    sb, se, sg = stats(runs_b, runs_e, lambda r: r['top1'])
+    lines.append(row(f'{"all":>18}', runs_b[0]['count'], sb, se, sg))
+    lines.append('')
+    if gains:
+        lines.append(_reading(gains, base, elastic, n))
+    lines.append(_conclusion(sb, se, sg, [e['top1'] - b['top1'] for b, e in zip(runs_b, runs_e)], base, elastic))
+    lines.append(f'Training took {sum(r["seconds"] for r in runs_b):.0f} s ({base}) and '
+                 f'{sum(r["seconds"] for r in runs_e):.0f} s ({elastic}) in all.')
+    return '\n'.join(lines)
+
+
+def _reading(gains: Dict[str, float], base: str, elastic: str, n: int) -> str:
+    """The table in one sentence: on how many size combinations the Elastic model is ahead, and the
+    combinations of its largest and smallest gain."""
+    ahead = sum(g > 0 for g in gains.values())
+    best = max(gains, key=gains.get)
+    worst = min(gains, key=gains.get)
+    averaged = f'Averaged over the {n} seeds, ' if n > 1 else 'In this run, '
+    return (f'{averaged}{elastic} is ahead of {base} on {ahead} of the {len(gains)} size combinations; its best is '
+            f'images with {_in_words(best)} ({gains[best]:+.2f} points), its worst images with {_in_words(worst)} '
+            f'({gains[worst]:+.2f}).')
+
+
+def _conclusion(sb: Spread, se: Spread, sg: Spread, per_seed: List[float], base: str, elastic: str) -> str:
+    """Whether the overall gain is larger than the seed-to-seed spread of either model's top-1."""
+    head = f'Overall, {elastic} {sb.mean + sg.mean:.2f}% vs {base} {sb.mean:.2f}% top-1'
+    if len(per_seed) == 1:
+        return (f'{head} ({per_seed[0]:+.2f} points). One seed measures no spread, and the seed alone moves a '
+                f'small model by points: run several (--seeds 0 1 2) before reading a winner into it.')
+    noise = max(sb.std, se.std)
+    verdict = (f'larger than the seed-to-seed spread of either model (standard deviation {sb.std:.2f} and '
+               f'{se.std:.2f} points): the difference stands above the noise of these runs'
+               if abs(sg.mean) > noise else
+               f'within the seed-to-seed spread of the models (standard deviation {sb.std:.2f} and {se.std:.2f} '
+               f'points): these runs do not tell the two models apart')
+    return (f'{head}: a gain of {sg:+.2f} points over {len(per_seed)} seeds (per seed '
+            f'{", ".join(f"{g:+.2f}" for g in per_seed)}), {verdict}.')
