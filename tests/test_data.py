@@ -295,3 +295,31 @@ def test_fill_cache_renders_every_image_once(monkeypatch):
     assert [pixels(cached[i][0]) for i in range(5)] == expected
     with pytest.raises(AssertionError, match='rendered again'):  # without the cache it would render
         ScaleShapes(split='validation', num_samples=5, seed=3).render(0)
+
+
+def test_every_pattern_is_its_own_mirror_image():
+    """Training flips images horizontally (timm's default hflip 0.5): a flipped object must still show its class.
+    For every class some phase (and diagonal direction) draws the mirror image of the pattern exactly, away from
+    its edges; a diagonal of the same direction does not, so the check can tell."""
+    rng = np.random.default_rng(0)
+    x, y = rng.uniform(-20, 20, 2000), rng.uniform(-20, 20, 2000)
+    period, phase = 4.7, (0.23, 0.61)
+    candidates = [((pu, pv), flip) for pu in np.arange(0, 1, 0.01) for pv in (phase[1],) for flip in (False, True)]
+    for name in CLASSES:
+        mirrored = scales._pattern(name, -x, y, period, phase, False)
+        agree = max((scales._pattern(name, x, y, period, p, f) == mirrored).mean() for p, f in candidates)
+        assert agree > 0.99, (name, agree)
+    mirrored = scales._pattern('diagonal', -x, y, period, phase, False)
+    same_way = max((scales._pattern('diagonal', x, y, period, p, False) == mirrored).mean() for p, _ in candidates)
+    assert same_way < 0.9, same_way
+
+
+def test_a_pattern_repeats_three_times_across_its_object():
+    """The pattern scales with the object: its period is a third of the object's extent, so the smallest objects
+    (0.14 of the side) hold periods of about 3 pixels at 64x64."""
+    ds = ScaleShapes(split='validation', num_samples=56)
+    for i in range(len(ds)):
+        for obj in ds._layout(i).objects:
+            x0, y0, x1, y1 = obj.bbox
+            assert obj.period == pytest.approx(max(x1 - x0, y1 - y0) / 3)
+            assert obj.period >= 0.14 * 64 / 3 - 1e-9
