@@ -476,6 +476,7 @@ def test_progress_bar_in_a_terminal_only(tmp_path):
      'no weights to evaluate: pass --checkpoint PATH (a training checkpoint) or --pretrained'),
     (['validate', '--pretrained'], '--model is needed with --pretrained'),
     (['compare', '--model', 'resnext50_elastic'], "--model 'resnext50_elastic' has no registered non-Elastic twin"),
+    (['compare', '--seeds', '1', '1'], '--seeds must be distinct integers of 0 or more, got 1 1'),
 ])
 def test_bad_arguments_are_one_line_errors(tmp_path, args, message):
     proc = cli(*args, '--output', str(tmp_path), *SMALL) if args[0] != 'validate' else cli(*args)
