@@ -51,8 +51,10 @@ def test_train_checkpoint_validate(tmp_path):
     assert head[:5] == ['epoch', 'train_loss', 'eval_loss', 'eval_top1', 'eval_top5'] and head[-1] == 'lr'
     assert 'eval_top1_small' in head and 'eval_top1_large+medium+small' in head
     assert [r[0] for r in rows[1:]] == ['0', '1']
-    assert 'epoch 1/2' in proc.stderr and 'epoch 0/' not in proc.stderr  # the progress bar counts from 1
-    assert 'epoch 2/2: train loss' in proc.stdout
+    # epochs count from 1 on the console (summary.csv counts from 0); in a pipe there is no bar (see
+    # test_progress_bar_in_a_terminal_only)
+    assert 'epoch 1/2: train loss' in proc.stdout and 'epoch 2/2: train loss' in proc.stdout
+    assert 'epoch 0/' not in proc.stdout + proc.stderr and '\r' not in proc.stderr
 
     best = max(rows[1:], key=lambda r: float(r[3]))
     results = tmp_path / 'val.json'
@@ -102,9 +104,10 @@ def test_image_folder_round_trip(tmp_path):
 def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path):
     """A run killed during epoch 2 and resumed from last.pth.tar writes the same summary rows
     (losses, accuracies, lr: every digit) and ends with the same weights and EMA as a run that
-    never stopped. Data workers (-j 1) and EMA included; one run shows progress bars, the other not."""
+    never stopped. Data workers (-j 1) and EMA included; one run is without --no-progress (a drawn bar:
+    test_progress_bar_in_a_terminal_only)."""
     flags = ['--epochs', '3', '-j', '1', '--model-ema', '--seed', '7', '--output', str(tmp_path), *SMALL]
-    # with progress bars, to show that what is displayed does not change what is computed
+    # without --no-progress, to show that the flag does not change what is computed
     proc = cli('train', *[f for f in flags if f != '--no-progress'], '--experiment', 'straight')
     assert proc.returncode == 0, proc.stderr
 
@@ -459,6 +462,10 @@ def test_progress_bar_in_a_terminal_only(tmp_path):
         assert re.search(rf'epoch {epoch}/2: +\d+%.*\| \d/6 ', bars), bars
     assert not re.search(r'(^|\r)\s*eval', bars), bars  # evaluation has no bar of its own
     assert 'epoch 2/2: train loss' in proc.stdout.read()
+    # what is displayed does not change what is computed: the same losses, accuracies and weights with the bar
+    assert summary(tmp_path / 'tty' / 'summary.csv') == summary(tmp_path / 'piped' / 'summary.csv')
+    a, b = state(tmp_path / 'tty' / 'last.pth.tar'), state(tmp_path / 'piped' / 'last.pth.tar')
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.parametrize('args, message', [
