@@ -50,9 +50,9 @@ def test_a_gain_larger_than_the_spread_stands_above_the_noise():
                          'size combinations; its best is images with small objects only (+6.00 points), its worst '
                          'images with medium objects only (+5.00).')
     assert lines[-2] == ('Overall, resnext_tiny_elastic 47.00% vs resnext_tiny 42.00% top-1: a gain of +5.00 ± 0.00 '
-                         'points over 3 seeds (per seed +5.00, +5.00, +5.00), larger than the seed-to-seed spread of '
-                         'either model (standard deviation 2.00 and 2.00 points): the difference stands above the '
-                         'noise of these runs.')
+                         'points over 3 seeds (per seed +5.00, +5.00, +5.00), larger than the seed-to-seed spread '
+                         '(standard deviation over the seeds: resnext_tiny 2.00, resnext_tiny_elastic 2.00, the gain '
+                         '0.00 points): the difference stands above the noise of these runs.')
     assert lines[-1] == 'Training took 30 s (resnext_tiny) and 30 s (resnext_tiny_elastic) in all.'
 
 
@@ -60,8 +60,14 @@ def test_a_gain_within_the_spread_does_not_tell_the_models_apart():
     # gains 1, 3, -1: mean 1, less than either model's standard deviation (2)
     lines = format_comparison(results([40., 42., 44.], [41., 45., 43.]), TWIN, ELASTIC).splitlines()
     assert lines[-2].endswith('a gain of +1.00 ± 2.00 points over 3 seeds (per seed +1.00, +3.00, -1.00), within the '
-                              'seed-to-seed spread of the models (standard deviation 2.00 and 2.00 points): these '
-                              'runs do not tell the two models apart.')
+                              'seed-to-seed spread (standard deviation over the seeds: resnext_tiny 2.00, '
+                              'resnext_tiny_elastic 2.00, the gain 2.00 points): these runs do not tell the two '
+                              'models apart.')
+    # a mean gain (3) larger than either model's spread (std 2), but the seeds disagree on it (gains 7, 3, -1:
+    # std 4): no result either
+    text = format_comparison(results([40., 42., 44.], [47., 45., 43.]), TWIN, ELASTIC)
+    assert 'a gain of +3.00 ± 4.00 points' in text and text.splitlines()[-2].endswith(
+        'the gain 4.00 points): these runs do not tell the two models apart.')
     # a loss larger than the spread stands above it too
     lines = format_comparison(results([40., 42., 44.], [30., 32., 34.]), TWIN, ELASTIC).splitlines()
     assert 'a gain of -10.00 ± 0.00 points' in lines[-2] and lines[-2].endswith('stands above the noise of these runs.')

@@ -7,7 +7,7 @@ training run is one draw: the seed moves a small model's top-1 by points, and so
 among them), so a single pair of runs can say either thing. Here every seed trains both models
 (the same data; the seed sets initial weights, data order and augmentation), and the table shows
 mean and standard deviation over the seeds, with a conclusion that says whether the Elastic
-model's mean gain is larger than the seed-to-seed spread of either model.
+model's mean gain is larger than the seed-to-seed spread of either model's top-1 and of the gain.
 
 Each run is an ordinary `train` run, kept in `<output>/<experiment>/seed<S>/<model>/` (summary.csv,
 the best and the last checkpoint), and `compare.json` beside them holds every run's metrics.
@@ -163,16 +163,17 @@ def _reading(gains: Dict[str, float], base: str, elastic: str, n: int) -> str:
 
 
 def _conclusion(sb: Spread, se: Spread, sg: Spread, per_seed: List[float], base: str, elastic: str) -> str:
-    """Whether the overall gain is larger than the seed-to-seed spread of either model's top-1."""
+    """Whether the overall gain is larger than the seed-to-seed spread: of either model's top-1, and of
+    the gain itself (a gain whose seeds disagree by more than its mean is not a result either)."""
     head = f'Overall, {elastic} {sb.mean + sg.mean:.2f}% vs {base} {sb.mean:.2f}% top-1'
     if len(per_seed) == 1:
         return (f'{head} ({per_seed[0]:+.2f} points). One seed measures no spread, and the seed alone moves a '
                 f'small model by points: run several (--seeds 0 1 2) before reading a winner into it.')
-    noise = max(sb.std, se.std)
-    verdict = (f'larger than the seed-to-seed spread of either model (standard deviation {sb.std:.2f} and '
-               f'{se.std:.2f} points): the difference stands above the noise of these runs'
+    noise = max(sb.std, se.std, sg.std)
+    stds = (f'standard deviation over the seeds: {base} {sb.std:.2f}, {elastic} {se.std:.2f}, the gain '
+            f'{sg.std:.2f} points')
+    verdict = (f'larger than the seed-to-seed spread ({stds}): the difference stands above the noise of these runs'
                if abs(sg.mean) > noise else
-               f'within the seed-to-seed spread of the models (standard deviation {sb.std:.2f} and {se.std:.2f} '
-               f'points): these runs do not tell the two models apart')
+               f'within the seed-to-seed spread ({stds}): these runs do not tell the two models apart')
     return (f'{head}: a gain of {sg:+.2f} points over {len(per_seed)} seeds (per seed '
             f'{", ".join(f"{g:+.2f}" for g in per_seed)}), {verdict}.')
