@@ -22,7 +22,7 @@ from typing import Any, Dict, List, NamedTuple, Sequence
 
 from .train import UsageError, create_datasets, train
 
-__all__ = ['DEFAULT_SEEDS', 'Spread', 'spread', 'compare', 'format_comparison']
+__all__ = ['DEFAULT_SEEDS', 'Spread', 'spread', 'compare', 'runs_folder', 'format_comparison']
 
 DEFAULT_SEEDS = (0, 1, 2)
 
@@ -88,10 +88,17 @@ def compare(args: argparse.Namespace) -> Dict[str, List[Dict[str, Any]]]:
             start = time.perf_counter()
             metrics = train(run, datasets)
             results[name].append(dict(metrics, seed=seed, seconds=time.perf_counter() - start))
-    folder = os.path.dirname(os.path.dirname(results[twin][0]['output_dir'] or ''))
+    folder = runs_folder(results)
     if primary and folder:
         write_json(os.path.join(folder, 'compare.json'), results)
     return results
+
+
+def runs_folder(results: Dict[str, List[Dict[str, Any]]]) -> str:
+    """The folder that holds the runs of `compare`'s results (`<output>/<experiment>`, the parent of
+    `seed<S>/<model>/`), or '' in the processes of a torchrun that write nothing."""
+    first = next(iter(results.values()))[0]['output_dir']
+    return os.path.dirname(os.path.dirname(first)) if first else ''
 
 
 _WORDS = {'small': 'small objects only', 'medium': 'medium objects only', 'large': 'large objects only'}
