@@ -73,9 +73,13 @@ def _window(i, j, H, W):
 
 @triton.jit
 def _acc(v, F64: tl.constexpr):
+    # one return statement: Triton's compiler (not its interpreter) rejects a function whose returns differ in
+    # type, even when a constexpr condition leaves only one of them reachable
     if F64:
-        return v.to(tl.float64)
-    return v.to(tl.float32)
+        acc = v.to(tl.float64)
+    else:
+        acc = v.to(tl.float32)
+    return acc
 
 
 @triton.jit
@@ -195,11 +199,18 @@ def _launch(kernel, tensors, result: torch.Tensor, *args, **constexprs) -> torch
     rows, inner = (n * h * w, c) if channels_last else (n * c * h, w)
     block_c = min(triton.next_power_of_2(inner), MAX_BLOCK_C)
     idx64 = _needs_int64(result, *tensors)
+    grid = (triton.cdiv(rows, TILE // block_c), triton.cdiv(inner, block_c))
     with torch.cuda.device(result.device) if result.is_cuda else contextlib.nullcontext():
-        kernel[(triton.cdiv(rows, TILE // block_c), triton.cdiv(inner, block_c))](
-            *tensors, result, rows, inner, *args, CHANNELS_LAST=channels_last, F64=result.dtype == torch.float64,
-            IDX64=idx64, BLOCK_R=TILE // block_c, BLOCK_C=block_c, num_warps=NUM_WARPS, **constexprs)
+        _run(kernel, grid, (*tensors, result, rows, inner, *args), dict(
+            CHANNELS_LAST=channels_last, F64=result.dtype == torch.float64, IDX64=idx64, BLOCK_R=TILE // block_c,
+            BLOCK_C=block_c, num_warps=NUM_WARPS, **constexprs))
     return result
+
+
+def _run(kernel, grid, args, meta) -> None:
+    """Launch `kernel` (the one place that does; tests/test_resample_triton.py records the launches here to
+    compile them for a GPU where there is none)."""
+    kernel[grid](*args, **meta)
 
 
 def avg_down2x(x: torch.Tensor) -> torch.Tensor:
