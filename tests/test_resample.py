@@ -2,6 +2,8 @@
 the values and gradients of PyTorch's own ops in every layout, the dtype autocast gives (on every device),
 and the ways users run models: eager, torch.compile (without graph breaks), TorchScript and torch.jit.trace.
 The Triton kernels that CUDA runs are checked on their own in test_resample_triton.py."""
+import re
+
 import pytest
 import timm
 import torch
@@ -368,7 +370,8 @@ def test_compiled_backward_has_no_atomics(device):
     with torch.autocast(device, dtype=torch.bfloat16):
         code = compiled_training_code(model, x)
     assert 'timm_elastic.up2x_backward' in code and 'timm_elastic.avg_down2x_backward' in code
-    assert 'atomic_add' not in code
+    # calls only: inductor's Triton kernels on CUDA carry `'atomic_add_found': False` in their metadata
+    assert re.findall(r'\batomic_add\s*\(', code) == []
 
 
 @cuda
