@@ -1,35 +1,60 @@
 #!/usr/bin/env bash
 # The GPU check of the CUDA path, prepared so that a session with a lent GPU spends its device time on
 # measuring. Runs from the repository root with the machine's own python3 (torch, triton, timm), the
-# package from the working tree (PYTHONPATH; nothing installed). Each section writes its log under $OUT as
-# it ends, so a run cut short keeps the sections it finished. Pick sections with SECTIONS (in this order):
+# package from the working tree (PYTHONPATH; nothing installed). Every section appends to $OUT/check.log as
+# it goes and the speed runs write their JSON after every row, so a run cut short keeps what it finished
+# (and $OUT holds 6 files at most). Pick sections with SECTIONS, in the order given; NAME:SECONDS stops a
+# section after that many seconds (the rest still run):
 #   versions  torch / triton / timm / GPU; what CUDA's autocast does to upsampling and to the Elastic blocks
 #   tests     the CUDA tests: the Triton kernels through the ops, autocast dtypes, compiled training
-#   ops       each resampling op, PyTorch's kernels against ours (bf16 channels_last, fp32 NCHW)
-#   models    the five pairs, eager bf16 channels_last, train and infer, resampling ours / aten (before) /
-#             free (the floor), and fp16 training (ours)
-#   compile   resnext50 pair under torch.compile, bf16 channels_last, train and infer
-# Timings on one H200 were not taken yet when this was written: plan on two calls, e.g.
-#   SECTIONS="versions tests ops" bash benchmarks/cuda_check.sh     (timeout_s ~400)
-#   SECTIONS="models" bash benchmarks/cuda_check.sh                  (timeout_s ~450)
-#   SECTIONS="compile" bash benchmarks/cuda_check.sh                 (if time is left)
+#   ops       each resampling op, PyTorch's kernels against ours (bf16 channels_last timed by graph replay
+#             and by events, fp32 NCHW), then ours at other tile sizes and warps (bf16 channels_last)
+#   models    the five pairs, eager bf16 channels_last, train and infer, resampling ours / aten (before)
+#   breakdown resnext50 and dla pairs, eager bf16 channels_last training: each model's 15 costliest kernels
+#   fp16      the five pairs, eager fp16 channels_last training (ours)
+#   floor     the five pairs, eager bf16 channels_last training, resampling free (the floor)
+#   compile   resnext50 pair under torch.compile, bf16 channels_last (COMPILE_MODES, default train,infer);
+#             then the Triton kernels inductor generated that use atomics (none expected)
+# ROUNDS (default 4) and MIN_TIME (default 0.5 s) set the speed runs' interleaved rounds and round length.
+# One 15-minute lease (a start takes 1-2 minutes of it) fits one call of about 590 s, e.g.
+#   SECTIONS="versions tests:150 ops:90 models:230 compile" ROUNDS=2 MIN_TIME=0.3 COMPILE_MODES=train \
+#       bash benchmarks/cuda_check.sh
+# Measured on an H200 (2026-11-26, ROUNDS=2 MIN_TIME=0.3): versions 18 s; tests over 90 s (cut there);
+# ops 31 s before the graph timer and the tile sweep; models 223 s; compile (train) over 130 s (cut there);
+# floor 51 s for four pairs (densenet201 took 40 s more); fp16 over 110 s for three pairs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/cuda_check}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
-SPEED=(benchmarks/speed.py --device cuda --rounds 4 --min-time 0.5 --warmup 3)
+SPEED=(benchmarks/speed.py --device cuda --rounds "${ROUNDS:-4}" --min-time "${MIN_TIME:-0.5}" --warmup 3)
+LOG="$OUT/check.log"
+LIMIT=  # seconds the current section may still run (empty: no limit)
 
-section() {  # section NAME COMMAND...: run, log to $OUT/NAME.log, report its time
+section() {  # section NAME COMMAND...: run (within the section's limit), log to $LOG, report its time
     local name=$1 start=$SECONDS
     shift
-    echo "=== $name: $*" | tee -a "$OUT/$name.log"
-    "$@" 2>&1 | grep -v -e '^USDT' -e 'SyncActivityProfilerHandler' | tee -a "$OUT/$name.log"
-    echo "=== $name: exit ${PIPESTATUS[0]}, $((SECONDS - start)) s" | tee -a "$OUT/$name.log"
+    echo "=== $name: $*" | tee -a "$LOG"
+    if [[ -n $LIMIT ]]; then
+        local left=$((END - SECONDS))
+        if ((left <= 0)); then
+            echo "=== $name: skipped, the section's $LIMIT s are spent" | tee -a "$LOG"
+            return
+        fi
+        timeout --signal=INT --kill-after=10 "$left" "$@" 2>&1
+    else
+        "$@" 2>&1
+    fi | grep -v -e '^USDT' -e 'SyncActivityProfilerHandler' | tee -a "$LOG"
+    echo "=== $name: exit ${PIPESTATUS[0]}, $((SECONDS - start)) s" | tee -a "$LOG"
 }
 
-for s in ${SECTIONS:-versions tests ops models compile}; do
+for s in ${SECTIONS:-versions tests ops models breakdown fp16 floor compile}; do
+    LIMIT=
+    if [[ $s == *:* ]]; then
+        LIMIT=${s#*:} s=${s%%:*}
+        END=$((SECONDS + LIMIT))
+    fi
     case $s in
     versions)
         section versions nvidia-smi -L
@@ -56,21 +81,39 @@ EOF
         ;;
     ops)
         section ops "$PY" benchmarks/resample_ops.py --device cuda --dtype bf16 --layout cl
+        section ops "$PY" benchmarks/resample_ops.py --device cuda --dtype bf16 --layout cl --timer events
         section ops "$PY" benchmarks/resample_ops.py --device cuda --dtype fp32 --layout nchw
+        section ops "$PY" benchmarks/resample_ops.py --device cuda --dtype bf16 --layout cl \
+            --tiles 1024,2048,4096,8192 --warps 4,8
         ;;
     models)
         section models "$PY" "${SPEED[@]}" --settings eager-bf16-cl --modes train,infer --resample ours,aten \
             --json "$OUT/models_bf16.json"
-        section models "$PY" "${SPEED[@]}" --settings eager-bf16-cl --modes train --resample free \
+        ;;
+    breakdown)
+        section breakdown "$PY" "${SPEED[@]}" --pairs resnext50,dla --settings eager-bf16-cl --modes train \
+            --breakdown 15 --json "$OUT/breakdown.json"
+        ;;
+    fp16)
+        section fp16 "$PY" "${SPEED[@]}" --settings eager-fp16-cl --modes train --json "$OUT/models_fp16.json"
+        ;;
+    floor)
+        section floor "$PY" "${SPEED[@]}" --settings eager-bf16-cl --modes train --resample free \
             --json "$OUT/models_free.json"
-        section models "$PY" "${SPEED[@]}" --settings eager-fp16-cl --modes train --json "$OUT/models_fp16.json"
         ;;
     compile)
+        export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/cuda_check_inductor}
+        rm -rf "$TORCHINDUCTOR_CACHE_DIR"
         section compile "$PY" "${SPEED[@]}" --pairs resnext50 --settings compile-bf16-cl,eager-bf16-cl \
-            --modes train,infer --json "$OUT/compile.json"
+            --modes "${COMPILE_MODES:-train,infer}" --json "$OUT/compile.json"
+        LIMIT=  # the check below reads files: it runs even when the compilation spent the section's time
+        # calls only: every inductor kernel's metadata reads 'atomic_add_found': False
+        section compile bash -c 'echo "inductor Triton kernels: $(grep -rlE "@triton.jit" "$0" | wc -l) files, \
+with atomic calls: $(grep -rlE "atomic_[a-z]+ *\(" "$0" | wc -l)"; grep -rlE "atomic_[a-z]+ *\(" "$0" | head' \
+            "$TORCHINDUCTOR_CACHE_DIR"
         ;;
     *)
-        echo "unknown section $s (versions tests ops models compile)" >&2
+        echo "unknown section $s (versions tests ops models breakdown fp16 floor compile)" >&2
         exit 2
         ;;
     esac

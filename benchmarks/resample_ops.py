@@ -10,14 +10,24 @@ the op must move (each input read once, each output written once), and PyTorch's
 - `up grad`: U's transpose: `aten::upsample_bilinear2d_backward` / `timm_elastic::up2x_backward`.
 Each pair's outputs are compared first (relative error), so that a fast wrong kernel shows.
 
-On CUDA it times with `triton.testing.do_bench` (CUDA events, the L2 cache flushed before each run,
-median); on the CPU with `torch.utils.benchmark` (median of blocked runs), on `--threads` threads.
+On CUDA it times with `--timer graph` (default): `triton.testing.do_bench_cudagraph`, replays of a
+captured CUDA graph, the GPU's time alone, median; or `--timer events`: `triton.testing.do_bench`, CUDA
+events around each call with the L2 cache flushed before it, median. Events also count any time the GPU
+waits for the host to launch the op (a custom op and a Triton launch take the host longer than PyTorch's
+dispatch); in a model's step the host runs ahead of the GPU, so graph replay is the op's cost there. The
+two timers side by side show how much of a time is launching. On the CPU it times with
+`torch.utils.benchmark` (median of blocked runs), on `--threads` threads.
+
+`--tiles` and `--warps` (CUDA) time our kernels at other tile sizes (elements per program) and warps per
+program than the package's (resample_triton.TILE, NUM_WARPS), one row per combination.
 
     python benchmarks/resample_ops.py --device cuda --dtype bf16                 # batch 64, channels_last
     python benchmarks/resample_ops.py --device cuda --dtype fp32 --layout nchw
+    python benchmarks/resample_ops.py --device cuda --tiles 1024,4096 --warps 4,8
     python benchmarks/resample_ops.py                                           # CPU, fp32, batch 8
 """
 import argparse
+import contextlib
 import sys
 from typing import Callable, Dict, List, Tuple
 
@@ -42,6 +52,8 @@ def cases(n: int, c: int, side: int, dtype: torch.dtype, layout: torch.memory_fo
     x, g_low, low, out, g = t(n, c, side, side), t(n, c, h, h), t(n, c, h, h), t(n, c, side, side), \
         t(n, c, side, side)
     full, quarter = x.numel() * x.element_size(), low.numel() * low.element_size()
+    # PyTorch's U has a 2h x 2h output: at an odd side, the gradient of the cropped rows and columns is 0
+    g_up = F.pad(g, (0, 2 * h - side, 0, 2 * h - side)).contiguous(memory_format=layout) if 2 * h != side else g
     return [
         ('down', full + quarter, lambda: F.avg_pool2d(x, 2, stride=2, ceil_mode=True), lambda: ops.avg_down2x(x)),
         ('down grad', quarter + full,
@@ -51,18 +63,20 @@ def cases(n: int, c: int, side: int, dtype: torch.dtype, layout: torch.memory_fo
          lambda: out + F.interpolate(low, scale_factor=2., mode='bilinear', align_corners=False)[..., :side, :side],
          lambda: ops.up2x_add(low, out, 'bilinear')),
         ('up grad', full + quarter,
-         lambda: torch.ops.aten.upsample_bilinear2d_backward(g, [2 * h, 2 * h], [n, c, h, h], False, 2., 2.),
+         lambda: torch.ops.aten.upsample_bilinear2d_backward(g_up, [2 * h, 2 * h], [n, c, h, h], False, 2., 2.),
          lambda: ops.up2x_backward(g, 'bilinear', h, h)),
     ]
 
 
-def median_ms(fn: Callable, device: str) -> float:
+def median_ms(fn: Callable, device: str, timer: str = 'graph', min_time: float = 0.5) -> float:
     if device == 'cuda':
         import triton.testing
+        if timer == 'graph':  # (it runs `fn` once, to compile, before capturing it)
+            return triton.testing.do_bench_cudagraph(fn, rep=100, return_mode='median')
         return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode='median')
     from torch.utils.benchmark import Timer
     return Timer('fn()', globals={'fn': fn}, num_threads=torch.get_num_threads()).blocked_autorange(
-        min_run_time=0.5).median * 1e3
+        min_run_time=min_time).median * 1e3
 
 
 def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -78,6 +92,16 @@ def main(argv=None) -> None:
     parser.add_argument('--layout', default='cl', help='cl (channels_last) or nchw (default: cl)')
     parser.add_argument('--batch-size', type=int, help='batch (default: 64 on cuda, 8 on cpu)')
     parser.add_argument('--threads', type=int, default=2, help='CPU threads (default: 2)')
+    parser.add_argument('--sizes', default=','.join(f'{c}x{side}' for c, side in SIZES),
+                        help='feature maps CHANNELSxSIDE, comma separated (default: %(default)s)')
+    parser.add_argument('--min-time', type=float, default=0.5,
+                        help='CPU: seconds each op is timed for at least (default: 0.5)')
+    parser.add_argument('--timer', choices=('graph', 'events'), default='graph',
+                        help='CUDA: graph replays (the GPU\'s time) or events per call (default: graph)')
+    parser.add_argument('--tiles', help='CUDA: our kernels\' elements per program, comma separated '
+                        '(default: the package\'s)')
+    parser.add_argument('--warps', help='CUDA: our kernels\' warps per program, comma separated '
+                        '(default: the package\'s)')
     parser.add_argument('--json', metavar='PATH', help='also write the results as JSON')
     args = parser.parse_args(argv)
     if args.device not in ('cpu', 'cuda'):
@@ -89,30 +113,73 @@ def main(argv=None) -> None:
         parser.error(f'--dtype must be one of {", ".join(DTYPES)}, got {args.dtype!r}')
     if args.layout not in LAYOUTS:
         parser.error(f'--layout must be cl or nchw, got {args.layout!r}')
+    try:
+        args.sizes = [tuple(int(v) for v in size.split('x')) for size in args.sizes.split(',')]
+        assert all(len(size) == 2 and min(size) > 0 for size in args.sizes)
+    except (ValueError, AssertionError):
+        parser.error(f'--sizes takes CHANNELSxSIDE (positive integers), comma separated, e.g. 256x56, '
+                     f'got {args.sizes!r}')
+    if args.device == 'cpu' and (args.tiles or args.warps):
+        parser.error('--tiles and --warps set the Triton kernels, which run on CUDA: add --device cuda')
+    variants = [(None, None)]
+    if args.tiles or args.warps:
+        from timm_elastic.layers import resample_triton
+        try:
+            tiles = [int(t) for t in (args.tiles or str(resample_triton.TILE)).split(',')]
+            warps = [int(w) for w in (args.warps or str(resample_triton.NUM_WARPS)).split(',')]
+        except ValueError:
+            parser.error(f'--tiles and --warps take integers, got {args.tiles!r} and {args.warps!r}')
+        bad = [t for t in tiles + warps if t < 1 or t & (t - 1)]
+        if bad:
+            parser.error(f'--tiles and --warps must be powers of 2, got {bad}')
+        variants = [(t, w) for t in tiles for w in warps]
     if args.device == 'cpu':
         torch.set_num_threads(args.threads)
     n = args.batch_size or (64 if args.device == 'cuda' else 8)
     where = torch.cuda.get_device_name() if args.device == 'cuda' else f'CPU, {torch.get_num_threads()} threads'
+    timer = f', timed by {args.timer}' if args.device == 'cuda' else ''
     lines = [f'Resampling ops, PyTorch / timm-elastic ({where}; torch {torch.__version__}; batch {n}, '
-             f'{args.dtype}, {args.layout})', '',
-             '| op | size | PyTorch ms | ours ms | PyTorch GB/s | ours GB/s | PyTorch / ours | rel. error |',
-             '|---|---|---|---|---|---|---|---|']
+             f'{args.dtype}, {args.layout}{timer})', '',
+             '| op | size | tile / warps | PyTorch ms | ours ms | PyTorch GB/s | ours GB/s | PyTorch / ours '
+             '| rel. error |',
+             '|---|---|---|---|---|---|---|---|---|']
     rows: List[Dict] = []
-    for c, side in SIZES:
+    for c, side in args.sizes:
         for name, nbytes, aten, ours in cases(n, c, side, DTYPES[args.dtype], LAYOUTS[args.layout], args.device):
-            err = rel_error(ours(), aten())
-            t_aten, t_ours = median_ms(aten, args.device), median_ms(ours, args.device)
-            row = dict(op=name, channels=c, side=side, batch=n, bytes=nbytes, aten_ms=t_aten, ours_ms=t_ours,
-                       aten_gb_s=nbytes / t_aten / 1e6, ours_gb_s=nbytes / t_ours / 1e6, speedup=t_aten / t_ours,
-                       rel_error=err)
-            rows.append(row)
-            lines.append(f'| {name} | {c}x{side}x{side} | {t_aten:.3f} | {t_ours:.3f} | {row["aten_gb_s"]:.0f} '
-                         f'| {row["ours_gb_s"]:.0f} | **{row["speedup"]:.2f}x** | {err:.1e} |')
-            print(lines[-1], file=sys.stderr, flush=True)
+            t_aten = median_ms(aten, args.device, args.timer, args.min_time)
+            for tile, warps in variants:
+                with kernel_shape(tile, warps):
+                    err = rel_error(ours(), aten())
+                    t_ours = median_ms(ours, args.device, args.timer, args.min_time)
+                row = dict(op=name, channels=c, side=side, batch=n, bytes=nbytes, tile=tile, warps=warps,
+                           aten_ms=t_aten, ours_ms=t_ours, aten_gb_s=nbytes / t_aten / 1e6,
+                           ours_gb_s=nbytes / t_ours / 1e6, speedup=t_aten / t_ours, rel_error=err)
+                rows.append(row)
+                shape = f'{tile} / {warps}' if tile else 'default'
+                lines.append(f'| {name} | {c}x{side}x{side} | {shape} | {t_aten:.3f} | {t_ours:.3f} '
+                             f'| {row["aten_gb_s"]:.0f} | {row["ours_gb_s"]:.0f} | **{row["speedup"]:.2f}x** '
+                             f'| {err:.1e} |')
+                print(lines[-1], file=sys.stderr, flush=True)
     print('\n'.join(lines))
     if args.json:
         write_json(args.json, dict(device=where, torch=torch.__version__, dtype=args.dtype, layout=args.layout,
+                                   timer=args.timer if args.device == 'cuda' else 'torch.utils.benchmark',
                                    results=rows, markdown='\n'.join(lines)))
+
+
+@contextlib.contextmanager
+def kernel_shape(tile, warps):
+    """Our Triton kernels with `tile` elements and `warps` warps per program (None: the package's)."""
+    if tile is None:
+        yield
+        return
+    from timm_elastic.layers import resample_triton
+    saved = resample_triton.TILE, resample_triton.NUM_WARPS
+    resample_triton.TILE, resample_triton.NUM_WARPS = tile, warps
+    try:
+        yield
+    finally:
+        resample_triton.TILE, resample_triton.NUM_WARPS = saved
 
 
 if __name__ == '__main__':

@@ -270,6 +270,23 @@ class Runner:
         return dict(resample_ms=ms, step_ms=wall * 1e3 / steps, resample_share=ms / (wall * 1e3 / steps))
 
 
+def breakdown(runner: Runner, top: int, steps: int = 2) -> List[Dict]:
+    """The `top` costliest kernels of a step (on the CPU: operators): name, milliseconds per step (self time,
+    device time on CUDA), calls per step; the profiler over `steps` steps."""
+    from torch.profiler import ProfilerActivity, profile
+    cuda = runner.device.type == 'cuda'
+    runner.sync()
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        for _ in range(steps):
+            runner.step()
+        runner.sync()
+    kind = torch.autograd.DeviceType.CUDA if cuda else torch.autograd.DeviceType.CPU
+    events = [e for e in prof.key_averages() if e.device_type == kind]
+    cost = (lambda e: e.self_device_time_total) if cuda else (lambda e: e.self_cpu_time_total)
+    events.sort(key=cost, reverse=True)
+    return [dict(name=e.key, ms=cost(e) / 1e3 / steps, calls=e.count / steps) for e in events[:top]]
+
+
 def graph_breaks(runner: Runner) -> int:
     """Graph breaks that `torch._dynamo.explain` finds in the runner's model (its own forward)."""
     import torch._dynamo
@@ -316,6 +333,8 @@ def compare(names: Tuple[str, str], setting: Setting, mode: str, args, device: t
     fused = setting.compiled and mode == 'infer' and resample == 'ours'  # inductor fused the aten ops
     if names[0] != names[1] and RESAMPLE_OPS[resample] and not fused:
         row.update(runners[0].resample_share())
+    if args.breakdown:
+        row['breakdown'] = {which: breakdown(r, args.breakdown) for which, r in zip(('elastic', 'baseline'), runners)}
     if setting.compiled and names[0] != names[1]:
         row['elastic_graph_breaks'] = graph_breaks(runners[0])
     return row
@@ -381,6 +400,9 @@ def parse_args(argv=None):
     parser.add_argument('--warmup', type=int, default=3, help='untimed steps per model first (default: 3)')
     parser.add_argument('--min-time', type=float, default=1.0,
                         help='seconds one model is timed for in each round (default: 1.0)')
+    parser.add_argument('--breakdown', type=int, default=0, metavar='N',
+                        help='also profile each model\'s N costliest kernels (CPU: operators) per step, printed '
+                             'and in the JSON (default: 0, none)')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--json', metavar='PATH', help='also write the results and the machine as JSON')
     args = parser.parse_args(argv)
@@ -442,6 +464,9 @@ def main(argv=None) -> None:
                              if row.get('resample_share') is not None else '')
                           + (f', graph breaks {row["elastic_graph_breaks"]}' if 'elastic_graph_breaks' in row
                              else ''), file=sys.stderr, flush=True)
+                    for which, kernels in row.get('breakdown', {}).items():
+                        costliest = '; '.join(f'{k["ms"]:.2f} ms x{k["calls"]:g} {k["name"][:60]}' for k in kernels)
+                        print(f'  {row[which]}: {costliest}', file=sys.stderr, flush=True)
                     if args.json:  # after every row, so that a run cut short keeps what it measured
                         write_results(args, info, rows)
     print(markdown(rows, info))

@@ -1,5 +1,6 @@
-"""The benchmarks run: a smoke test of `benchmarks/speed.py --self-check` on the small twin, at sizes that
-take seconds (its numbers mean nothing here; that they are produced and written out is what is checked)."""
+"""The benchmarks run: smoke tests of `benchmarks/speed.py --self-check` on the small twin and of
+`benchmarks/resample_ops.py`, at sizes that take seconds (their numbers mean nothing here; that they are
+produced and written out is what is checked)."""
 import json
 import os
 import subprocess
@@ -14,7 +15,7 @@ def test_speed_self_check_smoke(tmp_path):
         [sys.executable, os.path.join(ROOT, 'benchmarks', 'speed.py'), '--self-check', 'resnext_tiny_elastic',
          '--settings', 'eager-fp32,eager-fp32-cl', '--modes', 'infer,train', '--rounds', '2', '--min-time', '0.01',
          '--warmup', '1', '--batch-size', '2', '--train-batch-size', '2', '--img-size', '64', '--threads', '1',
-         '--json', str(out)], capture_output=True, text=True, timeout=600)
+         '--breakdown', '3', '--json', str(out)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     rows = result['results']
@@ -25,4 +26,27 @@ def test_speed_self_check_smoke(tmp_path):
         assert len(r['rates'][0]) == len(r['rates'][1]) == 2 and all(v > 0 for v in r['rates'][0] + r['rates'][1])
         assert r['ratio_min'] <= r['ratio'] <= r['ratio_max']
     assert all(r['memory_ratio'] > 0 for r in rows if r['mode'] == 'train')
+    for r in rows:  # --breakdown 3: each model's 3 costliest operators, costliest first
+        for kernels in (r['breakdown']['elastic'], r['breakdown']['baseline']):
+            assert len(kernels) == 3 and all(k['ms'] > 0 and k['calls'] > 0 for k in kernels)
+            assert [k['ms'] for k in kernels] == sorted((k['ms'] for k in kernels), reverse=True)
+    assert '  resnext_tiny_elastic: ' in proc.stderr
     assert result['markdown'] in proc.stdout and '| resnext_tiny_elastic | ours | resnext_tiny_elastic |' in proc.stdout
+
+
+def test_resample_ops_smoke(tmp_path):
+    """benchmarks/resample_ops.py on the CPU at an even and an odd side: every op timed on both sides, the
+    two implementations agreeing (the same function, PyTorch's gradient taken over U's uncropped output)."""
+    out = tmp_path / 'ops.json'
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, 'benchmarks', 'resample_ops.py'), '--sizes', '8x6,16x5',
+         '--batch-size', '2', '--min-time', '0.01', '--threads', '1', '--json', str(out)],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    rows = result['results']
+    assert [(r['op'], r['channels'], r['side']) for r in rows] == [
+        (op, c, side) for c, side in ((8, 6), (16, 5)) for op in ('down', 'down grad', 'up + sum', 'up grad')]
+    for r in rows:
+        assert r['aten_ms'] > 0 and r['ours_ms'] > 0 and r['rel_error'] < 1e-6, r
+    assert result['markdown'] in proc.stdout
