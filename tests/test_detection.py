@@ -58,7 +58,10 @@ def test_faster_rcnn_trains_the_elastic_branches_and_detects():
     no_grad = [n for n, p in elastic.items() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not no_grad
     opt.step()
-    assert all(not torch.equal(p, before[n]) for n, p in elastic.items())
+    # every Elastic parameter took its step; compared with the update itself, as an update below float32's
+    # resolution (a gradient of 4e-6 on a BN weight of 1.0 at lr 0.01) leaves a value unchanged
+    assert all(torch.equal(p, before[n].add(p.grad, alpha=-0.01)) for n, p in elastic.items())
+    assert sum(not torch.equal(p, before[n]) for n, p in elastic.items()) > len(elastic) * 0.9
 
     model.eval()
     with torch.no_grad():

@@ -359,6 +359,17 @@ def _table(stdout):
     return lines[start:]
 
 
+def test_compare_defaults_differ_from_train_where_the_readme_says():
+    """compare: 3 seeds x 2 epochs at lr 4e-3, stepped every update, channels_last (what fits its 5 minutes);
+    train keeps timm-like defaults. Either can be switched."""
+    parse = build_parser().parse_args
+    c, t = parse(['compare']), parse(['train'])
+    assert (c.seeds, c.epochs, c.lr, c.sched_on_updates, c.channels_last) == ([0, 1, 2], 2, 4e-3, True, True)
+    assert (t.epochs, t.lr, t.sched_on_updates, t.channels_last) == (4, 2e-3, False, False)
+    assert parse(['compare', '--no-channels-last', '--no-sched-on-updates']).channels_last is False
+    assert parse(['train', '--channels-last']).channels_last is True
+
+
 @pytest.mark.slow
 def test_compare_table4_over_seeds_is_repeatable(tmp_path):
     """compare trains both models once per seed and prints the Table 4 layout with mean ± standard deviation
