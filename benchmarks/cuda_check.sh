@@ -16,9 +16,10 @@
 #   compile   resnext50 pair under torch.compile, bf16 channels_last (COMPILE_MODES, default train,infer);
 #             then the Triton kernels inductor generated that use atomics (none expected)
 # ROUNDS (default 4) and MIN_TIME (default 0.5 s) set the speed runs' interleaved rounds and round length.
-# One 15-minute lease (a start takes 1-2 minutes of it) fits one call of about 590 s, e.g.
-#   SECTIONS="versions tests:150 ops:90 models:230 compile" ROUNDS=2 MIN_TIME=0.3 COMPILE_MODES=train \
-#       bash benchmarks/cuda_check.sh
+# One 15-minute lease (a start takes 1-2 minutes of it) fits one call of about 590 s. After the models were
+# measured once (README), the next lease is best spent on what is still open, e.g.
+#   SECTIONS="versions tests:150 ops:120 breakdown:90 compile" ROUNDS=2 MIN_TIME=0.3 COMPILE_MODES=train \
+#       timeout 585 bash benchmarks/cuda_check.sh
 # Measured on an H200 (2026-11-26, ROUNDS=2 MIN_TIME=0.3): versions 18 s; tests over 90 s (cut there);
 # ops 31 s before the graph timer and the tile sweep; models 223 s; compile (train) over 130 s (cut there);
 # floor 51 s for four pairs (densenet201 took 40 s more); fp16 over 110 s for three pairs.

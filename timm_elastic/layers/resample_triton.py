@@ -208,8 +208,8 @@ def _launch(kernel, tensors, result: torch.Tensor, *args, **constexprs) -> torch
 
 
 def _run(kernel, grid, args, meta) -> None:
-    """Launch `kernel` (the one place that does; tests/test_resample_triton.py records the launches here to
-    compile them for a GPU where there is none)."""
+    """Launch `kernel` (the one place that does; tests/triton_compile.py records the launches here to compile
+    them for a GPU where there is none)."""
     kernel[grid](*args, **meta)
 
 
