@@ -76,7 +76,7 @@ def test_faster_rcnn_trains_the_elastic_branches_and_detects():
     (('resnext_tiny_elastik',), {}, ValueError, ["unknown model 'resnext_tiny_elastik'", 'resnext_tiny_elastic']),
     ((torch.nn.Conv2d(3, 8, 3),), {}, TypeError, ['model_name must be a timm model name', 'Conv2d']),
     (('resnext_tiny_elastic',), dict(out_indices=(1, 2, 9)), ValueError,
-     ['out_indices (1, 2, 9) is outside', 'has 5 levels', '4: stride 32, 1024 channels']),
+     ['out_indices (1, 2, 9) is outside', 'has 5 levels', '4: stride 32, 512 channels']),
     (('resnext_tiny_elastic',), dict(out_indices=(3, 2)), ValueError, ['strides [16, 8]', 'strictly increasing']),
     (('resnext_tiny_elastic',), dict(out_indices=0), ValueError, ['out_indices', 'at least 1, got 0']),
     (('resnext_tiny_elastic',), dict(out_indices='last'), ValueError, ["got 'last'"]),

@@ -268,9 +268,10 @@ def test_bf16_autocast_and_channels_last_on_cpu(tmp_path, monkeypatch):
     assert metrics['count'] == 112 and 0 <= metrics['top1'] <= 100 and metrics['loss'] == metrics['loss']
     ckpt = torch.load(tmp_path / 'bf16' / 'last.pth.tar', map_location='cpu', weights_only=False)
     sd = ckpt['state_dict']
-    # --elastic-ratio reached the model: 2 of 8 paths (16 of 64 channels of stage 2) at low resolution
-    assert sd['layer2.1.elastic.low.conv2.weight'].shape[0] == 16
-    assert sd['layer2.1.elastic.high.conv2.weight'].shape[0] == 48
+    # --elastic-ratio reached the model: 2 of 8 paths (4 of stage 2's 16 channels: 32 planes x 4 / 64 per path,
+    # 8 paths) at low resolution
+    assert sd['layer2.1.elastic.low.conv2.weight'].shape[0] == 4
+    assert sd['layer2.1.elastic.high.conv2.weight'].shape[0] == 12
     assert all(t.dtype == torch.float32 for t in sd.values() if t.is_floating_point())
     val = build_parser().parse_args(['validate', '--model', 'resnext_tiny_elastic', '--elastic-ratio', '0.25',
                                      '--checkpoint', str(tmp_path / 'bf16' / 'last.pth.tar'), '--amp',

@@ -220,10 +220,10 @@ PAPER_ROWS = {
 # dataset at 64x64): Elastic model -> its non-Elastic twin. The Elastic one moves blocks toward
 # high resolution as Table 2 does for ResNeXt50 -> ResNeXt50+Elastic ([3, 4, 6, 3] -> [6, 8, 5, 3]),
 # so that the two have the same parameters and multiply-adds within a few percent (+2.1%, +0.3%).
-# Their widths (channels 16-128, 8 paths of 1-8 channels) let the main job's 3 seeds x 2 models fit 5 minutes on
+# Their widths (stages of 64-512 channels, 8 paths of 1-8 channels) let the main job's 3 seeds x 2 models fit 5 minutes on
 # 2 CPU cores; at twice these widths it took over 6 minutes (README, The main job).
 TWINS = {'resnext_tiny_elastic': 'resnext_tiny'}
-_TINY_ARGS = dict(cardinality=8, base_width=4, channels=(16, 32, 64, 128), stem_width=16)
+_TINY_ARGS = dict(cardinality=8, base_width=4, channels=(16, 32, 64, 128))  # timm's 64-channel 7x7 stem
 
 
 @register_model
