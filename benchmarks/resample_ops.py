@@ -114,11 +114,13 @@ def main(argv=None) -> None:
     if args.layout not in LAYOUTS:
         parser.error(f'--layout must be cl or nchw, got {args.layout!r}')
     try:
-        args.sizes = [tuple(int(v) for v in size.split('x')) for size in args.sizes.split(',')]
-        assert all(len(size) == 2 and min(size) > 0 for size in args.sizes)
-    except (ValueError, AssertionError):
+        sizes = [tuple(int(v) for v in size.split('x')) for size in args.sizes.split(',')]
+    except ValueError:
+        sizes = []
+    if not sizes or any(len(size) != 2 or min(size) < 1 for size in sizes):
         parser.error(f'--sizes takes CHANNELSxSIDE (positive integers), comma separated, e.g. 256x56, '
                      f'got {args.sizes!r}')
+    args.sizes = sizes
     if args.device == 'cpu' and (args.tiles or args.warps):
         parser.error('--tiles and --warps set the Triton kernels, which run on CUDA: add --device cuda')
     variants = [(None, None)]
@@ -146,10 +148,11 @@ def main(argv=None) -> None:
     rows: List[Dict] = []
     for c, side in args.sizes:
         for name, nbytes, aten, ours in cases(n, c, side, DTYPES[args.dtype], LAYOUTS[args.layout], args.device):
+            reference = aten()
             t_aten = median_ms(aten, args.device, args.timer, args.min_time)
             for tile, warps in variants:
                 with kernel_shape(tile, warps):
-                    err = rel_error(ours(), aten())
+                    err = rel_error(ours(), reference)
                     t_ours = median_ms(ours, args.device, args.timer, args.min_time)
                 row = dict(op=name, channels=c, side=side, batch=n, bytes=nbytes, tile=tile, warps=warps,
                            aten_ms=t_aten, ours_ms=t_ours, aten_gb_s=nbytes / t_aten / 1e6,
