@@ -51,7 +51,7 @@ import platform
 import statistics
 import sys
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -243,9 +243,8 @@ class Runner:
             peak = max(peak, net)
         return start + peak
 
-    def resample_share(self, steps: int = 2) -> Dict:
-        """Milliseconds per step in the resampling ops (RESAMPLE_OPS of the variant, outermost calls only) and
-        their share of the profiled steps' time: device time on CUDA, CPU time on the CPU."""
+    def profiled(self, steps: int = 2) -> 'Profiled':
+        """The profiler's record of `steps` steps (CPU activity, and CUDA's on a GPU) and their wall time."""
         from torch.profiler import ProfilerActivity, profile
         cuda = self.device.type == 'cuda'
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
@@ -256,35 +255,40 @@ class Runner:
                 self.step()
             self.sync()
             wall = time.perf_counter() - t
+        return Profiled(prof, steps, wall * 1e3 / steps, cuda)
 
+    def resample_share(self, profiled: 'Profiled') -> Dict:
+        """Milliseconds per step in the resampling ops (RESAMPLE_OPS of the variant, outermost calls only) and
+        their share of the profiled steps' time: device time on CUDA, CPU time on the CPU."""
         def resampling(e) -> bool:
             return e.name.startswith(RESAMPLE_OPS[self.resample])
         spent_us = 0.
-        for e in prof.events():
+        for e in profiled.prof.events():
             parent, nested = e.cpu_parent, False
             while parent is not None and not nested:
                 nested, parent = resampling(parent), parent.cpu_parent
             if resampling(e) and not nested:
-                spent_us += e.device_time_total if cuda else e.cpu_time_total
-        ms = spent_us / 1e3 / steps
-        return dict(resample_ms=ms, step_ms=wall * 1e3 / steps, resample_share=ms / (wall * 1e3 / steps))
+                spent_us += e.device_time_total if profiled.cuda else e.cpu_time_total
+        ms = spent_us / 1e3 / profiled.steps
+        return dict(resample_ms=ms, step_ms=profiled.step_ms, resample_share=ms / profiled.step_ms)
 
 
-def breakdown(runner: Runner, top: int, steps: int = 2) -> List[Dict]:
-    """The `top` costliest kernels of a step (on the CPU: operators): name, milliseconds per step (self time,
-    device time on CUDA), calls per step; the profiler over `steps` steps."""
-    from torch.profiler import ProfilerActivity, profile
-    cuda = runner.device.type == 'cuda'
-    runner.sync()
-    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
-        for _ in range(steps):
-            runner.step()
-        runner.sync()
-    kind = torch.autograd.DeviceType.CUDA if cuda else torch.autograd.DeviceType.CPU
-    events = [e for e in prof.key_averages() if e.device_type == kind]
-    cost = (lambda e: e.self_device_time_total) if cuda else (lambda e: e.self_cpu_time_total)
+class Profiled(NamedTuple):
+    prof: Any  # torch.profiler.profile, after its steps
+    steps: int
+    step_ms: float  # wall time of one step
+    cuda: bool
+
+
+def breakdown(profiled: Profiled, top: int) -> List[Dict]:
+    """The `top` costliest kernels of a profiled step (on the CPU: operators): name, milliseconds per step
+    (self time, device time on CUDA), calls per step."""
+    kind = torch.autograd.DeviceType.CUDA if profiled.cuda else torch.autograd.DeviceType.CPU
+    events = [e for e in profiled.prof.key_averages() if e.device_type == kind]
+    cost = (lambda e: e.self_device_time_total) if profiled.cuda else (lambda e: e.self_cpu_time_total)
     events.sort(key=cost, reverse=True)
-    return [dict(name=e.key, ms=cost(e) / 1e3 / steps, calls=e.count / steps) for e in events[:top]]
+    return [dict(name=e.key, ms=cost(e) / 1e3 / profiled.steps, calls=e.count / profiled.steps)
+            for e in events[:top]]
 
 
 def graph_breaks(runner: Runner) -> int:
@@ -331,10 +335,13 @@ def compare(names: Tuple[str, str], setting: Setting, mode: str, args, device: t
         mem = [r.peak_memory() for r in runners]
         row.update(elastic_peak_mb=mem[0] / 2 ** 20, baseline_peak_mb=mem[1] / 2 ** 20, memory_ratio=mem[0] / mem[1])
     fused = setting.compiled and mode == 'infer' and resample == 'ours'  # inductor fused the aten ops
-    if names[0] != names[1] and RESAMPLE_OPS[resample] and not fused:
-        row.update(runners[0].resample_share())
+    share = names[0] != names[1] and RESAMPLE_OPS[resample] and not fused
+    # one profiled run per model serves both the resampling share and the breakdown
+    profiles = [r.profiled() if args.breakdown or (share and i == 0) else None for i, r in enumerate(runners)]
+    if share:
+        row.update(runners[0].resample_share(profiles[0]))
     if args.breakdown:
-        row['breakdown'] = {which: breakdown(r, args.breakdown) for which, r in zip(('elastic', 'baseline'), runners)}
+        row['breakdown'] = {which: breakdown(p, args.breakdown) for which, p in zip(('elastic', 'baseline'), profiles)}
     if setting.compiled and names[0] != names[1]:
         row['elastic_graph_breaks'] = graph_breaks(runners[0])
     return row
