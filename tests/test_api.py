@@ -69,6 +69,10 @@ def test_small_twins_match_in_parameters_and_multiply_adds(elastic, twin):
     assert abs(count_gmacs(e, size) / count_gmacs(b, size) - 1) < 0.04
     assert any('Elastic' in type(m).__name__ for m in e.modules())
     assert not any('Elastic' in type(m).__name__ for m in b.modules())
+    # one stem for both, the 3x3 one that reads the small objects' 3-pixel patterns (README, The main job)
+    stems = [[tuple(m.weight.shape) for m in x.conv1.modules() if isinstance(m, torch.nn.Conv2d)] for x in (e, b)]
+    assert stems[0] == stems[1] == [(16, 3, 3, 3), (16, 16, 3, 3), (32, 16, 3, 3)]
+    assert e.pretrained_cfg['first_conv'] == b.pretrained_cfg['first_conv'] == 'conv1.0'
 
 
 @pytest.mark.parametrize('name', [pytest.param(n, marks=pytest.mark.slow) if n in LARGER else n for n in ALL])

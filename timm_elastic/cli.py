@@ -400,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "small, medium and large objects side by side, as the paper's Table 4 does: mean and standard "
                     "deviation over the seeds, a reading of the table, and whether the Elastic model's gain is "
                     "larger than the seed-to-seed spread. Every run's checkpoints are kept for later analyses. "
-                    "With the defaults (3 seeds, 2 epochs each) it takes about 4 minutes on 2 CPU cores. Every "
+                    "With the defaults (3 seeds, 2 epochs each) it takes about 3 minutes on 2 CPU cores. Every "
                     "train flag applies to both models.",
         epilog='example: timm-elastic compare --seeds 0 1 2 3 4 --epochs 6 --output runs/compare')
     _add_train_args(p, compare=True)

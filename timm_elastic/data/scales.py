@@ -12,8 +12,9 @@ scored per size combination:
   dots, rings...), in two random colours of strong contrast, whatever its outline (a disc or a
   rotated square, at random). A pattern repeats 3 times across its object, so it scales with
   the object as a real object's appearance does: at the large size (30-40 pixels at 64x64) it
-  is coarse and obvious, at the small size (9-13 pixels) its period is 3-4 pixels, at the limit
-  of what the input resolves and below what a network that downsamples early keeps;
+  is coarse and obvious, at the small size (9-13 pixels) its period is 3-4 pixels, near the limit
+  of what the input resolves (a small model reads it with a stem of 3x3 convolutions, as the tiny
+  twins have, far less well with timm's 7x7 stride-2 one);
 - the background is clutter that never fills an area with a pattern: a smooth random colour
   gradient, pixel noise, and thin line segments, open arcs and specks.
 
@@ -58,7 +59,7 @@ SIZES: Tuple[str, ...] = ('small', 'medium', 'large')
 # and large above 96x96, i.e. roughly under 1/15 and over 1/5 of the side; at 64x64 a 1/15 object
 # is ~4 pixels, too few to hold any pattern, so the buckets are shifted up and spaced so that
 # neighbouring sizes differ by ~1.8x with a gap between them. The smallest object (0.14 of 64 =
-# 9 pixels) still holds 3 periods of 3 pixels: resolvable in the input, not after a 4x stem.
+# 9 pixels) still holds 3 periods of 3 pixels, resolvable in the input.
 SIZE_RANGES: Dict[str, Tuple[float, float]] = {
     'small': (0.14, 0.20),
     'medium': (0.26, 0.36),
