@@ -9,5 +9,6 @@ from .hub import export_original
 from .layers import Elastic, RESAMPLE_MODES, check_elastic_args, split_paths
 from .models import PAPER_ROWS, TWINS, list_models
 from .models._builder import PretrainedWeightsError
+from .policy import ScalePolicy, policy_blocks, scale_policy
 
 __version__ = '0.1.0'

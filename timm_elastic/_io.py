@@ -39,17 +39,22 @@ def replace_dir(tmp: str, dest: str) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def write_text(path: str, text: str) -> None:
-    """Write `text` to `path` through a temporary file beside it and one rename."""
+def write_bytes(path: str, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file beside it and one rename."""
     tmp = f'{path}.tmp{os.getpid()}'
     try:
-        with open(tmp, 'w', encoding='utf-8', newline='') as f:
-            f.write(text)
+        with open(tmp, 'wb') as f:
+            f.write(data)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def write_text(path: str, text: str) -> None:
+    """Write `text` (UTF-8, newlines as given) to `path` through a temporary file and one rename."""
+    write_bytes(path, text.encode('utf-8'))
 
 
 def write_json(path: str, obj: Any) -> None:

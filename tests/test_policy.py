@@ -1,0 +1,262 @@
+"""The scale policy score (paper Sec. 4.1.1): S = A_high - A_low per Elastic block and image."""
+import copy
+import os
+import sys
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import timm
+import torch
+import torch.nn as nn
+
+import timm_elastic
+from timm_elastic import ScalePolicy, report, scale_policy
+from timm_elastic.policy import class_ranking, embedding_order, improvement_density, policy_embedding
+from timm_elastic.data import ScaleShapes
+from timm_elastic.layers import Elastic
+
+
+class OneBlock(nn.Module):
+    """One Elastic block of two paths on one channel; each path is a ReLU, a 3x3 convolution that
+    only scales its centre pixel (by 2 at high resolution, by 1 at low) and a ReLU; with
+    `relu=False` only the convolution (a DenseNet-like path that ends with its 3x3 convolution)."""
+
+    def __init__(self, relu: bool = True):
+        super().__init__()
+
+        def make_path(paths, dilation):
+            conv = [('conv2', nn.Conv2d(1, 1, 3, padding=1, bias=False))]
+            if not relu:
+                return nn.Sequential(OrderedDict(conv))
+            # a ReLU before the 3x3 convolution too, as a ResNeXt path's act1: not where S is read
+            return nn.Sequential(OrderedDict([('act1', nn.ReLU())] + conv + [('act2', nn.ReLU(inplace=True))]))
+
+        self.block = nn.Module()
+        self.block.elastic = Elastic(make_path, 2, 1, 1)
+        for path, centre in ((self.block.elastic.high, 2.), (self.block.elastic.low, 1.)):
+            path.conv2.weight.data.zero_()
+            path.conv2.weight.data[0, 0, 1, 1] = centre
+
+    def forward(self, x):
+        return self.block.elastic(x)
+
+
+def _two_images():
+    x = torch.empty(2, 1, 4, 4)
+    x[0, :, :, :2], x[0, :, :, 2:] = 1., -3.  # left half 1, right half -3
+    x[1] = 0.5
+    x[1, :, :2, :2] = 4.  # top-left quarter 4
+    return x
+
+
+@pytest.mark.parametrize('relu', [True, False])
+def test_score_of_a_hand_built_block(relu):
+    # By hand. Image 0: high 2x -> mean(relu) = (8 * 2 + 8 * 0) / 16 = 1; low: the 2x2 average pool
+    # gives [[1, -3], [1, -3]] -> mean(relu(1x)) = 2 / 4 = 0.5; S = 0.5.
+    # Image 1: high (4 * 8 + 12 * 1) / 16 = 2.75; low [[4, .5], [.5, .5]] -> 5.5 / 4 = 1.375; S = 1.375.
+    # Without a ReLU module after the 3x3 convolution the score rectifies its output itself: the same.
+    model = OneBlock(relu)
+    with ScalePolicy(model) as policy:
+        model(_two_images())
+    assert policy.names == ['block']
+    torch.testing.assert_close(policy.scores, torch.tensor([[0.5], [1.375]]), rtol=0, atol=1e-6)
+    assert policy.scores.dtype == torch.float32
+
+
+def test_recorder_accumulates_batches_and_resets():
+    model = OneBlock()
+    x = _two_images()
+    with ScalePolicy(model) as policy:
+        model(x[:1])
+        model(x[1:])
+        torch.testing.assert_close(policy.scores, torch.tensor([[0.5], [1.375]]), rtol=0, atol=1e-6)
+        policy.reset()
+        model(x[1:])
+    torch.testing.assert_close(policy.scores, torch.tensor([[1.375]]), rtol=0, atol=1e-6)
+    model(x)  # outside the block: not recorded
+    assert policy.scores.shape == (1, 1)
+    assert ScalePolicy(model).scores.shape == (0, 1)
+
+
+# The paper's 17 blocks of ResNeXt50+Elastic ([6, 8, 5, 3], every stride-1 block of stages 1-3);
+# the same rule on sElastic's [3, 4, 6, 3]; DLA-X60's levels 2-4 hold 2, 4 and 8 blocks, the first of
+# each at stride 2: 1 + 3 + 7; DenseNet201+Elastic's first three dense blocks (10, 20, 40 layers, Table 11).
+def _stages(*blocks):
+    # stage 1 from block 0, stages 2 and 3 from block 1 (block 0 has stride 2)
+    return [f'layer{s}.{i}' for s, n in enumerate(blocks, 1) for i in range(0 if s == 1 else 1, n)]
+
+
+RESNEXT50, SELASTIC = _stages(6, 8, 5), _stages(3, 4, 6)
+
+
+@pytest.mark.parametrize('name, expected', [
+    ('resnext50_elastic', RESNEXT50),
+    ('seresnext50_elastic', RESNEXT50),
+    ('resnext50_selastic', SELASTIC),
+    ('dla_x60_elastic', 11),
+    ('densenet201_elastic', [f'features.denseblock{b}.denselayer{i}' for b, n in ((1, 10), (2, 20), (3, 40))
+                             for i in range(1, n + 1)]),
+])
+def test_blocks_and_names_per_family(name, expected):
+    model = timm.create_model(name).eval()
+    policy = ScalePolicy(model)
+    if isinstance(expected, int):
+        assert len(policy.names) == expected
+        assert all(model.get_submodule(n) for n in policy.names)
+    else:
+        assert policy.names == expected
+    scores = scale_policy(model, torch.randn(2, 3, 64, 64))
+    assert scores.shape == (2, len(policy.names)) and torch.isfinite(scores).all()
+
+
+# one model of each family, narrowed where it is large (the same blocks, fewer channels or layers)
+SMALL = {'resnext_tiny_elastic': {}, 'dla_x60_elastic': dict(channels=(16, 32, 32, 64, 128, 256)),
+         'densenet201_elastic': dict(block_config=(2, 2, 2, 2), growth_rate=8)}
+
+
+@pytest.mark.parametrize('name', list(SMALL))
+@pytest.mark.parametrize('setting', ['train', 'eval', 'channels_last-bf16'])
+def test_hooks_leave_outputs_and_gradients_bit_identical(name, setting):
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=5, **SMALL[name]).train(setting != 'eval')
+    x = torch.randn(2, 3, 64, 64)
+    if setting == 'channels_last-bf16':
+        model, x = model.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
+    plain, recorded = model, copy.deepcopy(model)
+
+    def run(m):
+        with torch.autocast('cpu', torch.bfloat16, enabled=setting == 'channels_last-bf16'):
+            out = m(x)
+        out.float().square().sum().backward()
+        return out
+
+    expected = run(plain)
+    with ScalePolicy(recorded) as policy:
+        got = run(recorded)
+    assert torch.equal(got, expected)
+    for (n, a), b in zip(plain.state_dict().items(), recorded.state_dict().values()):
+        assert torch.equal(a, b), n  # BN statistics in training mode
+    for (n, a), b in zip(plain.named_parameters(), recorded.parameters()):
+        assert torch.equal(a.grad, b.grad), n
+    assert policy.scores.shape == (2, len(policy.names)) and torch.isfinite(policy.scores).all()
+
+
+def test_images_tensors_datasets_and_loaders_give_the_same_scores():
+    model = timm.create_model('resnext_tiny_elastic').eval()
+    data = ScaleShapes(split='validation', num_samples=5)
+    cfg = timm.data.resolve_data_config({}, model=model)
+    transform = timm.data.create_transform(**cfg)
+    tensors = [transform(data[i][0]) for i in range(len(data))]
+    expected = scale_policy(model, torch.stack(tensors))
+    assert expected.shape == (5, 5)
+    loader = torch.utils.data.DataLoader(ScaleShapes(split='validation', num_samples=5, transform=transform),
+                                         batch_size=2)
+    for images in (data, [data[i][0] for i in range(5)], tensors, loader, iter(tensors)):
+        torch.testing.assert_close(scale_policy(model, images, batch_size=3), expected, rtol=1e-4, atol=1e-5)
+    # a different image gives a different policy
+    assert not torch.allclose(expected[0], expected[1])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+def test_cuda_scores_match_the_cpu_under_autocast():
+    model = timm.create_model('resnext_tiny_elastic').eval()
+    x = torch.randn(4, 3, 64, 64)
+    expected = scale_policy(model, x)
+    with torch.autocast('cuda', torch.bfloat16):
+        got = scale_policy(model.cuda().to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last))
+    assert got.device.type == 'cpu' and got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=0.05, atol=0.02)
+
+
+@pytest.mark.parametrize('call, message', [
+    (lambda: scale_policy(timm.create_model('resnext_tiny'), torch.randn(1, 3, 64, 64)),
+     'resnext_tiny has no Elastic blocks, so it has no scale policy'),
+    (lambda: scale_policy(timm.create_model('resnext_tiny_elastic'), []), 'no images to score: the data is empty'),
+    (lambda: scale_policy(timm.create_model('resnext_tiny_elastic'), torch.zeros(0, 3, 64, 64)), 'no images to score'),
+    (lambda: scale_policy(timm.create_model('resnext_tiny_elastic'), torch.zeros(3, 64, 64)),
+     'must be (N, C, H, W), got shape (3, 64, 64)'),
+    (lambda: scale_policy(timm.create_model('resnext_tiny_elastic'), ['a.png']),
+     'images must be PIL images or (C, H, W) tensors, got an item of type str'),
+    (lambda: scale_policy(timm.create_model('resnext_tiny_elastic'), torch.zeros(1, 3, 64, 64), batch_size=0),
+     'batch_size must be a positive int, got 0'),
+])
+def test_bad_inputs_give_one_line_errors(call, message):
+    with pytest.raises(ValueError) as info:
+        call()
+    assert message in str(info.value) and '\n' not in str(info.value)
+
+
+def test_public_api():
+    assert timm_elastic.scale_policy is scale_policy and timm_elastic.ScalePolicy is ScalePolicy
+
+
+def test_class_ranking_by_hand():
+    # per-image means 2, 0, -2, 2: class 0 at 2 (1 image), 1 at -1 (2), 2 at 2 (1); a tie keeps class order
+    scores = torch.tensor([[1., 3.], [0., 0.], [-2., -2.], [4., 0.]])
+    assert class_ranking(scores, [0, 1, 1, 2], ['z', 'b', 'a']) == [('z', 2., 1), ('a', 2., 1), ('b', -1., 2)]
+    assert class_ranking(scores, [2, 2, 0, 2]) == [('2', 4 / 3, 3), ('0', -2., 1)]
+    with pytest.raises(ValueError, match='4 score rows but 3 targets'):
+        class_ranking(scores, [0, 1, 1])
+    with pytest.raises(ValueError, match='target 2 has no name: class_names has 2'):
+        class_ranking(scores, [0, 1, 1, 2], ['a', 'b'])
+
+
+def test_embedding_order_follows_the_principal_axis():
+    line = np.array([[3., 0.1], [1., -0.1], [2., 0.], [0., 0.05], [5., 0.]])
+    assert embedding_order(line).tolist() == [3, 1, 2, 0, 4]
+    assert embedding_order(line[:, ::-1] * [1., -1.]).tolist() == [4, 0, 2, 1, 3]  # along -y: reversed
+
+
+def test_improvement_density_by_hand():
+    corners = np.array([[0., 0.], [0., 1.], [1., 0.], [1., 1.]])
+    d = improvement_density(corners, [True, True, False, True], [False, True, False, False], bins=2)
+    np.testing.assert_array_equal(d['all'], np.full((2, 2), 0.25))
+    np.testing.assert_array_equal(d['improved'], [[0.5, 0.], [0., 0.5]])  # (0, 0) and (1, 1)
+    assert (d['images'], d['improved_images']) == (4, 2)
+    np.testing.assert_array_equal(d['x_edges'], [0., 0.5, 1.])
+    none = improvement_density(corners, [False] * 4, [False] * 4, bins=3)
+    assert none['improved'].sum() == 0 and none['all'].sum() == pytest.approx(1.)
+    with pytest.raises(ValueError, match='4 embedded images but 3 Elastic and 4 baseline results'):
+        improvement_density(corners, [True] * 3, [True] * 4)
+
+
+def test_embedding_separates_distinct_policies_and_is_repeatable():
+    rng = np.random.default_rng(0)
+    scores = np.concatenate([rng.normal(1., 0.05, (12, 5)), rng.normal(-1., 0.05, (12, 5))])
+    e = policy_embedding(scores, seed=3)
+    assert e.shape == (24, 2)
+    np.testing.assert_array_equal(e, policy_embedding(scores, seed=3))
+    d = np.linalg.norm(e[:, None] - e[None], axis=-1)
+    assert d[:12, 12:].min() > max(d[:12, :12].max(), d[12:, 12:].max())
+    with pytest.raises(ValueError, match='at least 2 images, got 1'):
+        policy_embedding(scores[:1])
+
+
+def test_missing_analysis_extra_is_named(monkeypatch):
+    monkeypatch.setitem(sys.modules, 'sklearn.manifold', None)  # as if scikit-learn were not installed
+    with pytest.raises(ImportError) as info:
+        policy_embedding(np.zeros((4, 2)))
+    assert str(info.value) == ("t-SNE of the scale policy needs scikit-learn, which is not installed: "
+                               "pip install 'timm-elastic[analysis]'")
+
+
+def test_plots_are_written_as_png(tmp_path):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=(30, 4))
+    labels = np.arange(30) % 3
+    e = policy_embedding(scores)
+    paths = [
+        report.plot_class_ranking(class_ranking(scores, labels, ['x', 'y', 'z']), str(tmp_path / 'rank.png')),
+        report.plot_embedding(e, str(tmp_path / 'by_class.png'), labels=labels, class_names=['x', 'y', 'z']),
+        report.plot_embedding(e, str(tmp_path / 'by_s.png'), values=scores.mean(1)),
+        report.plot_strip(scores, embedding_order(e), ['b1', 'b2', 'b3', 'b4'], str(tmp_path / 'strip.png')),
+        report.plot_improvement_density(improvement_density(e, labels > 0, labels > 1), str(tmp_path / 'd.png')),
+    ]
+    for path in paths:
+        with Image.open(path) as im:
+            assert im.format == 'PNG' and im.width > 200 and im.height > 100
+    assert sorted(os.listdir(tmp_path)) == ['by_class.png', 'by_s.png', 'd.png', 'rank.png', 'strip.png']
+    with pytest.raises(ValueError, match='exactly one of values='):
+        report.plot_embedding(e, str(tmp_path / 'x.png'))
