@@ -168,6 +168,21 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _policy(args: argparse.Namespace) -> int:
+    from .report.demo import run
+    from .train import UsageError
+    try:
+        done = run(args)
+    except (UsageError, ImportError) as e:
+        return _fail('policy', e)
+    print(f'{done["model"]}: top-1 {done["top1"]:.2f}% on {done["images"]} images, scale policy over '
+          f'{done["blocks"]} Elastic blocks' + (f'; {done["baseline"]}: top-1 {done["baseline_top1"]:.2f}%'
+                                                if done['baseline'] else ''))
+    print(f'wrote {done["folder"]}: {", ".join(done["files"])}')
+    print(f'open {os.path.join(done["folder"], "policy.html")} in a browser')
+    return 0
+
+
 def _print_eval(m: dict) -> None:
     print(f'{m["model"]}: top-1 {m["top1"]:.2f}%, top-5 {m["top5"]:.2f}%, loss {m["loss"]:.4f} '
           f'({m["count"]} images at {m["img_size"]}x{m["img_size"]})')
@@ -252,6 +267,16 @@ def _add_model_args(p: argparse.ArgumentParser, default_model: Optional[str]) ->
     g.add_argument('--elastic-resample', metavar='MODE', default=None,
                    help='Elastic models: down/up-sampling of Table 6: bilinear (default), nearest, filter, '
                         'dilated, dilated_avg')
+
+
+def _add_eval_model_args(p: argparse.ArgumentParser) -> None:
+    """A trained model to evaluate (validate, policy): the data, the model and its weights."""
+    _add_data_args(p, training=False)
+    _add_model_args(p, None)
+    p.add_argument('--checkpoint', metavar='PATH', default='',
+                   help='weights to evaluate: a training checkpoint (of timm-elastic train or timm\'s train.py); '
+                        'it records its --model. Without it, --pretrained is required')
+    p.add_argument('--use-ema', action='store_true', help="evaluate the checkpoint's EMA weights")
 
 
 def _add_run_args(p: argparse.ArgumentParser, batch_size: int, compare: bool = False) -> None:
@@ -425,15 +450,35 @@ def build_parser() -> argparse.ArgumentParser:
                     "object sizes.",
         epilog='examples: timm-elastic validate --checkpoint runs/tiny/model_best.pth.tar; '
                'timm-elastic validate --model resnext50_elastic --pretrained --data-dir /data/imagenet --split val')
-    _add_data_args(p, training=False)
-    _add_model_args(p, None)
-    p.add_argument('--checkpoint', metavar='PATH', default='',
-                   help='weights to evaluate: a training checkpoint (of timm-elastic train or timm\'s train.py); '
-                        'it records its --model. Without it, --pretrained is required')
-    p.add_argument('--use-ema', action='store_true', help="evaluate the checkpoint's EMA weights")
+    _add_eval_model_args(p)
     p.add_argument('--results-file', metavar='PATH', default='', help='also write the results as JSON')
     _add_run_args(p, batch_size=128)
     p.set_defaults(func=_validate)
+
+    p = sub.add_parser(
+        'policy', help="the scale policy demo: an Elastic model's per-image scale policy as an HTML page and plots",
+        description="Score an Elastic model's scale policy (paper Sec. 4.1.1: S = A_high - A_low per Elastic block, "
+                    "the mean activation after the ReLU that follows the 3x3 convolution at high minus low "
+                    "resolution) on every image of a dataset split, and write OUT/policy.html, one self-contained "
+                    "page (no network: images inline) with each image's class, prediction and policy strip, sorting "
+                    "by class or by S at any block, a class filter and per-image details with both models' top-5 "
+                    "(Appendix C); the plots of Figs. 5 and 6 as PNGs; and policy.json. Default data: the built-in "
+                    "dataset's validation split; any image folder works (--data-dir).",
+        epilog='example, after timm-elastic compare: timm-elastic policy --checkpoint '
+               'output/train/compare-DATE/seed0/resnext_tiny_elastic/model_best.pth.tar --baseline resnext_tiny '
+               '--baseline-checkpoint output/train/compare-DATE/seed0/resnext_tiny/model_best.pth.tar --out policy')
+    _add_eval_model_args(p)
+    p.add_argument('--baseline', metavar='NAME', default=None,
+                   help='a baseline model to compare predictions with (e.g. resnext_tiny, resnext50_32x4d)')
+    p.add_argument('--baseline-checkpoint', metavar='PATH', default='',
+                   help="the baseline's weights (without it: its pretrained weights, with --pretrained)")
+    p.add_argument('--out', metavar='DIR', required=True, help='folder for policy.html, the PNGs and policy.json')
+    p.add_argument('--thumb-size', type=int, metavar='N', default=96,
+                   help='longer side of the thumbnails in the page, in pixels (default: 96)')
+    p.add_argument('--perplexity', type=float, metavar='F', default=30., help='t-SNE perplexity (default: 30)')
+    p.add_argument('--seed', type=int, metavar='N', default=0, help='t-SNE seed (default: 0)')
+    _add_run_args(p, batch_size=128)
+    p.set_defaults(func=_policy)
 
     p = sub.add_parser(
         'data', help='write the built-in scale-challenging dataset as an image folder for timm\'s scripts',

@@ -653,35 +653,46 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
     required; without `--model` the checkpoint's recorded model) as `timm-elastic validate` does:
     loss, top-1, top-5 and, where the data records object sizes, top-1 per size combination."""
     from timm.data import resolve_data_config
-    from timm.models import load_checkpoint
 
-    ckpt = _load_checkpoint_dict(args.checkpoint, '--checkpoint') if args.checkpoint else None
-    if ckpt is None and not args.pretrained:
-        raise UsageError('no weights to evaluate: pass --checkpoint PATH (a training checkpoint) or --pretrained '
-                         "(the model's released weights); without either it would score a randomly initialised model")
-    if not args.model:
-        args.model = _recorded_model(ckpt, args.checkpoint)
     device = _init_device(args)
     amp_autocast, _ = amp_context(args, device)
     _, eval_ds, data_classes = create_datasets(args, training=False)
-    num_classes = args.num_classes or data_classes
-    if ckpt is not None and not args.num_classes:
-        num_classes = _checkpoint_classes(ckpt, args.model) or num_classes
-    model = create_model(args, num_classes)
-    if ckpt is not None:
-        check_checkpoint_fits(model, _pick_state(ckpt, args.use_ema), args.checkpoint, '--checkpoint', args.model)
-        load_checkpoint(model, args.checkpoint, use_ema=args.use_ema)
-    if data_classes is not None and model.num_classes < data_classes:
-        raise UsageError(f'--model {args.model} has {model.num_classes} classes, fewer than the {data_classes} '
-                         f'of the data (set --num-classes {data_classes})')
-    model.to(device)
-    if args.channels_last:
-        model.to(memory_format=torch.channels_last)
+    model = load_for_eval(args, data_classes, device)
     data_config = resolve_data_config(vars(args), model=model)
     loader = _eval_loader(eval_ds, args.batch_size, args, data_config, device)
     metrics = evaluate(model, loader, args, device, amp_autocast,
                        combinations_of(eval_ds, args.data_dir, args.val_split))
     return dict(metrics, model=args.model, num_classes=model.num_classes, img_size=data_config['input_size'][-1])
+
+
+def load_for_eval(args: argparse.Namespace, data_classes: Optional[int], device: torch.device,
+                  flags: Tuple[str, str] = ('--model', '--checkpoint')) -> nn.Module:
+    """`args.model` with the weights of `args.checkpoint` (a training checkpoint; without `--model`,
+    the model it records) or of `args.pretrained`, checked against the data's class count, on
+    `device` (channels_last with `args.channels_last`), as validate evaluates it. `flags` name the
+    options in errors (another command's `--baseline` / `--baseline-checkpoint`)."""
+    from timm.models import load_checkpoint
+    model_flag, ckpt_flag = flags
+    ckpt = _load_checkpoint_dict(args.checkpoint, ckpt_flag) if args.checkpoint else None
+    if ckpt is None and not args.pretrained:
+        raise UsageError(f'no weights to evaluate: pass {ckpt_flag} PATH (a training checkpoint) or --pretrained '
+                         "(the model's released weights); without either it would score a randomly initialised model")
+    if not args.model:
+        args.model = _recorded_model(ckpt, args.checkpoint)
+    num_classes = args.num_classes or data_classes
+    if ckpt is not None and not args.num_classes:
+        num_classes = _checkpoint_classes(ckpt, args.model) or num_classes
+    model = create_model(args, num_classes)
+    if ckpt is not None:
+        check_checkpoint_fits(model, _pick_state(ckpt, args.use_ema), args.checkpoint, ckpt_flag, args.model)
+        load_checkpoint(model, args.checkpoint, use_ema=args.use_ema)
+    if data_classes is not None and model.num_classes < data_classes:
+        raise UsageError(f'{model_flag} {args.model} has {model.num_classes} classes, fewer than the {data_classes} '
+                         f'of the data (set --num-classes {data_classes})')
+    model.to(device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
 
 
 def _recorded_model(ckpt: Optional[Dict[str, Any]], path: str) -> str:

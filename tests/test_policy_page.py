@@ -1,0 +1,210 @@
+"""The scale policy demo page in a real headless browser: Debian's chromium driven by Playwright."""
+import base64
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+
+from timm_elastic import scale_policy
+from timm_elastic.data import ScaleShapes
+from timm_elastic.report import render_page, write_page
+
+CHROMIUM = '/usr/bin/chromium'
+# flags for a machine without network: no background connections, no updates
+CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+                 '--disable-background-networking', '--disable-component-update', '--disable-sync']
+
+
+def thumb(colour) -> str:
+    buf = io.BytesIO()
+    Image.new('RGB', (8, 8), colour).save(buf, 'PNG')
+    return 'data:image/png;base64,' + base64.b64encode(buf.getvalue()).decode()
+
+
+def page_data(n=12, blocks=4, classes=('cat', 'dog', 'hot dog'), baseline=True, seed=0):
+    rng = np.random.default_rng(seed)
+    images = []
+    for i in range(n):
+        target = i % len(classes)
+        top = [int(c) for c in rng.permutation(len(classes))]
+        probs = sorted(rng.dirichlet(np.ones(len(classes))), reverse=True)
+        images.append(dict(
+            thumb=thumb((20 * i % 256, 80, 160)), target=target,
+            top5=[[c, float(p)] for c, p in zip(top, probs)],
+            base_top5=[[c, float(p)] for c, p in zip(top[::-1], probs)] if baseline else None,
+            scores=[round(float(s), 4) for s in rng.normal(0, 0.1, blocks)]))
+    return dict(model='resnext_tiny_elastic', baseline='resnext_tiny' if baseline else None,
+                blocks=[f'layer1.{b}' for b in range(blocks)], classes=list(classes), images=images)
+
+
+@pytest.fixture(scope='module')
+def browser():
+    sync_api = pytest.importorskip('playwright.sync_api', reason='pip install playwright (the test extra has it)')
+    if not os.path.exists(CHROMIUM) and not shutil.which('chromium'):
+        pytest.skip('no chromium: install it with `apt-get install -y chromium` (Debian); Playwright drives it')
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM if os.path.exists(CHROMIUM) else shutil.which('chromium'),
+                              args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def open_page(browser, path):
+    page = browser.new_page()
+    errors, requests = [], []
+    page.on('console', lambda m: errors.append(m.text) if m.type == 'error' else None)
+    page.on('pageerror', lambda e: errors.append(str(e)))
+    page.on('request', lambda r: requests.append(r.url))
+    page.goto('file://' + str(path))
+    page.wait_for_selector('body[data-ready="1"]')
+    return page, errors, requests
+
+
+def grid_order(page, visible_only=True):
+    sel = '#grid .card:not([hidden])' if visible_only else '#grid .card'
+    return [int(i) for i in page.eval_on_selector_all(sel, 'cs => cs.map(c => c.dataset.index)')]
+
+
+def test_page_sorts_filters_and_shows_details(browser, tmp_path):
+    data = page_data()
+    path = write_page(str(tmp_path / 'policy.html'), data)
+    page, errors, requests = open_page(browser, path)
+    assert page.title() == 'Scale policy of resnext_tiny_elastic'
+    assert page.locator('#grid .card').count() == 12
+    # by class (the default): class order, then image order
+    assert grid_order(page) == sorted(range(12), key=lambda i: (data['images'][i]['target'], i))
+    scores = np.array([im['scores'] for im in data['images']])
+    for k in (0, 3):
+        page.select_option('#sort', 'score')
+        page.select_option('#block', str(k))
+        assert grid_order(page) == sorted(range(12), key=lambda i: (-scores[i, k], i))
+        page.select_option('#direction', 'asc')
+        assert grid_order(page) == sorted(range(12), key=lambda i: (scores[i, k], i))
+        page.select_option('#direction', 'desc')
+    page.select_option('#sort', 'mean')
+    assert grid_order(page) == sorted(range(12), key=lambda i: (-scores[i].mean(), i))
+    # filter: 'dog' matches dog and hot dog, 'hot' only hot dog
+    page.fill('#filter', 'hot')
+    assert grid_order(page) == [i for i in grid_order(page, False) if i % 3 == 2]
+    assert page.text_content('#count') == '4 of 12 images'
+    page.fill('#filter', 'dog')
+    assert len(grid_order(page)) == 8
+    page.fill('#filter', '')
+    assert len(grid_order(page)) == 12
+    # a click opens the image's scores and both top-5
+    assert page.is_hidden('#detail')
+    page.click('#grid .card[data-index="5"]')
+    assert page.is_visible('#detail') and page.get_attribute('#detail', 'data-index') == '5'
+    rows = page.eval_on_selector_all('#detail-scores tr', 'rs => rs.map(r => [...r.cells].map(c => c.textContent))')
+    assert [r[:3] for r in rows] == [[str(b + 1), f'layer1.{b}', f'{s:.4f}'] for b, s in enumerate(scores[5])]
+    names = data['classes']
+    top5 = page.eval_on_selector_all('#detail-top5 li', 'ls => ls.map(l => l.textContent)')
+    assert top5 == [f'{names[c]} {100 * p:.1f}%' for c, p in data['images'][5]['top5']]
+    base = page.eval_on_selector_all('#detail-base-top5 li', 'ls => ls.map(l => l.textContent)')
+    assert base == [f'{names[c]} {100 * p:.1f}%' for c, p in data['images'][5]['base_top5']]
+    assert page.text_content('#detail-top5-title') == 'Top-5 of resnext_tiny_elastic'
+    page.click('#close')
+    assert page.is_hidden('#detail')
+    assert errors == []
+    assert [u for u in requests if not u.startswith('data:')] == ['file://' + str(path)]
+
+
+def test_page_without_baseline_hides_its_top5(browser, tmp_path):
+    path = write_page(str(tmp_path / 'p.html'), page_data(n=3, baseline=False))
+    page, errors, _ = open_page(browser, path)
+    page.click('#grid .card[data-index="0"]')
+    assert page.is_hidden('#detail-base-top5') and page.is_hidden('#detail-base-title')
+    assert errors == []
+
+
+def test_script_in_class_names_is_text(browser, tmp_path):
+    # names end up in the page as JSON inside <script>: '</script>' must not end it
+    path = write_page(str(tmp_path / 'p.html'), page_data(n=3, classes=('</script><b>x', 'a', 'b')))
+    page, errors, _ = open_page(browser, path)
+    assert page.locator('#grid .card').count() == 3 and errors == []
+    assert page.get_attribute('#grid .card[data-index="0"]', 'data-class') == '</script><b>x'
+
+
+def test_bad_page_data_is_refused():
+    data = page_data(n=2)
+    data['images'][1]['scores'] = [0.]
+    with pytest.raises(ValueError, match='image 1 has 1 scores for 4 blocks'):
+        render_page(data)
+    with pytest.raises(ValueError, match="page data needs 'blocks'"):
+        render_page({k: v for k, v in page_data().items() if k != 'blocks'})
+
+
+def cli(*args):
+    exe = shutil.which('timm-elastic')
+    assert exe, 'the timm-elastic console script is not installed (pip install -e .)'
+    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=600)
+
+
+def checkpoint(path, name, seed):
+    # a training checkpoint as timm's saver writes it: the state dict and the model name
+    torch.manual_seed(seed)
+    model = timm.create_model(name)
+    torch.save({'state_dict': model.state_dict(), 'arch': name, 'epoch': 0}, path)
+    return model.eval()
+
+
+def test_policy_command_writes_the_page_plots_and_scores(browser, tmp_path):
+    elastic = checkpoint(tmp_path / 'e.pth.tar', 'resnext_tiny_elastic', 1)
+    twin = checkpoint(tmp_path / 't.pth.tar', 'resnext_tiny', 2)
+    out = tmp_path / 'out'
+    proc = cli('policy', '--checkpoint', str(tmp_path / 'e.pth.tar'), '--baseline', 'resnext_tiny',
+               '--baseline-checkpoint', str(tmp_path / 't.pth.tar'), '--val-num-samples', '16', '-b', '5',
+               '--out', str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(os.listdir(out)) == ['class_ranking.png', 'embedding_class.png', 'embedding_score.png',
+                                       'improvement.png', 'policy.html', 'policy.json', 'strip.png']
+    assert f'open {out / "policy.html"} in a browser' in proc.stdout
+    result = json.loads((out / 'policy.json').read_text())
+    data = ScaleShapes(split='validation', num_samples=16)
+    # the scores and predictions of the saved weights, computed here through the library call
+    torch.testing.assert_close(torch.tensor(result['scores']), scale_policy(elastic, data), rtol=1e-4, atol=1e-5)
+    assert result['blocks'] == ['layer1.0', 'layer1.1', 'layer2.1', 'layer2.2', 'layer3.1']
+    assert result['targets'] == [data[i][1] for i in range(16)] and result['classes'] == list(data.classes)
+    transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=twin))
+    x = torch.stack([transform(data[i][0]) for i in range(16)])
+    with torch.no_grad():
+        assert result['predictions'] == elastic(x).argmax(1).tolist()
+        assert result['baseline_predictions'] == twin(x).argmax(1).tolist()
+    page, errors, requests = open_page(browser, out / 'policy.html')
+    assert page.locator('#grid .card').count() == 16 and errors == []
+    assert [u for u in requests if not u.startswith('data:')] == ['file://' + str(out / 'policy.html')]
+    page.click('#grid .card[data-index="7"]')
+    assert page.eval_on_selector_all('#detail-scores tr', 'rs => rs.length') == 5
+    assert len(page.eval_on_selector_all('#detail-base-top5 li', 'ls => ls')) == 5
+
+
+@pytest.mark.parametrize('extra, message', [
+    (['--model', 'resnext_tiny', '--checkpoint', 'T'], 'resnext_tiny has no Elastic blocks, so it has no scale policy'),
+    (['--checkpoint', 'E', '--baseline-checkpoint', 'T'], '--baseline-checkpoint needs --baseline NAME'),
+    (['--checkpoint', 'E', '--baseline', 'resnext_tiny'], 'no weights to evaluate: pass --baseline-checkpoint PATH'),
+])
+def test_policy_command_errors(tmp_path, extra, message):
+    checkpoint(tmp_path / 'e.pth.tar', 'resnext_tiny_elastic', 1)
+    checkpoint(tmp_path / 't.pth.tar', 'resnext_tiny', 2)
+    extra = [str(tmp_path / 'e.pth.tar') if a == 'E' else str(tmp_path / 't.pth.tar') if a == 'T' else a for a in extra]
+    proc = cli('policy', *extra, '--val-num-samples', '8', '--out', str(tmp_path / 'out'))
+    assert proc.returncode == 2
+    assert proc.stderr.startswith('timm-elastic policy: error: ') and message in proc.stderr
+    assert proc.stderr.count('\n') == 1
+
+
+def test_page_benchmark_runs(browser):
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks', 'policy_page.py')
+    proc = subprocess.run([sys.executable, script, '--images', '24', '--rounds', '1'], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.splitlines()[0])
+    assert result['images'] == 24 and result['load_s'] > 0 and result['sort_s'] >= 0

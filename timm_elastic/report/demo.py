@@ -1,0 +1,139 @@
+"""`timm-elastic policy`: score a trained Elastic model's scale policy on a dataset and write the demo.
+
+Loads the model (and optionally a baseline) as `timm-elastic validate` does, runs the data once
+through each with timm's evaluation loader while `policy.ScalePolicy` records the scores, and writes
+to the output folder: `policy.html` (the page of `report.page`, self-contained), the PNG plots of
+`report.plots` (`class_ranking.png`, `embedding_class.png`, `embedding_score.png`, `strip.png`, and
+with a baseline `improvement.png`) and `policy.json` (the scores, block names, targets and
+predictions, for other analyses).
+"""
+import argparse
+import base64
+import copy
+import io
+import os
+from contextlib import nullcontext
+from typing import Any, Dict, List
+
+import torch
+
+from .. import policy
+from .._io import write_json
+from . import page, plots
+
+__all__ = ['run']
+
+
+def _thumbnails(dataset, size: int) -> List[str]:
+    """Each image of `dataset` as a JPEG data URI at most `size` pixels on its longer side, read
+    before any loader sets the dataset's transform."""
+    saved = getattr(dataset, 'transform', None)
+    dataset.transform = None
+    try:
+        uris = []
+        for i in range(len(dataset)):
+            image = dataset[i][0].convert('RGB')
+            image.thumbnail((size, size))
+            buf = io.BytesIO()
+            image.save(buf, 'JPEG', quality=85)
+            uris.append('data:image/jpeg;base64,' + base64.b64encode(buf.getvalue()).decode('ascii'))
+        return uris
+    finally:
+        dataset.transform = saved
+
+
+def _predict(model, dataset, args, device, amp_autocast, record: bool):
+    """(probabilities (N, classes), targets (N,), scores (N, B) or None) over `dataset` in order."""
+    from timm.data import resolve_data_config
+    from ..train import _eval_loader
+    loader = _eval_loader(dataset, args.batch_size, args, resolve_data_config(vars(args), model=model), device)
+    recorder = policy.ScalePolicy(model) if record else None
+    probs, targets = [], []
+    model.eval()
+    with recorder if recorder is not None else nullcontext(), torch.no_grad():
+        for x, y in loader:
+            x = x.to(device)
+            if args.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with amp_autocast():
+                logits = model(x)
+            probs.append(logits.float().softmax(-1).cpu())
+            targets.append(y.cpu())
+    return torch.cat(probs), torch.cat(targets), recorder.scores if recorder is not None else None
+
+
+def _top5(probs: torch.Tensor) -> List[List[List[float]]]:
+    p, c = probs.topk(min(5, probs.shape[1]), dim=1)
+    return [[[int(ci), round(float(pi), 4)] for ci, pi in zip(cs, ps)] for cs, ps in zip(c, p)]
+
+
+def _baseline_args(args: argparse.Namespace) -> argparse.Namespace:
+    b = copy.copy(args)
+    b.model, b.checkpoint = args.baseline, args.baseline_checkpoint
+    b.elastic_ratio = b.elastic_resample = None  # the baseline's own architecture
+    return b
+
+
+def run(args: argparse.Namespace) -> Dict[str, Any]:
+    """Score, plot and write the page for `args` (the options of `timm-elastic policy`); returns
+    what was written: `{'folder', 'files', 'images', 'blocks', 'model', 'baseline', 'top1',
+    'baseline_top1'}`."""
+    from ..train import UsageError, _class_names, _init_device, amp_context, create_datasets, load_for_eval
+    if args.baseline_checkpoint and not args.baseline:
+        raise UsageError('--baseline-checkpoint needs --baseline NAME (the model it holds)')
+    policy.require('sklearn.manifold', 'timm-elastic policy (t-SNE)')
+    policy.require('matplotlib', 'timm-elastic policy (plots)')
+    device = _init_device(args)
+    amp_autocast, _ = amp_context(args, device)
+    _, dataset, data_classes = create_datasets(args, training=False)
+    if not len(dataset):
+        raise UsageError('the data has no images to score')
+    thumbs = _thumbnails(dataset, args.thumb_size)
+    model = load_for_eval(args, data_classes, device)
+    try:
+        policy.policy_blocks(model)
+    except ValueError as e:
+        raise UsageError(f'--model: {e}') from None
+    probs, targets, scores = _predict(model, dataset, args, device, amp_autocast, record=True)
+    base_probs = None
+    if args.baseline:
+        bargs = _baseline_args(args)
+        baseline = load_for_eval(bargs, data_classes, device, flags=('--baseline', '--baseline-checkpoint'))
+        args.baseline = bargs.model
+        base_probs, _, _ = _predict(baseline, dataset, bargs, device, amp_autocast, record=False)
+    classes = _class_names(dataset) or [str(i) for i in range(probs.shape[1])]
+    names = policy.ScalePolicy(model).names
+
+    os.makedirs(args.out, exist_ok=True)
+    files = []
+
+    def out(name: str) -> str:
+        files.append(name)
+        return os.path.join(args.out, name)
+
+    s, t = scores.numpy(), targets.numpy()
+    correct = (probs.argmax(1) == targets).numpy()
+    plots.plot_class_ranking(policy.class_ranking(s, t, classes), out('class_ranking.png'))
+    base_correct = (base_probs.argmax(1) == targets).numpy() if base_probs is not None else None
+    if len(s) >= 2:
+        embedding = policy.policy_embedding(s, perplexity=args.perplexity, seed=args.seed)
+        plots.plot_embedding(embedding, out('embedding_class.png'), labels=t, class_names=classes)
+        plots.plot_embedding(embedding, out('embedding_score.png'), values=s.mean(1))
+        plots.plot_strip(s, policy.embedding_order(embedding), names, out('strip.png'))
+        if base_correct is not None:
+            plots.plot_improvement_density(policy.improvement_density(embedding, correct, base_correct),
+                                           out('improvement.png'))
+    top5 = _top5(probs)
+    base_top5 = _top5(base_probs) if base_probs is not None else [None] * len(t)
+    data = dict(model=args.model, baseline=args.baseline or None, blocks=names, classes=classes, images=[
+        dict(thumb=thumbs[i], target=int(t[i]), top5=top5[i], base_top5=base_top5[i],
+             scores=[round(float(v), 5) for v in s[i]]) for i in range(len(t))])
+    page.write_page(out('policy.html'), data)
+    write_json(out('policy.json'), dict(
+        model=args.model, baseline=args.baseline or None, blocks=names, classes=classes, targets=t.tolist(),
+        predictions=probs.argmax(1).tolist(),
+        baseline_predictions=base_probs.argmax(1).tolist() if base_probs is not None else None,
+        scores=[[round(float(v), 6) for v in row] for row in s]))
+    return dict(folder=args.out, files=files, images=len(t), blocks=len(names), model=args.model,
+                baseline=args.baseline or None, top1=100. * float(correct.mean()),
+                baseline_top1=100. * float(base_correct.mean()) if base_correct is not None else None)
