@@ -1,0 +1,86 @@
+"""Multi-label classification metrics (paper Sec. 4.2, Tables 3 and 4), as the original code scores them.
+
+The original fine-tuning script (`validate_multi` in allenai/elastic's `multilabel_classify.py`)
+calls a label positive when its logit is above 0 (probability > 0.5) and counts, per class c over
+the evaluated images, true positives TP_c, false positives FP_c and false negatives FN_c. Then
+(in percent):
+
+- per class ("F1-PerClass" in the paper): P_c = TP_c / (TP_c + FP_c), R_c = TP_c / (TP_c + FN_c),
+  F1_c = 2 P_c R_c / (P_c + R_c), each set to 0 for a class with TP_c = 0, and each averaged over
+  all classes (the average of the per-class F1, not the F1 of the averages): `p_c`, `r_c`, `f1_c`;
+- overall ("F1-Overall"): P_O = sum TP / sum (TP + FP), R_O = sum TP / sum (TP + FN), and
+  F1_O = 2 P_O R_O / (P_O + R_O): `p_o`, `r_o`, `f1_o`. The original divides by zero (and prints
+  nan) when nothing is predicted positive or nothing is positive; here those are 0.
+
+`map` is the mean over classes with at least one positive image of the average precision of the
+class's scores (the area under the precision-recall curve taken at every distinct score, as
+scikit-learn's `average_precision_score`), which the multi-label literature reports beside F1.
+"""
+from typing import Dict
+
+import torch
+
+__all__ = ['multilabel_metrics', 'average_precision']
+
+
+def _check(logits: torch.Tensor, targets: torch.Tensor) -> None:
+    if logits.dim() != 2 or logits.shape != targets.shape:
+        raise ValueError(f'logits and targets must both be (N, C), got {tuple(logits.shape)} and '
+                         f'{tuple(targets.shape)}')
+    if not bool(((targets == 0) | (targets == 1)).all()):
+        raise ValueError('targets must be 0 or 1 per image and class')
+
+
+def average_precision(scores: torch.Tensor, positive: torch.Tensor) -> float:
+    """Average precision of one class: scores (N,), positive (N,) bools with at least one True.
+
+    AP = sum over distinct score thresholds t (highest first) of (R_t - R_prev) * P_t, where P_t and
+    R_t are the precision and recall of calling every image with a score >= t positive.
+    """
+    order = torch.argsort(scores.double(), descending=True, stable=True)
+    s, pos = scores.double()[order], positive[order].double()
+    tp, fp = pos.cumsum(0), (1 - pos).cumsum(0)
+    # the last index of each run of equal scores: one threshold per distinct score
+    last = torch.ones_like(s, dtype=torch.bool)
+    last[:-1] = s[1:] != s[:-1]
+    tp, fp = tp[last], fp[last]
+    precision, recall = tp / (tp + fp), tp / tp[-1]
+    steps = torch.diff(recall, prepend=recall.new_zeros(1))
+    return float((steps * precision).sum())
+
+
+def multilabel_metrics(logits: torch.Tensor, targets: torch.Tensor) -> Dict[str, float]:
+    """The paper's multi-label metrics over a whole evaluation set, in percent.
+
+    Args:
+        logits: (N, C) raw outputs (a label is predicted when its logit > 0).
+        targets: (N, C) 0 / 1 ground truth.
+
+    Returns:
+        `p_c, r_c, f1_c` (per-class precision, recall and F1, averaged over the C classes),
+        `p_o, r_o, f1_o` (overall, over all N x C labels) and `map` (mean average precision over
+        the classes with a positive image; 0 if there is none).
+    """
+    logits, targets = torch.as_tensor(logits), torch.as_tensor(targets)
+    _check(logits, targets)
+    pred = logits > 0
+    truth = targets.bool()
+    tp = (pred & truth).sum(0).double()
+    fp = (pred & ~truth).sum(0).double()
+    fn = (~pred & truth).sum(0).double()
+    has_tp = tp > 0
+    p_c = torch.where(has_tp, tp / (tp + fp).clamp(min=1), torch.zeros_like(tp))
+    r_c = torch.where(has_tp, tp / (tp + fn).clamp(min=1), torch.zeros_like(tp))
+    f1_c = torch.where(has_tp, 2 * p_c * r_c / (p_c + r_c).clamp(min=1e-300), torch.zeros_like(tp))
+
+    def ratio(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float(a / b) if b > 0 else 0.
+
+    p_o, r_o = ratio(tp.sum(), (tp + fp).sum()), ratio(tp.sum(), (tp + fn).sum())
+    f1_o = 2 * p_o * r_o / (p_o + r_o) if p_o + r_o > 0 else 0.
+    aps = [average_precision(logits[:, c], truth[:, c]) for c in range(logits.shape[1]) if truth[:, c].any()]
+    return {
+        'p_c': 100. * float(p_c.mean()), 'r_c': 100. * float(r_c.mean()), 'f1_c': 100. * float(f1_c.mean()),
+        'p_o': 100. * p_o, 'r_o': 100. * r_o, 'f1_o': 100. * f1_o,
+        'map': 100. * sum(aps) / len(aps) if aps else 0.,
+    }
