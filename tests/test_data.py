@@ -323,3 +323,33 @@ def test_a_pattern_repeats_three_times_across_its_object():
             x0, y0, x1, y1 = obj.bbox
             assert obj.period == pytest.approx(max(x1 - x0, y1 - y0) / 3)
             assert obj.period >= 0.14 * 64 / 3 - 1e-9
+
+
+def test_multilabel_mode_gives_each_object_a_class_of_its_own():
+    single = ScaleShapes(split='validation', num_samples=112, seed=5)
+    multi = ScaleShapes(split='validation', num_samples=112, seed=5, multilabel=True)
+    counts = Counter()
+    for i in range(112):
+        objects, labels = multi.objects(i), multi.labels(i)
+        assert len(labels) == len(set(labels)) == len(objects) == len(multi.combination(i))
+        assert objects[0][2] == CLASSES[single.targets[i]]  # the largest object keeps the image's class
+        assert sorted(CLASSES.index(o[2]) for o in objects) == list(labels)
+        assert [o[:2] for o in objects] == [o[:2] for o in single.objects(i)]  # same sizes and boxes
+        image, target = multi[i]
+        assert target.dtype == torch.float32 and target.nonzero().flatten().tolist() == list(labels)
+        counts.update(labels)
+        # the images differ only where an object other than the largest is drawn (+1 pixel of edge)
+        diff = np.abs(np.asarray(image, np.int16) - np.asarray(single.render(i), np.int16)).max(2) > 0
+        inside = np.zeros_like(diff)
+        for _, (x0, y0, x1, y1), _ in objects[1:]:
+            inside[max(0, math.floor(y0) - 1):math.ceil(y1) + 1, max(0, math.floor(x0) - 1):math.ceil(x1) + 1] = True
+        assert not (diff & ~inside).any(), i
+        assert diff.any() == (len(objects) > 1), i
+    assert len(counts) == len(CLASSES)  # every class shows up as a label
+    # the other objects' classes are drawn per image, not fixed by the largest one's
+    assert len({multi.labels(i) for i in range(112) if len(multi.labels(i)) == 3}) > len(CLASSES)
+    assert single[0][1] == single.targets[0] and single.labels(3) == (single.targets[3],)
+    # deterministic, like the single-label images
+    again = ScaleShapes(split='validation', num_samples=112, seed=5, multilabel=True)
+    assert all(again.labels(i) == multi.labels(i) for i in range(0, 112, 5))
+    assert np.array_equal(np.asarray(again.render(50)), np.asarray(multi.render(50)))

@@ -16,7 +16,10 @@ scored per size combination:
   of what the input resolves (a small model reads it with a stem of 3x3 convolutions, as the tiny
   twins have, far less well with timm's 7x7 stride-2 one);
 - the background is clutter that never fills an area with a pattern: a smooth random colour
-  gradient, pixel noise, and thin line segments, open arcs and specks.
+  gradient, pixel noise, and thin line segments, open arcs and specks;
+- in the multi-label mode (`multilabel=True`, the paper's COCO experiment in miniature) each
+  object has a class of its own, all different, and the target is the set of classes present;
+  the image is otherwise the single-label one.
 
 The classes are patterns rather than outlines because a small CNN learns them within the few
 thousand images a CPU trains on in a minute: with outlines (disc, ring, star...) the same models
@@ -156,6 +159,7 @@ class _Object(NamedTuple):
     period: float  # pixels
     phase: Tuple[float, float]  # in periods
     flip: bool  # which way the diagonal goes
+    cls: int  # the index in CLASSES of its pattern
 
 
 class _Stroke(NamedTuple):
@@ -208,7 +212,7 @@ def _pick_colours(rng: np.random.Generator, below: np.ndarray, contrast: float) 
     return [tuple(c) for c in candidates[np.arange(len(below)), pick].tolist()]
 
 
-def _sample_layout(seed: int, split_index: int, index: int, img_size: int) -> _Layout:
+def _sample_layout(seed: int, split_index: int, index: int, img_size: int, multilabel: bool = False) -> _Layout:
     rng = np.random.default_rng([seed, split_index, index])
     target, combo = _cell(index)
     s = float(img_size)
@@ -280,7 +284,13 @@ def _sample_layout(seed: int, split_index: int, index: int, img_size: int) -> _L
         phase = rng.uniform(0, 1, 2)
         flip = bool(rng.integers(2))
         objects.append(_Object(size, polygon, bbox, colour, colour2, extent / _REPEATS,
-                               (float(phase[0]), float(phase[1])), flip))
+                               (float(phase[0]), float(phase[1])), flip, target))
+    if multilabel and len(objects) > 1:
+        # the largest object keeps the image's class, the others take other classes, all different;
+        # drawn from a stream of their own, so the rest of the layout is the single-label image's
+        others = np.random.default_rng([seed, split_index, index, 2]).permutation(
+            [c for c in range(len(CLASSES)) if c != target])
+        objects = objects[:1] + [o._replace(cls=int(c)) for o, c in zip(objects[1:], others)]
     return layout._replace(strokes=tuple(strokes), objects=tuple(objects))
 
 
@@ -326,7 +336,7 @@ def _render(layout: _Layout) -> Image.Image:
         # the centres of the supersampled pixels, in image pixels relative to the object's centre
         xs = (np.arange(left, right) + 0.5) / k - (x0 + x1) / 2
         ys = (np.arange(top, bottom) + 0.5) / k - (y0 + y1) / 2
-        second = _pattern(CLASSES[layout.target], xs[None, :], ys[:, None], obj.period, obj.phase, obj.flip)
+        second = _pattern(CLASSES[obj.cls], xs[None, :], ys[:, None], obj.period, obj.phase, obj.flip)
         paint = np.where(second[..., None], np.array(obj.colour2, np.uint8), np.array(obj.colour, np.uint8))
         canvas.paste(Image.fromarray(paint.astype(np.uint8)), (left, top), mask)
 
@@ -367,10 +377,16 @@ class ScaleShapes(torch.utils.data.Dataset):
         cache: keep every rendered image in memory (3 x img_size^2 bytes each, 74 MB for the
             default training split at 64x64), so that later epochs skip rendering. The cache is
             per process: it pays off with `num_workers=0` or persistent workers.
+        multilabel: the multi-label mode (paper Sec. 4.2 in miniature): each object of an image
+            has a class of its own, all different (the largest one keeps the single-label image's
+            class; everything else about the image is the single-label one), and the target is
+            the set of classes present.
 
     `dataset[i]` is `(image, target)`: a `img_size` x `img_size` RGB PIL image (or whatever
-    `transform` makes of it) and the index of its class in `CLASSES`. Targets cycle through every
-    (class, combination) pair, see `targets` and `combinations`.
+    `transform` makes of it) and the index of its class in `CLASSES`, or in the multi-label mode a
+    float tensor of `len(CLASSES)` zeros and ones. Targets cycle through every (class,
+    combination) pair, see `targets` (in the multi-label mode, the largest object's class; `labels`
+    gives all) and `combinations`.
     """
 
     classes = CLASSES
@@ -385,8 +401,10 @@ class ScaleShapes(torch.utils.data.Dataset):
             transform: Optional[Callable] = None,
             target_transform: Optional[Callable] = None,
             cache: bool = False,
+            multilabel: bool = False,
     ):
         self._split_index = _check_split(split)
+        self.multilabel = bool(multilabel)
         self.root = root
         self.split = split
         self.num_samples = DEFAULT_SAMPLES[split] if num_samples is None else _check_int('num_samples', num_samples, 1)
@@ -408,7 +426,7 @@ class ScaleShapes(torch.utils.data.Dataset):
         return index % self.num_samples
 
     def _layout(self, index: int) -> _Layout:
-        return _sample_layout(self.seed, self._split_index, self._index(index), self.img_size)
+        return _sample_layout(self.seed, self._split_index, self._index(index), self.img_size, self.multilabel)
 
     def render(self, index: int) -> Image.Image:
         """Image `index` as an RGB PIL image, before `transform`."""
@@ -426,8 +444,18 @@ class ScaleShapes(torch.utils.data.Dataset):
             for i in range(self.num_samples):
                 self.render(i)
 
+    def labels(self, index: int) -> Tuple[int, ...]:
+        """The classes (indices in `CLASSES`) of image `index`'s objects, sorted, without rendering
+        it: its target's class alone, or in the multi-label mode one class per object."""
+        if not self.multilabel:
+            return (self.targets[self._index(index)],)
+        return tuple(sorted(obj.cls for obj in self._layout(index).objects))
+
     def __getitem__(self, index: int):
         img, target = self.render(index), self.targets[self._index(index)]
+        if self.multilabel:
+            target = torch.zeros(len(CLASSES))
+            target[list(self.labels(index))] = 1.
         if self.transform is not None:
             img = self.transform(img)
         if self.target_transform is not None:
@@ -443,7 +471,7 @@ class ScaleShapes(torch.utils.data.Dataset):
         `(size, (x0, y0, x1, y1), class_name)`, the box in pixels (continuous coordinates, pixel
         (i, j) covers [i, i+1) x [j, j+1)), tight around the (rotated) outline, largest object first."""
         layout = self._layout(index)
-        return [(obj.size, obj.bbox, CLASSES[layout.target]) for obj in layout.objects]
+        return [(obj.size, obj.bbox, CLASSES[obj.cls]) for obj in layout.objects]
 
     def filename(self, index: int, basename: bool = False, absolute: bool = False) -> str:
         """Image `index`'s path in the folder `write_image_folder` writes, as timm's
