@@ -186,6 +186,21 @@ def test_policy_command_writes_the_page_plots_and_scores(browser, tmp_path):
     assert len(page.eval_on_selector_all('#detail-base-top5 li', 'ls => ls')) == 5
 
 
+def test_policy_baseline_checkpoint_is_not_also_pretrained(tmp_path):
+    # --pretrained for the Elastic model; the baseline (resnext_tiny, which has no released weights)
+    # comes from its checkpoint alone
+    from timm_elastic.cli import build_parser
+    from timm_elastic.report.demo import _baseline_args
+    args = build_parser().parse_args(['policy', '--model', 'resnext50_elastic', '--pretrained', '--baseline',
+                                      'resnext_tiny', '--baseline-checkpoint', 'T', '--elastic-ratio', '0.25',
+                                      '--out', str(tmp_path)])
+    b = _baseline_args(args)
+    assert (b.model, b.checkpoint, b.pretrained, b.elastic_ratio) == ('resnext_tiny', 'T', False, None)
+    assert args.pretrained and args.model == 'resnext50_elastic'  # the Elastic model's options are kept
+    args.baseline_checkpoint = ''
+    assert _baseline_args(args).pretrained
+
+
 @pytest.mark.parametrize('extra, message', [
     (['--model', 'resnext_tiny', '--checkpoint', 'T'], 'resnext_tiny has no Elastic blocks, so it has no scale policy'),
     (['--checkpoint', 'E', '--baseline-checkpoint', 'T'], '--baseline-checkpoint needs --baseline NAME'),

@@ -70,6 +70,8 @@ def _top5(probs: torch.Tensor) -> List[List[List[float]]]:
 def _baseline_args(args: argparse.Namespace) -> argparse.Namespace:
     b = copy.copy(args)
     b.model, b.checkpoint = args.baseline, args.baseline_checkpoint
+    # --pretrained gives a baseline without a checkpoint its released weights; with one, they are not needed
+    b.pretrained = args.pretrained and not args.baseline_checkpoint
     b.elastic_ratio = b.elastic_resample = None  # the baseline's own architecture
     return b
 
