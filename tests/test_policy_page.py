@@ -186,6 +186,22 @@ def test_policy_command_writes_the_page_plots_and_scores(browser, tmp_path):
     assert len(page.eval_on_selector_all('#detail-base-top5 li', 'ls => ls')) == 5
 
 
+def test_policy_command_reads_an_image_folder(tmp_path):
+    from timm_elastic.data import write_image_folder
+    write_image_folder(str(tmp_path / 'folder'), num_samples={'train': 8, 'validation': 16})
+    model = checkpoint(tmp_path / 'e.pth.tar', 'resnext_tiny_elastic', 1)
+    proc = cli('policy', '--checkpoint', str(tmp_path / 'e.pth.tar'), '--data-dir', str(tmp_path / 'folder'),
+               '--out', str(tmp_path / 'out'))
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / 'out' / 'policy.json').read_text())
+    # timm's folder reader orders the files by class folder, then name: the same images, sorted by class
+    data = ScaleShapes(split='validation', num_samples=16)
+    order = sorted(range(16), key=lambda i: data.filename(i))
+    assert result['targets'] == [data.targets[i] for i in order] and result['classes'] == list(data.classes)
+    expected = scale_policy(model, [data[i][0] for i in order])
+    torch.testing.assert_close(torch.tensor(result['scores']), expected, rtol=1e-4, atol=1e-5)
+
+
 def test_policy_baseline_checkpoint_is_not_also_pretrained(tmp_path):
     # --pretrained for the Elastic model; the baseline (resnext_tiny, which has no released weights)
     # comes from its checkpoint alone
