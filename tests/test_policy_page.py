@@ -221,12 +221,13 @@ def test_policy_baseline_checkpoint_is_not_also_pretrained(tmp_path):
     (['--model', 'resnext_tiny', '--checkpoint', 'T'], 'resnext_tiny has no Elastic blocks, so it has no scale policy'),
     (['--checkpoint', 'E', '--baseline-checkpoint', 'T'], '--baseline-checkpoint needs --baseline NAME'),
     (['--checkpoint', 'E', '--baseline', 'resnext_tiny'], 'no weights to evaluate: pass --baseline-checkpoint PATH'),
+    (['--checkpoint', 'E', '--out', 'E'], 'is a file; name a folder'),
 ])
 def test_policy_command_errors(tmp_path, extra, message):
     checkpoint(tmp_path / 'e.pth.tar', 'resnext_tiny_elastic', 1)
     checkpoint(tmp_path / 't.pth.tar', 'resnext_tiny', 2)
     extra = [str(tmp_path / 'e.pth.tar') if a == 'E' else str(tmp_path / 't.pth.tar') if a == 'T' else a for a in extra]
-    proc = cli('policy', *extra, '--val-num-samples', '8', '--out', str(tmp_path / 'out'))
+    proc = cli('policy', '--val-num-samples', '8', '--out', str(tmp_path / 'out'), *extra)  # a later --out wins
     assert proc.returncode == 2
     assert proc.stderr.startswith('timm-elastic policy: error: ') and message in proc.stderr
     assert proc.stderr.count('\n') == 1

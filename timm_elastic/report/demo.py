@@ -83,6 +83,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     from ..train import UsageError, _class_names, _init_device, amp_context, create_datasets, load_for_eval
     if args.baseline_checkpoint and not args.baseline:
         raise UsageError('--baseline-checkpoint needs --baseline NAME (the model it holds)')
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UsageError(f'--out {args.out!r} is a file; name a folder (it is created if missing)')
     policy.require('sklearn.manifold', 'timm-elastic policy (t-SNE)')
     policy.require('matplotlib', 'timm-elastic policy (plots)')
     device = _init_device(args)
