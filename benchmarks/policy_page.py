@@ -18,8 +18,7 @@ import time
 
 import numpy as np
 
-CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-                 '--disable-background-networking', '--disable-component-update', '--disable-sync']
+from timm_elastic.report.page import CHROMIUM, CHROMIUM_ARGS
 
 
 def page_data(n: int, blocks: int, thumb_size: int, seed: int = 0):
@@ -46,7 +45,7 @@ def main(argv=None) -> int:
     p.add_argument('--blocks', type=int, default=17, help='Elastic blocks per policy (default: 17, ResNeXt50)')
     p.add_argument('--thumb-size', type=int, default=96, help='thumbnail side, as timm-elastic policy (default: 96)')
     p.add_argument('--rounds', type=int, default=5, help='page loads to time (default: 5)')
-    p.add_argument('--chromium', default='/usr/bin/chromium', help='the browser (default: /usr/bin/chromium)')
+    p.add_argument('--chromium', default=CHROMIUM, help=f'the browser (default: {CHROMIUM})')
     args = p.parse_args(argv)
     try:
         from playwright.sync_api import sync_playwright
@@ -62,7 +61,7 @@ def main(argv=None) -> int:
         size = os.path.getsize(path)
         loads, sorts, filters = [], [], []
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
+            browser = pw.chromium.launch(executable_path=args.chromium, args=list(CHROMIUM_ARGS))
             for _ in range(args.rounds):
                 page = browser.new_page()
                 start = time.perf_counter()

@@ -16,11 +16,8 @@ from PIL import Image
 from timm_elastic import scale_policy
 from timm_elastic.data import ScaleShapes
 from timm_elastic.report import render_page, write_page
-
-CHROMIUM = '/usr/bin/chromium'
-# flags for a machine without network: no background connections, no updates
-CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-                 '--disable-background-networking', '--disable-component-update', '--disable-sync']
+from timm_elastic.report.page import CHROMIUM, CHROMIUM_ARGS
+from test_train import cli
 
 
 def thumb(colour) -> str:
@@ -52,7 +49,7 @@ def browser():
         pytest.skip('no chromium: install it with `apt-get install -y chromium` (Debian); Playwright drives it')
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM if os.path.exists(CHROMIUM) else shutil.which('chromium'),
-                              args=CHROMIUM_ARGS)
+                              args=list(CHROMIUM_ARGS))
         yield b
         b.close()
 
@@ -140,12 +137,6 @@ def test_bad_page_data_is_refused():
         render_page(data)
     with pytest.raises(ValueError, match="page data needs 'blocks'"):
         render_page({k: v for k, v in page_data().items() if k != 'blocks'})
-
-
-def cli(*args):
-    exe = shutil.which('timm-elastic')
-    assert exe, 'the timm-elastic console script is not installed (pip install -e .)'
-    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=600)
 
 
 def checkpoint(path, name, seed):

@@ -13,7 +13,7 @@ import copy
 import io
 import os
 from contextlib import nullcontext
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import torch
 
@@ -42,12 +42,12 @@ def _thumbnails(dataset, size: int) -> List[str]:
         dataset.transform = saved
 
 
-def _predict(model, dataset, args, device, amp_autocast, record: bool):
-    """(probabilities (N, classes), targets (N,), scores (N, B) or None) over `dataset` in order."""
+def _predict(model, dataset, args, device, amp_autocast, recorder: Optional[policy.ScalePolicy] = None):
+    """(probabilities (N, classes), targets (N,)) over `dataset` in order; `recorder` (of `model`)
+    records the scale policy meanwhile."""
     from timm.data import resolve_data_config
     from ..train import _eval_loader
     loader = _eval_loader(dataset, args.batch_size, args, resolve_data_config(vars(args), model=model), device)
-    recorder = policy.ScalePolicy(model) if record else None
     probs, targets = [], []
     model.eval()
     with recorder if recorder is not None else nullcontext(), torch.no_grad():
@@ -59,7 +59,7 @@ def _predict(model, dataset, args, device, amp_autocast, record: bool):
                 logits = model(x)
             probs.append(logits.float().softmax(-1).cpu())
             targets.append(y.cpu())
-    return torch.cat(probs), torch.cat(targets), recorder.scores if recorder is not None else None
+    return torch.cat(probs), torch.cat(targets)
 
 
 def _top5(probs: torch.Tensor) -> List[List[List[float]]]:
@@ -92,21 +92,21 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     _, dataset, data_classes = create_datasets(args, training=False)
     if not len(dataset):
         raise UsageError('the data has no images to score')
-    thumbs = _thumbnails(dataset, args.thumb_size)
     model = load_for_eval(args, data_classes, device)
     try:
-        policy.policy_blocks(model)
+        recorder = policy.ScalePolicy(model)
     except ValueError as e:
         raise UsageError(f'--model: {e}') from None
-    probs, targets, scores = _predict(model, dataset, args, device, amp_autocast, record=True)
+    thumbs = _thumbnails(dataset, args.thumb_size)  # after the model: a wrong one fails before this work
+    probs, targets = _predict(model, dataset, args, device, amp_autocast, recorder)
     base_probs = None
     if args.baseline:
         bargs = _baseline_args(args)
         baseline = load_for_eval(bargs, data_classes, device, flags=('--baseline', '--baseline-checkpoint'))
         args.baseline = bargs.model
-        base_probs, _, _ = _predict(baseline, dataset, bargs, device, amp_autocast, record=False)
+        base_probs, _ = _predict(baseline, dataset, bargs, device, amp_autocast)
     classes = _class_names(dataset) or [str(i) for i in range(probs.shape[1])]
-    names = policy.ScalePolicy(model).names
+    names = recorder.names
 
     os.makedirs(args.out, exist_ok=True)
     files = []
@@ -115,10 +115,12 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         files.append(name)
         return os.path.join(args.out, name)
 
-    s, t = scores.numpy(), targets.numpy()
-    correct = (probs.argmax(1) == targets).numpy()
+    s, t = recorder.scores.numpy(), targets.numpy()
+    pred = probs.argmax(1).numpy()
+    base_pred = base_probs.argmax(1).numpy() if base_probs is not None else None
+    correct = pred == t
+    base_correct = base_pred == t if base_pred is not None else None
     plots.plot_class_ranking(policy.class_ranking(s, t, classes), out('class_ranking.png'))
-    base_correct = (base_probs.argmax(1) == targets).numpy() if base_probs is not None else None
     if len(s) >= 2:
         embedding = policy.policy_embedding(s, perplexity=args.perplexity, seed=args.seed)
         plots.plot_embedding(embedding, out('embedding_class.png'), labels=t, class_names=classes)
@@ -135,8 +137,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     page.write_page(out('policy.html'), data)
     write_json(out('policy.json'), dict(
         model=args.model, baseline=args.baseline or None, blocks=names, classes=classes, targets=t.tolist(),
-        predictions=probs.argmax(1).tolist(),
-        baseline_predictions=base_probs.argmax(1).tolist() if base_probs is not None else None,
+        predictions=pred.tolist(), baseline_predictions=base_pred.tolist() if base_pred is not None else None,
         scores=[[round(float(v), 6) for v in row] for row in s]))
     return dict(folder=args.out, files=files, images=len(t), blocks=len(names), model=args.model,
                 baseline=args.baseline or None, top1=100. * float(correct.mean()),

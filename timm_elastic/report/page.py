@@ -19,7 +19,13 @@ from typing import Any, Dict
 
 from .._io import write_text
 
-__all__ = ['render_page', 'write_page', 'check_page_data']
+__all__ = ['render_page', 'write_page', 'check_page_data', 'CHROMIUM', 'CHROMIUM_ARGS']
+
+# Opening the page headless where there is no network (the tests, benchmarks/policy_page.py): Debian's
+# chromium, with the flags that keep it from background connections and updates
+CHROMIUM = '/usr/bin/chromium'
+CHROMIUM_ARGS = ('--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+                 '--disable-background-networking', '--disable-component-update', '--disable-sync')
 
 
 def check_page_data(data: Dict[str, Any]) -> None:
