@@ -212,6 +212,16 @@ def _pick_colours(rng: np.random.Generator, below: np.ndarray, contrast: float) 
     return [tuple(c) for c in candidates[np.arange(len(below)), pick].tolist()]
 
 
+def _multilabel_classes(seed: int, split_index: int, index: int) -> Tuple[int, ...]:
+    """The class of each object of a multi-label image, largest first: the largest keeps the image's
+    class, the others take other classes, all different. Drawn from a stream of their own, so the
+    rest of the layout is the single-label image's, and cheap to get without the layout."""
+    target, combo = _cell(index)
+    others = np.random.default_rng([seed, split_index, index, 2]).permutation(
+        [c for c in range(len(CLASSES)) if c != target])
+    return (target, *(int(c) for c in others[:len(COMBINATIONS[combo]) - 1]))
+
+
 def _sample_layout(seed: int, split_index: int, index: int, img_size: int, multilabel: bool = False) -> _Layout:
     rng = np.random.default_rng([seed, split_index, index])
     target, combo = _cell(index)
@@ -285,12 +295,8 @@ def _sample_layout(seed: int, split_index: int, index: int, img_size: int, multi
         flip = bool(rng.integers(2))
         objects.append(_Object(size, polygon, bbox, colour, colour2, extent / _REPEATS,
                                (float(phase[0]), float(phase[1])), flip, target))
-    if multilabel and len(objects) > 1:
-        # the largest object keeps the image's class, the others take other classes, all different;
-        # drawn from a stream of their own, so the rest of the layout is the single-label image's
-        others = np.random.default_rng([seed, split_index, index, 2]).permutation(
-            [c for c in range(len(CLASSES)) if c != target])
-        objects = objects[:1] + [o._replace(cls=int(c)) for o, c in zip(objects[1:], others)]
+    if multilabel:
+        objects = [o._replace(cls=c) for o, c in zip(objects, _multilabel_classes(seed, split_index, index))]
     return layout._replace(strokes=tuple(strokes), objects=tuple(objects))
 
 
@@ -449,7 +455,7 @@ class ScaleShapes(torch.utils.data.Dataset):
         it: its target's class alone, or in the multi-label mode one class per object."""
         if not self.multilabel:
             return (self.targets[self._index(index)],)
-        return tuple(sorted(obj.cls for obj in self._layout(index).objects))
+        return tuple(sorted(_multilabel_classes(self.seed, self._split_index, self._index(index))))
 
     def __getitem__(self, index: int):
         img, target = self.render(index), self.targets[self._index(index)]
