@@ -26,10 +26,12 @@ by inductor (inference under torch.compile), it cannot be told apart; `--resampl
 - `ours` (default): the package as installed;
 - `aten`: PyTorch's ops (`F.avg_pool2d`, `F.interpolate`, then the sum): the implementation before
   timm-elastic had its own kernels;
-- `free`: the floor, resampling made (almost) free with outputs of the same sizes: D a strided view
-  (`x[..., ::2, ::2]`, copied by the next convolution), U nothing (the sum skipped; the low group's
-  gradient is the sum's gradient subsampled the same way). What stays between `free` and the baseline
-  is the cost of the Elastic structure itself (more, narrower layers at high resolution).
+- `free`: the floor, resampling made free with outputs of the same sizes and layouts: D and its gradient
+  allocate their results and compute nothing, U and the sum are skipped (`out` passes; the low group's
+  gradient is allocated, not computed). The values are meaningless, the work of every other layer is
+  the same. What stays between `free` and the baseline is the cost of the Elastic structure itself (more,
+  narrower layers at high resolution). (Until 2026-11-27 D was a strided view `x[..., ::2, ::2]` and the
+  low gradient a strided view of the sum's: the next layers copied them, so that `free` was no floor.)
 
 `--self-check MODEL` pairs a model with a second instance of itself: the harness must read
 1.00 +- 0.03 there, or its ratios mean nothing on this machine.
@@ -113,26 +115,44 @@ class AtenUp(torch.nn.Module):
         return out + up[:, :, :out.shape[-2], :out.shape[-1]]
 
 
+def _allocated(ref: torch.Tensor, size) -> torch.Tensor:
+    """An uninitialised tensor of `size` in `ref`'s dtype, device and layout: a result that costs nothing."""
+    from timm_elastic.layers.resample import _like
+    return _like(ref, size)
+
+
+class _FreeDown(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.size = x.shape
+        return _allocated(x, (*x.shape[:2], (x.shape[2] + 1) // 2, (x.shape[3] + 1) // 2))
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _allocated(grad, ctx.size)
+
+
 class FreeDown(torch.nn.Module):
-    """D replaced by a strided view of the same output size (`--resample free`)."""
+    """D replaced by an allocation of its output (`--resample free`); its gradient likewise."""
 
     def forward(self, x):
-        return x[:, :, ::2, ::2]
+        return _FreeDown.apply(x)
 
 
 class _SkipSum(torch.autograd.Function):
     @staticmethod
     def forward(ctx, low, out):
+        ctx.size = low.shape
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        return grad[:, :, ::2, ::2], grad
+        return _allocated(grad, ctx.size), grad
 
 
 class FreeUp(torch.nn.Module):
     """U and the sum replaced by nothing (`--resample free`): `out` passes; the low group's gradient is
-    the sum's gradient subsampled, so that the low paths' backward still runs on real data."""
+    allocated, not computed, so that the low paths' backward still runs, on meaningless values."""
 
     def forward(self, low, out):
         return _SkipSum.apply(low, out)

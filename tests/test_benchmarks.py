@@ -50,3 +50,45 @@ def test_resample_ops_smoke(tmp_path):
     for r in rows:
         assert r['aten_ms'] > 0 and r['ours_ms'] > 0 and r['rel_error'] < 1e-6, r
     assert result['markdown'] in proc.stdout
+
+
+def test_free_resampling_computes_nothing_and_keeps_layouts():
+    """`--resample free`, the floor: in a training step of the swapped model no resampling op runs and no
+    more copies than with the real resampling (strided views made the next layers copy them), and each
+    result has the shape and layout the real op gives, so the layers after it do the same work."""
+    import importlib.util
+
+    import timm
+    import torch
+    from torch.profiler import profile
+
+    from timm_elastic.layers.resample import avg_down2x, up2x_add
+    spec = importlib.util.spec_from_file_location('speed', os.path.join(ROOT, 'benchmarks', 'speed.py'))
+    speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(speed)
+
+    x = torch.randn(2, 3, 7, 5).contiguous(memory_format=torch.channels_last).requires_grad_()
+    low = avg_down2x(x)
+    free_low = speed.FreeDown()(x)
+    assert (free_low.shape, free_low.stride()) == (low.shape, low.stride())
+    out = speed.FreeUp()(free_low, x)
+    assert out is x or torch.equal(out, x)
+    g = torch.autograd.grad(speed.FreeUp()(speed.FreeDown()(x), x * 1.), x, torch.ones_like(x))[0]
+    assert (g.shape, g.stride()) == (x.shape, x.stride())
+    up = up2x_add(low.detach(), x.detach(), 'bilinear')
+    assert up.stride() == x.stride()
+
+    def ops(model):
+        inp = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+        with profile() as prof:
+            model(inp).sum().backward()
+        return [e.name for e in prof.events()]
+    torch.manual_seed(0)
+    model = timm.create_model('resnext_tiny_elastic', num_classes=4).to(memory_format=torch.channels_last)
+    real = ops(model)
+    assert speed.swap_resampling(model, 'free') > 0
+    free = ops(model)
+    assert [n for n in real if n.startswith('timm_elastic::')]
+    assert not [n for n in free if n.startswith('timm_elastic::')]
+    copies = [n for n in free if n in ('aten::copy_', 'aten::clone', 'aten::contiguous')]
+    assert len(copies) <= len([n for n in real if n in ('aten::copy_', 'aten::clone', 'aten::contiguous')]), copies

@@ -163,7 +163,8 @@ def _layout(x: torch.Tensor) -> torch.memory_format:
 def _like(ref: torch.Tensor, size, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """An empty tensor of `size` in the dtype (by default) and memory format of `ref`: what every op
     returns, on every device, and what its fake kernel says it returns."""
-    return ref.new_empty(size, dtype=dtype).contiguous(memory_format=_layout(ref))
+    # allocated in that format: `new_empty(size).contiguous(format)` would copy the uninitialised tensor
+    return torch.empty(size, dtype=dtype or ref.dtype, device=ref.device, memory_format=_layout(ref))
 
 
 def _as(t: torch.Tensor, ref: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
