@@ -83,3 +83,33 @@ def test_one_seed_says_it_measures_no_spread():
     assert lines[-2] == ('Overall, resnext_tiny_elastic 43.50% vs resnext_tiny 40.00% top-1 (+3.50 points). One seed '
                          'measures no spread, and the seed alone moves a small model by points: run several '
                          '(--seeds 0 1 2) before reading a winner into it.')
+
+
+def multilabel_results(f1_twin, f1_elastic, stress_twin, stress_elastic):
+    """Multi-label runs: every metric and combination at the seed's F1 value, stress F1s per size as given."""
+    keys = ('p_c', 'r_c', 'f1_c', 'p_o', 'r_o', 'f1_o', 'map')
+
+    def runs(f1s, stress):
+        out = []
+        for i, f1 in enumerate(f1s):
+            per = {combination_name(c): dict({k: f1 for k in keys}, count=200) for c in COMBINATIONS}
+            st = {size: {k: v[i] for k in keys} for size, v in stress.items()}
+            out.append(dict({k: f1 for k in keys}, seed=i, count=1400, per_combination=per, stress=st, seconds=10.))
+        return out
+    return {TWIN: runs(f1_twin, stress_twin), ELASTIC: runs(f1_elastic, stress_elastic)}
+
+
+def test_multilabel_prints_table_3_table_4_in_f1_o_and_fig_7():
+    res = multilabel_results([60., 62.], [63., 65.], {32: [50., 40.], 64: [60., 62.]}, {32: [45., 42.], 64: [63., 65.]})
+    lines = format_comparison(res, TWIN, ELASTIC, 'multilabel').splitlines()
+    assert lines[0].startswith('Multi-label metrics (%) on the built-in validation set (1400 images; paper Table 3')
+    # twin 60, 62 (std sqrt 2); Elastic 63, 65; gains 3, 3: +3.00 ± 0.00, 3 / 61 = +4.9%
+    f1c = next(ln for ln in lines if ln.strip().startswith('F1-C |'))
+    assert [c.strip() for c in f1c.split('|')] == ['F1-C', '61.00 ± 1.41', '64.00 ± 1.41', '+3.00 ± 0.00', '+4.9%']
+    assert [ln.split('|')[0].strip() for ln in lines[4:11]] == ['F1-C', 'F1-O', 'P-C', 'R-C', 'P-O', 'R-O', 'mAP']
+    assert any(ln.startswith('F1-O (%) on the built-in validation set (1400 images), by the sizes') for ln in lines)
+    assert any('vs resnext_tiny 61.00% F1-O: a gain of +3.00 ± 0.00 points' in ln for ln in lines)
+    # Fig. 7: relative F1 per seed (45 - 50) / 50 = -10%, (42 - 40) / 40 = +5%: -2.50 ± 10.61
+    row32 = next(ln for ln in lines if ln.strip().startswith('32x32 |'))
+    assert [c.strip() for c in row32.split('|')] == ['32x32', '-2.50 ± 10.61%', '-2.50 ± 10.61%']
+    assert lines[-1].startswith('Training took')

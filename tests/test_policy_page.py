@@ -197,15 +197,15 @@ def test_policy_baseline_checkpoint_is_not_also_pretrained(tmp_path):
     # --pretrained for the Elastic model; the baseline (resnext_tiny, which has no released weights)
     # comes from its checkpoint alone
     from timm_elastic.cli import build_parser
-    from timm_elastic.report.demo import _baseline_args
+    from timm_elastic.train import baseline_args
     args = build_parser().parse_args(['policy', '--model', 'resnext50_elastic', '--pretrained', '--baseline',
                                       'resnext_tiny', '--baseline-checkpoint', 'T', '--elastic-ratio', '0.25',
                                       '--out', str(tmp_path)])
-    b = _baseline_args(args)
+    b = baseline_args(args)
     assert (b.model, b.checkpoint, b.pretrained, b.elastic_ratio) == ('resnext_tiny', 'T', False, None)
     assert args.pretrained and args.model == 'resnext50_elastic'  # the Elastic model's options are kept
     args.baseline_checkpoint = ''
-    assert _baseline_args(args).pretrained
+    assert baseline_args(args).pretrained
 
 
 @pytest.mark.parametrize('extra, message', [

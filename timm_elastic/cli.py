@@ -158,7 +158,13 @@ def _compare(args: argparse.Namespace) -> int:
     folder = runs_folder(results)
     if folder:  # the first process of a torchrun
         print()
-        print(format_comparison(results, twin, elastic))
+        print(format_comparison(results, twin, elastic, args.task))
+        if all('stress' in r for r in results[twin] + results[elastic]):
+            from .compare import stress_relative
+            from .report.plots import plot_stress
+            plot = plot_stress(stress_relative(results, twin, elastic), os.path.join(folder, 'stress.png'),
+                               f'{elastic} over {twin}\nrelative improvement per test size (paper Fig. 7)')
+            print(f'The stress test as a bar chart (Fig. 7): {plot}')
         stats = [os.stat(os.path.join(d, f)) for d, _, files in os.walk(folder) for f in files]
         size = sum({(st.st_dev, st.st_ino): st.st_size for st in stats}.values())  # model_best is a hard link
         print(f"Every run's checkpoints and summary.csv: {folder}/seed<N>/<model>/; the metrics: "
@@ -183,11 +189,35 @@ def _policy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stress(args: argparse.Namespace) -> int:
+    from .stress import format_stress, run
+    from .train import UsageError
+    try:
+        done = run(args)
+    except (UsageError, ImportError) as e:
+        return _fail('stress', e)
+    if getattr(args, 'rank', 0) != 0:
+        return 0
+    from .tasks import get_task
+    task = get_task(done['task'])
+    for role, per_size in done['metrics'].items():
+        for size, m in per_size.items():
+            print(f'{done[role]} at {size}x{size}: {task.line(m)} ({m["count"]} images)')
+    if 'relative' in done:
+        print()
+        print(f'{args.model} relative to {args.baseline} per test size (paper Fig. 7):')
+        print(format_stress({m: {s: [v] for s, v in r.items()} for m, r in done['relative'].items()}))
+    for f in done['files']:
+        print(f'wrote {f}')
+    return 0
+
+
 def _print_eval(m: dict) -> None:
-    print(f'{m["model"]}: top-1 {m["top1"]:.2f}%, top-5 {m["top5"]:.2f}%, loss {m["loss"]:.4f} '
-          f'({m["count"]} images at {m["img_size"]}x{m["img_size"]})')
+    from .tasks import get_task
+    task = get_task(m['task'])
+    print(f'{m["model"]}: {task.line(m)} ({m["count"]} images at {m["img_size"]}x{m["img_size"]})')
     for name, row in m.get('per_combination', {}).items():
-        print(f'  objects {name:<22} top-1 {row["top1"]:6.2f}%  ({row["count"]} images)')
+        print(f'  objects {name:<22} {task.combination_line(row)}  ({row["count"]} images)')
 
 
 def _data(args: argparse.Namespace) -> int:
@@ -243,6 +273,15 @@ def _add_data_args(p: argparse.ArgumentParser, training: bool) -> None:
                    help='images in the built-in validation split (default: its default size)')
     g.add_argument('--data-seed', type=int, metavar='N', default=0,
                    help='seed that generates the built-in dataset (default: 0)')
+
+
+def _add_task_arg(p: argparse.ArgumentParser) -> None:
+    from .tasks import TASKS
+    p.add_argument('--task', choices=TASKS, default='classify',
+                   help='classify: one class per image (default); multilabel: a 0/1 target per class, binary '
+                        "cross-entropy, F1 per class and overall and mAP (the paper's MS COCO experiment, Sec. 4.2): "
+                        "the built-in data's multi-label mode, or MS COCO's layout in --data-dir (annotations/"
+                        'instances_<split>.json, <split>/ images; splits train / val or train2014 / val2014 ...)')
 
 
 def _add_model_args(p: argparse.ArgumentParser, default_model: Optional[str]) -> None:
@@ -302,6 +341,7 @@ def _add_train_args(p: argparse.ArgumentParser, compare: bool = False) -> None:
     # (4e-3 took the twins 4-5 points further than 2e-3 in those 2 epochs), decayed every update so that each
     # run ends at the bottom of its schedule
     hist, log_interval, epochs, lr = (1, 0, 2, 4e-3) if compare else (3, 50, 4, 2e-3)
+    _add_task_arg(p)
     _add_data_args(p, training=True)
     _add_model_args(p, 'resnext_tiny_elastic')
     g = p.add_argument_group('checkpoints and output')
@@ -315,8 +355,9 @@ def _add_train_args(p: argparse.ArgumentParser, compare: bool = False) -> None:
                    help='run folder under --output (default: date-time-model-size); checkpoints and summary.csv')
     g.add_argument('--checkpoint-hist', type=int, metavar='N', default=hist,
                    help=f'best checkpoints kept besides last.pth.tar (default: {hist})')
-    g.add_argument('--eval-metric', default='top1', choices=('top1', 'top5', 'loss'),
-                   help='metric that ranks checkpoints (default: top1)')
+    g.add_argument('--eval-metric', default=None, choices=('top1', 'top5', 'map', 'f1_o', 'f1_c', 'loss'),
+                   help='metric that ranks checkpoints (default: top1; --task multilabel: map; top1 and top5 are '
+                        "classify's, map, f1_o and f1_c multilabel's)")
     g.add_argument('--log-interval', type=int, metavar='N', default=log_interval,
                    help=f'log every N batches (default: {log_interval}; 0: never)')
     if compare:
@@ -429,6 +470,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "train flag applies to both models.",
         epilog='example: timm-elastic compare --seeds 0 1 2 3 4 --epochs 6 --output runs/compare')
     _add_train_args(p, compare=True)
+    p.add_argument('--stress-sizes', type=int, nargs='*', metavar='N', default=None,
+                   help="--task multilabel: test sizes of the stress test (Fig. 7; default: the paper's 96 224 448 "
+                        'scaled to the training size, at least 32: 32 64 128 for the built-in data; its 896, 256 '
+                        'here, takes 16 evaluations\' time); with no value, no stress test')
     p.set_defaults(func=_compare)
     p.add_argument('--results-file', metavar='PATH', default='', help='also write both models\' results as JSON')
 
@@ -450,8 +495,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "object sizes.",
         epilog='examples: timm-elastic validate --checkpoint runs/tiny/model_best.pth.tar; '
                'timm-elastic validate --model resnext50_elastic --pretrained --data-dir /data/imagenet --split val')
+    _add_task_arg(p)
     _add_eval_model_args(p)
-    p.add_argument('--results-file', metavar='PATH', default='', help='also write the results as JSON')
+    p.add_argument('--results-file', metavar='PATH', default='',
+                   help='also write the results as JSON (every metric, per object-size combination too)')
     _add_run_args(p, batch_size=128)
     p.set_defaults(func=_validate)
 
@@ -479,6 +526,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--seed', type=int, metavar='N', default=0, help='t-SNE seed (default: 0)')
     _add_run_args(p, batch_size=128)
     p.set_defaults(func=_policy)
+
+    p = sub.add_parser(
+        'stress', help='the scale stress test (paper Fig. 7): evaluate trained models at several test sizes',
+        description="Evaluate a trained model (and a baseline) at test sizes it was not trained at, the whole "
+                    "image resized to each square size (timm's models pool globally, so any size works), and print "
+                    "the task's metrics per size and the relative improvement of --model over --baseline: F1-O and "
+                    "F1-C for --task multilabel (the paper's Fig. 7: DLA-X60 on MS COCO, trained at 224, tested at "
+                    "96, 224, 448 and 896), top-1 otherwise; --plot writes Fig. 7's bar chart.",
+        epilog='example: timm-elastic stress --task multilabel --data-dir /data/coco --split val2014 --model '
+               'dla_x60_elastic --checkpoint e.pth.tar --baseline dla60x --baseline-checkpoint b.pth.tar '
+               '--plot fig7.png')
+    _add_task_arg(p)
+    _add_eval_model_args(p)
+    p.add_argument('--baseline', metavar='NAME', default=None,
+                   help='the baseline model to compare with (e.g. dla60x); without it, --model alone is evaluated')
+    p.add_argument('--baseline-checkpoint', metavar='PATH', default='',
+                   help="the baseline's weights (without it: its pretrained weights, with --pretrained)")
+    p.add_argument('--sizes', type=int, nargs='+', metavar='N', default=[96, 224, 448, 896],
+                   help="square test sizes in pixels (default: the paper's 96 224 448 896)")
+    p.add_argument('--plot', metavar='PNG', default='', help='write the relative improvements as a bar chart')
+    p.add_argument('--results-file', metavar='PATH', default='',
+                   help='also write every metric per model and size as JSON')
+    _add_run_args(p, batch_size=128)
+    p.set_defaults(func=_stress)
 
     p = sub.add_parser(
         'data', help='write the built-in scale-challenging dataset as an image folder for timm\'s scripts',

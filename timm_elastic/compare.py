@@ -11,18 +11,26 @@ model's mean gain is larger than the seed-to-seed spread of either model's top-1
 
 Each run is an ordinary `train` run, kept in `<output>/<experiment>/seed<S>/<model>/` (summary.csv,
 the best and the last checkpoint), and `compare.json` beside them holds every run's metrics.
+
+With `--task multilabel` (the paper's MS COCO experiment, Sec. 4.2, on the built-in data's multi-label
+mode) the table is Table 4 in F1-O (`tasks.multilabel` says why), preceded by Table 3 (F1 per class and
+overall, and the precisions, recalls and mAP) and followed by Fig. 7: each seed's last checkpoints are
+evaluated at the paper's test sizes scaled to the training size (`stress.scaled_sizes` of
+`stress.BUILTIN_SIZES`: 32, 64 and 128 for the built-in 64), and the relative F1 improvement per size is
+printed and drawn (`stress.png` beside the runs).
 """
 import argparse
 import copy
+import logging
 import math
 import os
 import time
 from collections import OrderedDict
 from typing import Any, Dict, List, NamedTuple, Sequence
 
-from .train import UsageError, create_datasets, train
+from .train import UsageError, create_datasets, task_of, train
 
-__all__ = ['DEFAULT_SEEDS', 'Spread', 'spread', 'compare', 'runs_folder', 'format_comparison']
+__all__ = ['DEFAULT_SEEDS', 'Spread', 'spread', 'compare', 'runs_folder', 'format_comparison', 'stress_relative']
 
 DEFAULT_SEEDS = (0, 1, 2)
 
@@ -67,6 +75,8 @@ def compare(args: argparse.Namespace) -> Dict[str, List[Dict[str, Any]]]:
     if args.data_dir:
         raise UsageError('compare trains on the built-in dataset; leave out --data-dir (timm-elastic train takes it)')
     seeds = _check_seeds(args.seeds)
+    task = task_of(args)
+    stress = task.name == 'multilabel' and getattr(args, 'stress_sizes', None) != []
     experiment = args.experiment or 'compare-' + time.strftime('%Y%m%d-%H%M%S')
     primary = os.environ.get('RANK', '0') == '0'  # torchrun's first process
     datasets = create_datasets(args)  # one dataset for every run: the seed varies training, not the data
@@ -88,10 +98,36 @@ def compare(args: argparse.Namespace) -> Dict[str, List[Dict[str, Any]]]:
             start = time.perf_counter()
             metrics = train(run, datasets)
             results[name].append(dict(metrics, seed=seed, seconds=time.perf_counter() - start))
+            if stress:
+                from .stress import BUILTIN_SIZES, scaled_sizes
+                sizes = getattr(args, 'stress_sizes', None) or scaled_sizes(metrics['img_size'], BUILTIN_SIZES)
+                results[name][-1]['stress'] = _stress(run, datasets[1], sizes)
     folder = runs_folder(results)
     if primary and folder:
         write_json(os.path.join(folder, 'compare.json'), results)
     return results
+
+
+def _stress(run: argparse.Namespace, dataset, sizes: Sequence[int]) -> Dict[int, Dict[str, Any]]:
+    """The stress test (Fig. 7) of one run: its last checkpoint (as its table row) at every size."""
+    import torch
+
+    from .stress import stress_test
+    from .train import amp_context, combinations_of, load_for_eval
+    ev = copy.copy(run)
+    ev.checkpoint = os.path.join(run.output or './output/train', run.experiment, 'last.pth.tar')
+    ev.pretrained, ev.use_ema, ev.num_classes = False, bool(run.model_ema), None
+    ev.batch_size = run.validation_batch_size or run.batch_size
+    device = torch.device(run.device)
+    helpers = logging.getLogger('timm.models._helpers')  # its 'Loaded state_dict' line, between the runs' lines
+    level = helpers.level
+    helpers.setLevel(logging.WARNING)
+    try:
+        model = load_for_eval(ev, len(dataset.classes), device)
+    finally:
+        helpers.setLevel(level)
+    amp_autocast, _ = amp_context(run, device)
+    return stress_test(model, dataset, ev, device, sizes, amp_autocast, combinations_of(dataset, None, run.val_split))
 
 
 def runs_folder(results: Dict[str, List[Dict[str, Any]]]) -> str:
@@ -109,23 +145,38 @@ def _in_words(key: str) -> str:
     return _WORDS[key] if len(sizes) == 1 else ' and '.join((', '.join(sizes[:-1]), sizes[-1])) + ' objects'
 
 
-def format_comparison(results: Dict[str, List[Dict[str, Any]]], base: str, elastic: str) -> str:
+_LABELS = {'top1': 'top-1', 'top5': 'top-5', 'f1_o': 'F1-O', 'f1_c': 'F1-C', 'p_c': 'P-C', 'r_c': 'R-C',
+           'p_o': 'P-O', 'r_o': 'R-O', 'map': 'mAP', 'loss': 'loss'}
+
+
+def _stats(runs_of_b, runs_of_e, get):
+    tb, te = [get(r) for r in runs_of_b], [get(r) for r in runs_of_e]
+    return spread(tb), spread(te), spread([e - b for b, e in zip(tb, te)])
+
+
+def format_comparison(results: Dict[str, List[Dict[str, Any]]], base: str, elastic: str,
+                      task: str = 'classify') -> str:
     """The Table 4 layout: a row per object-size combination (Large / Medium / Small present or not)
-    with the image count, each model's top-1 and the Elastic model's gain in points (per seed,
-    Elastic minus twin) and relative to the twin: mean ± standard deviation over the seeds. Then a
-    line that reads the table in words, and the conclusion: the overall gain against the spread."""
+    with the image count, each model's top-1 (F1-O for `task` 'multilabel') and the Elastic model's gain
+    in points (per seed, Elastic minus twin) and relative to the twin: mean ± standard deviation over the
+    seeds. Then a line that reads the table in words, and the conclusion: the overall gain against the
+    spread. Multi-label: Table 3 (every metric) first, and the stress test (Fig. 7) after, where the runs
+    have one."""
     from .data import COMBINATIONS, combination_name
+    from .tasks import get_task
+    metric = get_task(task).combination_metric
+    label = _LABELS[metric]
     runs_b, runs_e = results[base], results[elastic]
     seeds = [r['seed'] for r in runs_b]
     n = len(seeds)
-
-    def stats(runs_of_b, runs_of_e, get):
-        tb, te = [get(r) for r in runs_of_b], [get(r) for r in runs_of_e]
-        return spread(tb), spread(te), spread([e - b for b, e in zip(tb, te)])
+    stats = _stats
 
     over = f'mean ± standard deviation over {n} seeds ({", ".join(map(str, seeds))})' if n > 1 else f'seed {seeds[0]}'
-    lines = [f'Top-1 (%) on the built-in validation set ({runs_b[0]["count"]} images), by the sizes of the objects '
-             f'in the image (paper Table 4); {over}:', '']
+    lines = []
+    if task == 'multilabel':
+        lines += _table3(runs_b, runs_e, base, elastic, over) + ['']
+    lines += [f'{label[0].upper() + label[1:]} (%) on the built-in validation set ({runs_b[0]["count"]} images), by '
+              f'the sizes of the objects in the image (paper Table 4); {over}:', '']
     wb, we, wg = max(len(base), 14 if n > 1 else 6), max(len(elastic), 14 if n > 1 else 6), 13 if n > 1 else 6
     head = (f'{"Large":>5} {"Medium":>6} {"Small":>5} | {"images":>6} | {base:>{wb}} | {elastic:>{we}} | '
             f'{"gain":>{wg}} | {"relative":>8}')
@@ -142,19 +193,54 @@ def format_comparison(results: Dict[str, List[Dict[str, Any]]], base: str, elast
         if key not in runs_b[0].get('per_combination', {}):
             continue
         marks = ' '.join(f'{("x" if s in combo else "-"):>{w}}' for s, w in (('large', 5), ('medium', 6), ('small', 5)))
-        sb, se, sg = stats(runs_b, runs_e, lambda r: r['per_combination'][key]['top1'])
+        sb, se, sg = stats(runs_b, runs_e, lambda r: r['per_combination'][key][metric])
         gains[key] = sg.mean
         lines.append(row(marks, runs_b[0]['per_combination'][key]['count'], sb, se, sg))
     lines.append('-' * len(head))
-    sb, se, sg = stats(runs_b, runs_e, lambda r: r['top1'])
+    sb, se, sg = stats(runs_b, runs_e, lambda r: r[metric])
     lines.append(row(f'{"all":>18}', runs_b[0]['count'], sb, se, sg))
     lines.append('')
     if gains:
         lines.append(_reading(gains, base, elastic, n))
-    lines.append(_conclusion(sb, se, sg, [e['top1'] - b['top1'] for b, e in zip(runs_b, runs_e)], base, elastic))
+    lines.append(_conclusion(sb, se, sg, [e[metric] - b[metric] for b, e in zip(runs_b, runs_e)], base, elastic,
+                             label))
+    if all('stress' in r for r in runs_b + runs_e):
+        from .stress import format_stress
+        lines += ['', f'Scale stress test (paper Fig. 7): the last checkpoints at other test sizes, {elastic}\'s '
+                  f'improvement relative to {base}; {over}:', '',
+                  format_stress(stress_relative(results, base, elastic))]
     lines.append(f'Training took {sum(r["seconds"] for r in runs_b):.0f} s ({base}) and '
                  f'{sum(r["seconds"] for r in runs_e):.0f} s ({elastic}) in all.')
     return '\n'.join(lines)
+
+
+def _table3(runs_b, runs_e, base: str, elastic: str, over: str) -> List[str]:
+    """Table 3's layout, one row per metric: each model's value and the gain (points) and relative gain."""
+    lines = [f'Multi-label metrics (%) on the built-in validation set ({runs_b[0]["count"]} images; paper Table 3: '
+             f'F1-C is its F1-PerClass, F1-O its F1-Overall); {over}:', '']
+    n = len(runs_b)
+    wb, we, wg = max(len(base), 14 if n > 1 else 6), max(len(elastic), 14 if n > 1 else 6), 13 if n > 1 else 6
+    head = f'{"metric":>6} | {base:>{wb}} | {elastic:>{we}} | {"gain":>{wg}} | {"relative":>8}'
+    lines += [head, '-' * len(head)]
+    for m in ('f1_c', 'f1_o', 'p_c', 'r_c', 'p_o', 'r_o', 'map'):
+        sb, se, sg = _stats(runs_b, runs_e, lambda r: r[m])
+        relative = f'{100 * sg.mean / sb.mean:>+7.1f}%' if sb.mean else f'{"n/a":>8}'
+        lines.append(f'{_LABELS[m]:>6} | {format(sb, ".2f"):>{wb}} | {format(se, ".2f"):>{we}} | '
+                     f'{format(sg, "+.2f"):>{wg}} | {relative}')
+    return lines
+
+
+def stress_relative(results: Dict[str, List[Dict[str, Any]]], base: str,
+                    elastic: str) -> Dict[str, Dict[int, List[float]]]:
+    """{metric: {size: [relative improvement (%) per seed]}} of the runs' stress tests (F1-O and F1-C)."""
+    from .stress import relative_improvement
+    out: Dict[str, Dict[int, List[float]]] = OrderedDict()
+    for m in ('f1_o', 'f1_c'):
+        out[m] = OrderedDict()
+        for b, e in zip(results[base], results[elastic]):
+            for size in b['stress']:
+                out[m].setdefault(size, []).append(relative_improvement(b['stress'][size][m], e['stress'][size][m]))
+    return out
 
 
 def _reading(gains: Dict[str, float], base: str, elastic: str, n: int) -> str:
@@ -169,10 +255,11 @@ def _reading(gains: Dict[str, float], base: str, elastic: str, n: int) -> str:
             f'({gains[worst]:+.2f}).')
 
 
-def _conclusion(sb: Spread, se: Spread, sg: Spread, per_seed: List[float], base: str, elastic: str) -> str:
-    """Whether the overall gain is larger than the seed-to-seed spread: of either model's top-1, and of
+def _conclusion(sb: Spread, se: Spread, sg: Spread, per_seed: List[float], base: str, elastic: str,
+                label: str = 'top-1') -> str:
+    """Whether the overall gain is larger than the seed-to-seed spread: of either model's metric, and of
     the gain itself (a gain whose seeds disagree by more than its mean is not a result either)."""
-    head = f'Overall, {elastic} {sb.mean + sg.mean:.2f}% vs {base} {sb.mean:.2f}% top-1'
+    head = f'Overall, {elastic} {sb.mean + sg.mean:.2f}% vs {base} {sb.mean:.2f}% {label}'
     if len(per_seed) == 1:
         return (f'{head} ({per_seed[0]:+.2f} points). One seed measures no spread, and the seed alone moves a '
                 f'small model by points: run several (--seeds 0 1 2) before reading a winner into it.')

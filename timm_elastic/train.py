@@ -5,12 +5,16 @@ Mixup / CutMix, `create_optimizer_v2`, `create_scheduler_v2`, autocast with `Nat
 on CUDA), `ModelEmaV3`, `CheckpointSaver`, `distribute_bn`, and `update_summary` for the per-epoch
 `summary.csv`; the flags have the names of timm's `train.py`. The paper's ImageNet recipe (Sec. 4,
 "Implementation details") is SGD, lr 0.1 divided by 10 at epochs 30, 60, 90, random crops and no
-colour augmentation: `--opt sgd --lr 0.1 --sched step --decay-milestones 30 60 90 --epochs 120
+colour augmentation: `--opt sgd --lr 0.1 --sched multistep --decay-milestones 30 60 90 --epochs 120
 --color-jitter 0`.
 
 What it adds to timm's script:
 - without `--data-dir` it trains on the built-in scale-challenging dataset (`timm_elastic.data`),
   and evaluation reports accuracy per combination of object sizes (the paper's Table 4);
+- `--task` picks what is learnt and scored (`timm_elastic.tasks`): `classify` (single-label, the
+  default) or `multilabel` (the paper's MS COCO experiment: binary cross-entropy, F1 and mAP); the task
+  object supplies the data reader, the loss, the per-image records and metrics, and the printed line,
+  and everything else here is shared;
 - exact resume: every epoch reseeds every random generator from (`--seed`, epoch, rank) and data
   workers are recreated each epoch, so a run killed at any point and resumed from its last
   checkpoint computes the same losses as one that never stopped; checkpoints are replaced
@@ -19,6 +23,7 @@ What it adds to timm's script:
 Multi-process training runs under `torchrun` (DDP; gloo on CPU, NCCL on CUDA).
 """
 import argparse
+import copy
 import csv
 import io
 import logging
@@ -33,12 +38,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ._io import fsync_dir, write_text
 from .convert import error_line
 
-__all__ = ['UsageError', 'AtomicCheckpointSaver', 'Progress', 'train', 'validate', 'evaluate', 'combination_table']
+__all__ = ['UsageError', 'AtomicCheckpointSaver', 'Progress', 'train', 'validate', 'evaluate', 'task_of']
 
 _logger = logging.getLogger('timm_elastic.train')
 
@@ -71,15 +75,25 @@ class AtomicCheckpointSaver(_timm_saver()):
 # ---------------------------------------------------------------------------------------------
 # data
 
-def _builtin_dataset(split: str, num_samples: Optional[int], seed: int, cache: bool):
+def task_of(args: argparse.Namespace):
+    """The task object of `args.task` (`timm_elastic.tasks`; 'classify' where the command has no --task)."""
+    from .tasks import get_task
+    try:
+        return get_task(getattr(args, 'task', None))
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def _builtin_dataset(split: str, num_samples: Optional[int], seed: int, cache: bool, **kwargs):
     from .data import ScaleShapes
-    return ScaleShapes(split=split, num_samples=num_samples, seed=seed, cache=cache)
+    return ScaleShapes(split=split, num_samples=num_samples, seed=seed, cache=cache, **kwargs)
 
 
 def create_datasets(args: argparse.Namespace, training: bool = True):
     """(train dataset or None, eval dataset, number of classes) for `args`."""
     from timm.data import create_dataset
 
+    task = task_of(args)
     name = args.dataset or ''
     if not args.data_dir:
         if name not in ('', BUILTIN):
@@ -87,9 +101,10 @@ def create_datasets(args: argparse.Namespace, training: bool = True):
                              f'dataset is used)')
         # rendered once and kept when the loader runs in this process (-j 0)
         cache = args.workers == 0
+        kwargs = task.builtin_kwargs()
         train_ds = _builtin_dataset(args.train_split, getattr(args, 'train_num_samples', None), args.data_seed,
-                                    cache) if training else None
-        eval_ds = _builtin_dataset(args.val_split, args.val_num_samples, args.data_seed, cache)
+                                    cache, **kwargs) if training else None
+        eval_ds = _builtin_dataset(args.val_split, args.val_num_samples, args.data_seed, cache, **kwargs)
         return train_ds, eval_ds, len(eval_ds.classes)
     if name == BUILTIN:
         raise UsageError(f'--dataset {BUILTIN} is generated, not read: leave out --data-dir, or write it out with '
@@ -98,6 +113,9 @@ def create_datasets(args: argparse.Namespace, training: bool = True):
         raise UsageError(f'--data-dir {args.data_dir!r} does not exist or is not a folder')
 
     def make(split: str, is_training: bool):
+        own = task.read_dataset(args, split, is_training)
+        if own is not None:
+            return own
         try:
             return create_dataset(name, root=args.data_dir, split=split, is_training=is_training,
                                   num_samples=args.train_num_samples if is_training else args.val_num_samples)
@@ -325,13 +343,15 @@ class Progress:
 def evaluate(model: nn.Module, loader, args: argparse.Namespace, device: torch.device, amp_autocast=nullcontext,
              combinations: Optional[Sequence[Tuple[str, ...]]] = None, progress: Optional[Progress] = None,
              phase: str = 'eval') -> Dict[str, Any]:
-    """Loss, top-1 and top-5 (percent) over the whole evaluation set, and top-1 per object-size
-    combination when `combinations` (one per image) is given. With DDP every rank evaluates its
-    shard and the per-image results are gathered, so padding duplicates are counted once.
-    `progress`: the bar to advance (training's bar of the epoch), else one of its own."""
+    """The task's metrics over the whole evaluation set (`--task`: classify: loss, top-1 and top-5 in
+    percent; multilabel: loss, P/R/F1 per class and overall, mAP), and per object-size combination when
+    `combinations` (one per image) is given, plus `count`. With DDP every rank evaluates its shard and
+    the per-image records are gathered, so padding duplicates are counted once. `progress`: the bar to
+    advance (training's bar of the epoch), else one of its own."""
+    task = task_of(args)
     model.eval()
     indices = list(iter(loader.sampler)) if loader.sampler is not None else None
-    losses, top1, top5 = [], [], []
+    records: Dict[str, List[torch.Tensor]] = {}
     own = progress is None
     if own:
         progress = Progress(len(loader), phase, args)
@@ -341,28 +361,17 @@ def evaluate(model: nn.Module, loader, args: argparse.Namespace, device: torch.d
             x = x.contiguous(memory_format=torch.channels_last)
         with amp_autocast():
             out = model(x)
-        out = out.float()
-        losses.append(F.cross_entropy(out, y, reduction='none').cpu())
-        k = min(5, out.shape[1])
-        hits = out.topk(k, dim=1).indices == y[:, None]
-        top1.append(hits[:, 0].cpu())
-        top5.append(hits.any(dim=1).cpu())
+        for k, v in task.per_image(out.float(), y).items():
+            records.setdefault(k, []).append(v)
     if own:
         progress.close()
-    results = {'loss': torch.cat(losses), 'top1': torch.cat(top1), 'top5': torch.cat(top5)}
-    if indices is None or len(indices) != len(results['loss']):
-        indices = list(range(len(results['loss'])))
-    results = _gather(results, indices, args)
-    n = len(results['loss'])
-    metrics: Dict[str, Any] = OrderedDict(
-        loss=float(results['loss'].double().mean()),
-        top1=100. * float(results['top1'].double().mean()),
-        top5=100. * float(results['top5'].double().mean()),
-    )
-    if combinations is not None and len(combinations) == n:
-        metrics['per_combination'] = combination_table(results['top1'], combinations)
-    metrics['count'] = n
-    return metrics
+    if not records:
+        raise UsageError('the evaluation data has no images')
+    results = {k: torch.cat(v) for k, v in records.items()}
+    n = len(next(iter(results.values())))
+    if indices is None or len(indices) != n:
+        indices = list(range(n))
+    return task.summarize(_gather(results, indices, args), combinations)
 
 
 def _gather(results: Dict[str, torch.Tensor], indices: List[int], args) -> Dict[str, torch.Tensor]:
@@ -380,18 +389,6 @@ def _gather(results: Dict[str, torch.Tensor], indices: List[int], args) -> Dict[
                 order.append((i, p, j))
     order.sort()
     return {k: torch.stack([parts[p][1][k][j] for _, p, j in order]) for k in results}
-
-
-def combination_table(correct: torch.Tensor, combinations: Sequence[Tuple[str, ...]]) -> Dict[str, Dict[str, float]]:
-    """Top-1 (percent) and image count per object-size combination, in the order of Table 4."""
-    from .data import COMBINATIONS, combination_name
-    table = OrderedDict()
-    for combo in COMBINATIONS:
-        mask = torch.tensor([tuple(sorted(c)) == tuple(sorted(combo)) for c in combinations])
-        if mask.any():
-            table[combination_name(combo)] = dict(top1=100. * float(correct[mask].double().mean()),
-                                                  count=int(mask.sum()))
-    return table
 
 
 # ---------------------------------------------------------------------------------------------
@@ -418,26 +415,20 @@ def trim_summary(path: str, start_epoch: int) -> None:
     write_text(path, text.getvalue())
 
 
-def _flat(metrics: Dict[str, Any]) -> Dict[str, Any]:
-    """Metrics for summary.csv: scalars, and per-combination top-1 as `top1_<combination>`."""
-    out = OrderedDict((k, v) for k, v in metrics.items() if k not in ('per_combination', 'count'))
-    for name, row in metrics.get('per_combination', {}).items():
-        out[f'top1_{name}'] = row['top1']
-    return out
-
-
 def train(args: argparse.Namespace, datasets=None) -> Dict[str, Any]:
     """Train `args.model` as `timm-elastic train` does; returns the last epoch's eval metrics
     (and `output_dir`). See `timm_elastic.cli` for the flags. `datasets` is what `create_datasets`
     returns, to share them (and their rendered images) between runs."""
     from timm.data import Mixup, create_loader, resolve_data_config
-    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
     from timm.models import load_checkpoint, resume_checkpoint
     from timm.optim import create_optimizer_v2
     from timm.scheduler import create_scheduler_v2
     from timm.utils import ModelEmaV3, distribute_bn, get_outdir, update_summary
 
+    task = task_of(args)
     _check_train_args(args)
+    task.check_train_args(args)
+    eval_metric = _eval_metric(args, task)
     device = _init_device(args)
     primary = _is_primary(args)
     amp_autocast, loss_scaler = amp_context(args, device)
@@ -449,6 +440,7 @@ def train(args: argparse.Namespace, datasets=None) -> Dict[str, Any]:
         raise UsageError('--num-classes is needed: the classes of --data-dir could not be read')
     if data_classes is not None and num_classes < data_classes:
         raise UsageError(f'--num-classes {num_classes} is less than the {data_classes} classes of the data')
+    task.check_classes(num_classes, data_classes, '--model', args.model)
 
     reseed(epoch_seed(args.seed, -1, 0))  # the same initial weights on every rank
     model = create_model(args, num_classes, args.initial_checkpoint)
@@ -463,7 +455,7 @@ def train(args: argparse.Namespace, datasets=None) -> Dict[str, Any]:
                              'default) averages the BatchNorm statistics of the processes after every epoch')
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
-    data_config = resolve_data_config(vars(args), model=model)  # its settings: in the info line below
+    data_config = task.data_config(resolve_data_config(vars(args), model=model), args)  # in the info line below
     optimizer = create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
                                     momentum=args.momentum)
     start_epoch = 0
@@ -506,12 +498,7 @@ def train(args: argparse.Namespace, datasets=None) -> Dict[str, Any]:
         else:
             lr_scheduler.step(start_epoch)
 
-    if mixup_fn is not None:
-        train_loss_fn = SoftTargetCrossEntropy()
-    elif args.smoothing:
-        train_loss_fn = LabelSmoothingCrossEntropy(smoothing=args.smoothing)
-    else:
-        train_loss_fn = nn.CrossEntropyLoss()
+    train_loss_fn = task.train_loss(args, mixup=mixup_fn is not None)
 
     output_dir = None
     saver = None
@@ -521,7 +508,7 @@ def train(args: argparse.Namespace, datasets=None) -> Dict[str, Any]:
         output_dir = get_outdir(args.output or './output/train', exp_name)
         saver = AtomicCheckpointSaver(
             model=model, optimizer=optimizer, args=_plain_args(args), model_ema=model_ema, amp_scaler=loss_scaler,
-            checkpoint_dir=output_dir, recovery_dir=output_dir, decreasing=args.eval_metric == 'loss',
+            checkpoint_dir=output_dir, recovery_dir=output_dir, decreasing=eval_metric == 'loss',
             max_history=args.checkpoint_hist)
         if resume is not None and os.path.dirname(os.path.abspath(args.resume)) == os.path.abspath(output_dir) \
                 and hasattr(saver, 'load_state_dict_from_checkpoint'):
@@ -553,18 +540,17 @@ def train(args: argparse.Namespace, datasets=None) -> Dict[str, Any]:
         progress.close()
         lr = optimizer.param_groups[0]['lr']
         if not args.sched_on_updates:
-            lr_scheduler.step(epoch + 1, eval_metrics[args.eval_metric])
+            lr_scheduler.step(epoch + 1, eval_metrics[eval_metric])
         if primary:
             summary = os.path.join(output_dir, 'summary.csv')
-            update_summary(epoch, train_metrics, _flat(eval_metrics), summary, lr=lr,
+            update_summary(epoch, train_metrics, task.flat(eval_metrics), summary, lr=lr,
                            write_header=not os.path.exists(summary) or os.path.getsize(summary) == 0)
-            saver.save_checkpoint(epoch, metric=eval_metrics[args.eval_metric])
-            print(f'epoch {epoch + 1}/{num_epochs}: train loss {train_metrics["loss"]:.4f}, '
-                  f'eval loss {eval_metrics["loss"]:.4f}, top-1 {eval_metrics["top1"]:.2f}%, '
-                  f'top-5 {eval_metrics["top5"]:.2f}%, lr {lr:.4g}', flush=True)
+            saver.save_checkpoint(epoch, metric=eval_metrics[eval_metric])
+            print(f'epoch {epoch + 1}/{num_epochs}: train loss {train_metrics["loss"]:.4f}, eval '
+                  f'{task.line(eval_metrics)}, lr {lr:.4g}', flush=True)
     if args.distributed:
         torch.distributed.barrier()
-    return dict(eval_metrics, output_dir=output_dir, num_classes=num_classes)
+    return dict(eval_metrics, output_dir=output_dir, num_classes=num_classes, img_size=data_config['input_size'][-1])
 
 
 def _data_summary(data_config: Dict[str, Any]) -> str:
@@ -616,6 +602,15 @@ def _train_one_epoch(epoch, num_epochs, model, loader, optimizer, loss_fn, args,
     return OrderedDict(loss=float(loss_sum / max(count, 1)))
 
 
+def _eval_metric(args: argparse.Namespace, task) -> str:
+    """`--eval-metric`, or the task's default: a metric that the task's evaluation reports."""
+    metric = args.eval_metric or task.eval_metrics[0]
+    if metric not in task.eval_metrics:
+        raise UsageError(f'--eval-metric {metric} is not a metric of --task {task.name}; use one of '
+                         f'{", ".join(task.eval_metrics)}')
+    return metric
+
+
 def _check_train_args(args: argparse.Namespace) -> None:
     for flag, value in (('--epochs', args.epochs), ('-b/--batch-size', args.batch_size)):
         if value < 1:
@@ -654,15 +649,17 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
     loss, top-1, top-5 and, where the data records object sizes, top-1 per size combination."""
     from timm.data import resolve_data_config
 
+    task = task_of(args)
     device = _init_device(args)
     amp_autocast, _ = amp_context(args, device)
     _, eval_ds, data_classes = create_datasets(args, training=False)
     model = load_for_eval(args, data_classes, device)
-    data_config = resolve_data_config(vars(args), model=model)
+    data_config = task.data_config(resolve_data_config(vars(args), model=model), args)
     loader = _eval_loader(eval_ds, args.batch_size, args, data_config, device)
     metrics = evaluate(model, loader, args, device, amp_autocast,
                        combinations_of(eval_ds, args.data_dir, args.val_split))
-    return dict(metrics, model=args.model, num_classes=model.num_classes, img_size=data_config['input_size'][-1])
+    return dict(metrics, task=task.name, model=args.model, num_classes=model.num_classes,
+                img_size=data_config['input_size'][-1])
 
 
 def load_for_eval(args: argparse.Namespace, data_classes: Optional[int], device: torch.device,
@@ -683,16 +680,35 @@ def load_for_eval(args: argparse.Namespace, data_classes: Optional[int], device:
     if ckpt is not None and not args.num_classes:
         num_classes = _checkpoint_classes(ckpt, args.model) or num_classes
     model = create_model(args, num_classes)
+    task = task_of(args)
     if ckpt is not None:
+        _check_checkpoint_task(ckpt, args.checkpoint, ckpt_flag, task.name)
         check_checkpoint_fits(model, _pick_state(ckpt, args.use_ema), args.checkpoint, ckpt_flag, args.model)
         load_checkpoint(model, args.checkpoint, use_ema=args.use_ema)
-    if data_classes is not None and model.num_classes < data_classes:
-        raise UsageError(f'{model_flag} {args.model} has {model.num_classes} classes, fewer than the {data_classes} '
-                         f'of the data (set --num-classes {data_classes})')
+    task.check_classes(model.num_classes, data_classes, model_flag, args.model)
     model.to(device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
     return model
+
+
+def _check_checkpoint_task(ckpt: Dict[str, Any], path: str, flag: str, task: str) -> None:
+    """Refuse a checkpoint that `timm-elastic train` made for another --task (its outputs mean something
+    else); checkpoints of other scripts record no task and pass."""
+    saved = getattr(ckpt.get('args'), 'task', None)
+    if saved and saved != task:
+        raise UsageError(f'{flag} {path!r} was trained with --task {saved}; evaluate it with --task {saved}')
+
+
+def baseline_args(args: argparse.Namespace) -> argparse.Namespace:
+    """The options of a command's `--baseline NAME` / `--baseline-checkpoint PATH` as `load_for_eval` takes
+    them: the baseline's name and weights, and its own architecture (no --elastic-* options)."""
+    b = copy.copy(args)
+    b.model, b.checkpoint = args.baseline, args.baseline_checkpoint
+    # --pretrained gives a baseline without a checkpoint its released weights; with one, they are not needed
+    b.pretrained = args.pretrained and not args.baseline_checkpoint
+    b.elastic_ratio = b.elastic_resample = None  # the baseline's own architecture
+    return b
 
 
 def _recorded_model(ckpt: Optional[Dict[str, Any]], path: str) -> str:

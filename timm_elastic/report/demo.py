@@ -9,7 +9,6 @@ predictions, for other analyses).
 """
 import argparse
 import base64
-import copy
 import io
 import os
 from contextlib import nullcontext
@@ -67,20 +66,12 @@ def _top5(probs: torch.Tensor) -> List[List[List[float]]]:
     return [[[int(ci), round(float(pi), 4)] for ci, pi in zip(cs, ps)] for cs, ps in zip(c, p)]
 
 
-def _baseline_args(args: argparse.Namespace) -> argparse.Namespace:
-    b = copy.copy(args)
-    b.model, b.checkpoint = args.baseline, args.baseline_checkpoint
-    # --pretrained gives a baseline without a checkpoint its released weights; with one, they are not needed
-    b.pretrained = args.pretrained and not args.baseline_checkpoint
-    b.elastic_ratio = b.elastic_resample = None  # the baseline's own architecture
-    return b
-
-
 def run(args: argparse.Namespace) -> Dict[str, Any]:
     """Score, plot and write the page for `args` (the options of `timm-elastic policy`); returns
     what was written: `{'folder', 'files', 'images', 'blocks', 'model', 'baseline', 'top1',
     'baseline_top1'}`."""
-    from ..train import UsageError, _class_names, _init_device, amp_context, create_datasets, load_for_eval
+    from ..train import UsageError, _class_names, _init_device, amp_context, baseline_args, create_datasets, \
+        load_for_eval
     if args.baseline_checkpoint and not args.baseline:
         raise UsageError('--baseline-checkpoint needs --baseline NAME (the model it holds)')
     if os.path.exists(args.out) and not os.path.isdir(args.out):
@@ -101,7 +92,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     probs, targets = _predict(model, dataset, args, device, amp_autocast, recorder)
     base_probs = None
     if args.baseline:
-        bargs = _baseline_args(args)
+        bargs = baseline_args(args)
         baseline = load_for_eval(bargs, data_classes, device, flags=('--baseline', '--baseline-checkpoint'))
         args.baseline = bargs.model
         base_probs, _ = _predict(baseline, dataset, bargs, device, amp_autocast)

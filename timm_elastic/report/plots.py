@@ -1,4 +1,5 @@
-"""PNG plots of the scale policy analyses (paper Fig. 5 and the three panels of Fig. 6).
+"""PNG plots of the scale policy analyses (paper Fig. 5 and the three panels of Fig. 6) and of the scale
+stress test (Fig. 7).
 
 Each function takes what a `timm_elastic.policy` function returned and a path, draws on its own
 matplotlib `Figure` (no pyplot state, no display needed) and writes the PNG atomically.
@@ -11,7 +12,7 @@ import numpy as np
 from .._io import write_bytes
 from ..policy import require
 
-__all__ = ['plot_class_ranking', 'plot_embedding', 'plot_strip', 'plot_improvement_density']
+__all__ = ['plot_class_ranking', 'plot_embedding', 'plot_strip', 'plot_improvement_density', 'plot_stress']
 
 
 def _figure(size: Tuple[float, float]):
@@ -92,4 +93,29 @@ def plot_improvement_density(density, path: str) -> str:
         ax.set_title(title, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
+    return _save(fig, path)
+
+
+def plot_stress(relative, path: str, title: str) -> str:
+    """Fig. 7: per test size, a bar per metric of the relative improvement (percent) of the Elastic model
+    over its baseline; `relative` is {metric: {size: [value per seed]}}, the bar the mean and, with
+    several seeds, a line from the lowest to the highest seed (None values, a baseline at 0, are left out)."""
+    labels = {'f1_o': 'F1-Overall', 'f1_c': 'F1-PerClass', 'top1': 'top-1'}
+    metrics = list(relative)
+    sizes = list(next(iter(relative.values())))
+    fig = _figure((max(5., 1.1 * len(sizes) + 1.5), 3.8))
+    ax = fig.add_subplot()
+    width = 0.8 / len(metrics)
+    for k, m in enumerate(metrics):
+        values = [np.asarray([v for v in relative[m][s] if v is not None] or [np.nan], dtype=float) for s in sizes]
+        x = np.arange(len(sizes)) + (k - (len(metrics) - 1) / 2) * width
+        ax.bar(x, [v.mean() for v in values], width, label=labels.get(m, m))
+        if any(len(v) > 1 for v in values):
+            ax.vlines(x, [v.min() for v in values], [v.max() for v in values], color='black', linewidth=1)
+    ax.set_xticks(range(len(sizes)), [f'{s}x{s}' for s in sizes])
+    ax.axhline(0, color='black', linewidth=0.5)
+    ax.set_xlabel('test size')
+    ax.set_ylabel('relative improvement (%)')
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
     return _save(fig, path)

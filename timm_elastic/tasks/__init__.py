@@ -1,1 +1,109 @@
-"""Tasks beyond ImageNet classification that the paper evaluates (Sec. 4.2-4.3)."""
+"""Tasks beyond ImageNet classification that the paper evaluates (Sec. 4.2-4.3), and the task objects
+that the one training / evaluation loop (`timm_elastic.train`) calls.
+
+A task says what differs between tasks and nothing else: how its data is read, its training loss, what
+is recorded per image during evaluation and how those records become metrics, how a result is printed
+and which metric ranks checkpoints. The loop (seeding, AMP, DDP, checkpoints, exact resume, progress,
+summary.csv) is the same for every task. `--task` names one of `TASKS`.
+"""
+import argparse
+from collections import OrderedDict
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import torch
+
+__all__ = ['TASKS', 'Task', 'get_task']
+
+
+class Task:
+    """The interface the loop calls; `tasks.classify.Classify` and `tasks.multilabel.MultiLabel` are the
+    implementations."""
+    name = ''
+    #: the metrics `--eval-metric` may rank checkpoints by, the default first; 'loss' ranks lowest first
+    eval_metrics: Tuple[str, ...] = ()
+    #: the metric the per-combination rows report (Table 4)
+    combination_metric = ''
+
+    def builtin_kwargs(self) -> Dict[str, Any]:
+        """Keyword arguments of the built-in dataset (`ScaleShapes`) for this task."""
+        return {}
+
+    def read_dataset(self, args: argparse.Namespace, split: str, is_training: bool):
+        """The `--data-dir` dataset of `split`, or None to let timm's `create_dataset` read it."""
+        return None
+
+    def check_train_args(self, args: argparse.Namespace) -> None:
+        """Refuse training flags that do not apply to the task (a `UsageError` naming the flag)."""
+
+    def train_loss(self, args: argparse.Namespace, mixup: bool) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def check_classes(self, model_classes: int, data_classes: Optional[int], flag: str, model: str) -> None:
+        """Refuse a model whose outputs cannot score the data: fewer classes than it has."""
+        from ..train import UsageError
+        if data_classes is not None and model_classes < data_classes:
+            raise UsageError(f'{flag} {model} has {model_classes} classes, fewer than the {data_classes} of the data '
+                             f'(set --num-classes {data_classes})')
+
+    def data_config(self, config: Dict[str, Any], args: argparse.Namespace) -> Dict[str, Any]:
+        """timm's resolved data config, with the task's own evaluation defaults where the user set none."""
+        return config
+
+    def per_image(self, logits: torch.Tensor, target: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """What evaluation keeps of a batch: tensors with the batch's images along the first axis, on the
+        CPU (gathered over processes and put in dataset order before `metrics`)."""
+        raise NotImplementedError
+
+    def metrics(self, results: Dict[str, torch.Tensor]) -> Dict[str, Any]:
+        """The metrics over the images of `results` (all of them, or one size combination's)."""
+        raise NotImplementedError
+
+    def summarize(self, results: Dict[str, torch.Tensor],
+                  combinations: Optional[Sequence[Tuple[str, ...]]]) -> Dict[str, Any]:
+        """`metrics` over every image, and per object-size combination (Table 4's rows, in its order) when
+        `combinations` (one per image) is given: `per_combination[name]` holds every metric and `count`."""
+        from ..data import COMBINATIONS, combination_name
+        out: Dict[str, Any] = OrderedDict(self.metrics(results))
+        n = len(next(iter(results.values())))
+        if combinations is not None and len(combinations) == n:
+            table = OrderedDict()
+            for combo in COMBINATIONS:
+                mask = torch.tensor([tuple(sorted(c)) == tuple(sorted(combo)) for c in combinations])
+                if mask.any():
+                    subset = {k: v[mask] for k, v in results.items()}
+                    table[combination_name(combo)] = dict(self.metrics(subset), count=int(mask.sum()))
+            out['per_combination'] = table
+        out['count'] = n
+        return out
+
+    def flat(self, metrics: Dict[str, Any]) -> Dict[str, Any]:
+        """Metrics for summary.csv: the scalars, and the combination metric per combination as
+        `<metric>_<combination>`."""
+        out = OrderedDict((k, v) for k, v in metrics.items() if k not in ('per_combination', 'count'))
+        for name, row in metrics.get('per_combination', {}).items():
+            out[f'{self.combination_metric}_{name}'] = row[self.combination_metric]
+        return out
+
+    def line(self, metrics: Dict[str, Any]) -> str:
+        """The evaluation in a few words, for the epoch line and `validate`."""
+        raise NotImplementedError
+
+    def combination_line(self, row: Dict[str, Any]) -> str:
+        """One per-combination row in a few words."""
+        m = self.combination_metric
+        return f'{m} {row[m]:6.2f}%'
+
+
+TASKS = ('classify', 'multilabel')
+
+
+def get_task(name: Optional[str]) -> Task:
+    """The task object for `--task NAME` ('classify' when None)."""
+    name = name or 'classify'
+    if name == 'classify':
+        from .classify import Classify
+        return Classify()
+    if name == 'multilabel':
+        from .multilabel import MultiLabel
+        return MultiLabel()
+    raise ValueError(f'unknown task {name!r}; the tasks are {", ".join(TASKS)}')

@@ -1,0 +1,133 @@
+"""The scale stress test (paper Sec. 4.2, Fig. 7): trained models evaluated at test sizes they were not
+trained at, and the Elastic model's relative improvement over its baseline per size.
+
+The paper trains DLA-X60 (+Elastic) on MS COCO at 224x224 and tests at 96, 224, 448 and 896 pixels,
+"changing the last average pooling layer accordingly": timm's models pool globally, so they take any
+size as they are. Each size is evaluated as `validate` evaluates (the task's metrics and per-combination
+rows), the whole image resized to the square size (the original's `Resize((S, S))`).
+"""
+import argparse
+import copy
+from collections import OrderedDict
+from typing import Any, Dict, List, Optional, Sequence
+
+__all__ = ['PAPER_SIZES', 'PAPER_TRAIN_SIZE', 'BUILTIN_SIZES', 'scaled_sizes', 'stress_test', 'relative_improvement',
+           'format_stress', 'run']
+
+PAPER_SIZES = (96, 224, 448, 896)
+PAPER_TRAIN_SIZE = 224
+# compare's default on the built-in data: the paper's sizes but 896. Its 4x (256 for the 64-pixel images)
+# costs 16 evaluations' time (150 of the 386 s of `compare --task multilabel` on 2 cores) and enlarges
+# images that have no more detail to give: the tiny models read nothing there (F1-O 1-12%).
+BUILTIN_SIZES = PAPER_SIZES[:3]
+MIN_SIZE = 32  # the models' total stride: below it the last feature map is empty
+
+
+def scaled_sizes(train_size: int, sizes: Sequence[int] = PAPER_SIZES) -> List[int]:
+    """The paper's test sizes in proportion to a model trained at `train_size` instead of 224 (at least
+    32 pixels): 96, 224, 448, 896 -> 32, 64, 128, 256 for the built-in data's 64."""
+    out = []
+    for s in sizes:
+        size = max(MIN_SIZE, round(s * train_size / PAPER_TRAIN_SIZE))
+        if size not in out:
+            out.append(size)
+    return out
+
+
+def stress_test(model, dataset, args: argparse.Namespace, device, sizes: Sequence[int], amp_autocast=None,
+                combinations=None) -> Dict[int, Dict[str, Any]]:
+    """{size: the task's metrics of `model` on `dataset` at size x size} (`args.task`, `args.batch_size`,
+    `args.channels_last` as `validate`; with DDP every process evaluates its shard)."""
+    from contextlib import nullcontext
+
+    from timm.data import resolve_data_config
+
+    from .train import _eval_loader, evaluate, task_of
+    task = task_of(args)
+    out: Dict[int, Dict[str, Any]] = OrderedDict()
+    for size in sizes:
+        sized = copy.copy(args)
+        sized.img_size, sized.input_size = size, None
+        config = task.data_config(resolve_data_config(vars(sized), model=model), sized)
+        config = dict(config, crop_pct=1.0, crop_mode='squash')  # the whole image at every size
+        loader = _eval_loader(dataset, args.batch_size, sized, config, device)
+        out[size] = evaluate(model, loader, sized, device, amp_autocast or nullcontext, combinations,
+                             phase=f'{size}x{size}')
+    return out
+
+
+def relative_improvement(base: float, elastic: float) -> Optional[float]:
+    """The Elastic model's improvement relative to the baseline's value, in percent (Fig. 7's bars); None
+    where the baseline's value is 0 (nothing to be relative to)."""
+    return 100. * (elastic - base) / base if base else None
+
+
+def run(args: argparse.Namespace) -> Dict[str, Any]:
+    """`timm-elastic stress`: evaluate `args.model` (and `args.baseline`) at `args.sizes`; returns
+    {'task', 'sizes', 'model', 'baseline', 'metrics': {'baseline' / 'model': {size: metrics}}, 'relative':
+    {metric: {size: percent}} (with a baseline), 'files'}."""
+    from ._io import write_json
+    from .train import UsageError, _init_device, amp_context, baseline_args, combinations_of, create_datasets, \
+        load_for_eval, task_of
+    task = task_of(args)
+    if args.baseline_checkpoint and not args.baseline:
+        raise UsageError('--baseline-checkpoint needs --baseline NAME (the model it holds)')
+    bad = [s for s in args.sizes if s < MIN_SIZE]
+    if bad:
+        raise UsageError(f'--sizes must be at least {MIN_SIZE} pixels, got {" ".join(map(str, bad))}')
+    if args.plot and not args.baseline:
+        raise UsageError('--plot draws the improvement over a baseline: pass --baseline NAME too')
+    device = _init_device(args)
+    amp_autocast, _ = amp_context(args, device)
+    _, dataset, data_classes = create_datasets(args, training=False)
+    combos = combinations_of(dataset, args.data_dir, args.val_split)
+    runs = [('model', args, ('--model', '--checkpoint'))]
+    if args.baseline:
+        runs.insert(0, ('baseline', baseline_args(args), ('--baseline', '--baseline-checkpoint')))
+    per_model = OrderedDict()
+    names = {}
+    for role, run_args, flags in runs:
+        model = load_for_eval(run_args, data_classes, device, flags=flags)
+        names[role] = run_args.model
+        per_model[role] = stress_test(model, dataset, run_args, device, args.sizes, amp_autocast, combos)
+    result: Dict[str, Any] = OrderedDict(task=task.name, sizes=list(args.sizes), model=names['model'],
+                                         baseline=names.get('baseline'), metrics=per_model)
+    files = []
+    if args.baseline:
+        base, elastic = per_model['baseline'], per_model['model']
+        result['relative'] = OrderedDict(
+            (m, OrderedDict((s, relative_improvement(base[s][m], elastic[s][m])) for s in args.sizes))
+            for m in _stress_metrics(task))
+        if args.plot:
+            from .report.plots import plot_stress
+            files.append(plot_stress({m: {s: [v] for s, v in r.items()} for m, r in result['relative'].items()},
+                                     args.plot, f'{names["model"]} over {names["baseline"]}\nrelative improvement '
+                                     'per test size (paper Fig. 7)'))
+    if args.results_file:
+        write_json(args.results_file, result)
+        files.append(args.results_file)
+    result['files'] = files
+    return result
+
+
+def _stress_metrics(task) -> List[str]:
+    """The metrics whose relative improvement is reported: the paper's F1s for multi-label, top-1 otherwise."""
+    return ['f1_o', 'f1_c'] if task.name == 'multilabel' else ['top1']
+
+
+def format_stress(relative: Dict[str, Dict[int, List[Optional[float]]]]) -> str:
+    """Fig. 7 as a table: per test size, the relative improvement of each metric (mean ± standard
+    deviation over the seeds where there are several; n/a where every baseline value was 0)."""
+    from .compare import spread
+    labels = {'f1_o': 'F1-O', 'f1_c': 'F1-C', 'top1': 'top-1'}
+    metrics = list(relative)
+    sizes = list(next(iter(relative.values())))
+    head = f'{"test size":>10} | ' + ' | '.join(f'{"relative " + labels.get(m, m):>18}' for m in metrics)
+    lines = [head, '-' * len(head)]
+    for s in sizes:
+        cells = []
+        for m in metrics:
+            values = [v for v in relative[m][s] if v is not None]
+            cells.append(f'{format(spread(values), "+.2f") + "%" if values else "n/a":>18}')
+        lines.append(f'{f"{s}x{s}":>10} | ' + ' | '.join(cells))
+    return '\n'.join(lines)
