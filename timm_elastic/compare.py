@@ -77,6 +77,11 @@ def compare(args: argparse.Namespace) -> Dict[str, List[Dict[str, Any]]]:
     seeds = _check_seeds(args.seeds)
     task = task_of(args)
     stress = task.name == 'multilabel' and getattr(args, 'stress_sizes', None) != []
+    if stress:
+        from .stress import MIN_SIZE
+        small = [s for s in args.stress_sizes or () if s < MIN_SIZE]
+        if small:
+            raise UsageError(f'--stress-sizes must be at least {MIN_SIZE} pixels, got {" ".join(map(str, small))}')
     experiment = args.experiment or 'compare-' + time.strftime('%Y%m%d-%H%M%S')
     primary = os.environ.get('RANK', '0') == '0'  # torchrun's first process
     datasets = create_datasets(args)  # one dataset for every run: the seed varies training, not the data
