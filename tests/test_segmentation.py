@@ -1,0 +1,78 @@
+"""The PASCAL VOC metric (paper Table 5) as the original's `inter_and_union` and `segment.py` compute it: by
+hand, against the original's histogram arithmetic re-done here in numpy, and its errors."""
+import numpy as np
+import pytest
+import torch
+
+from timm_elastic.tasks.segmentation import IGNORE_INDEX, VOC_CLASSES, inter_and_union, iou_metrics
+
+
+def test_counts_by_hand():
+    label = torch.tensor([[0, 0, 1, 1],
+                          [0, 2, 2, 255],
+                          [255, 2, 1, 0]])
+    pred = torch.tensor([[0, 1, 1, 1],
+                         [2, 2, 0, 1],
+                         [0, 2, 2, 0]])
+    inter, union = inter_and_union(pred, label, 3)
+    # scored pixels (label != 255): 10. class 0: label at (0,0) (0,1) (1,0) (2,3), pred at (0,0) (1,2) (2,3)
+    # (and (2,0), whose label is 255: not scored) -> inter 2 ((0,0), (2,3)), union 4 + 3 - 2 = 5
+    # class 1: label (0,2) (0,3) (2,2), pred (0,1) (0,2) (0,3) -> inter 2, union 3 + 3 - 2 = 4
+    # class 2: label (1,1) (1,2) (2,1), pred (1,0) (1,1) (2,1) (2,2) -> inter 2, union 3 + 4 - 2 = 5
+    assert inter.tolist() == [2, 2, 2] and union.tolist() == [5, 4, 5]
+    m = iou_metrics(inter, union, ['a', 'b', 'c'])
+    assert m['iou'] == pytest.approx({'a': 40., 'b': 50., 'c': 40.})
+    assert m['miou'] == pytest.approx(130. / 3)
+
+
+def test_a_class_no_image_has_counts_as_zero_in_the_mean():
+    inter, union = inter_and_union(torch.tensor([0, 1, 1]), torch.tensor([0, 1, 1]), 3)
+    assert union.tolist() == [1, 2, 0]
+    assert iou_metrics(inter, union)['miou'] == pytest.approx(200. / 3)  # (100 + 100 + 0) / 3
+
+
+def _original(pred, mask, n):
+    """The original's arithmetic: uint8 maps shifted by one (255 wraps to 0, left out), histograms of n bins
+    over [1, n]."""
+    pred = np.asarray(pred, dtype=np.uint8) + np.uint8(1)
+    mask = np.asarray(mask, dtype=np.uint8) + np.uint8(1)
+    pred = pred * (mask > 0)
+    inter = pred * (pred == mask)
+    a_inter = np.histogram(inter, bins=n, range=(1, n))[0]
+    a_pred = np.histogram(pred, bins=n, range=(1, n))[0]
+    a_mask = np.histogram(mask, bins=n, range=(1, n))[0]
+    return a_inter, a_pred + a_mask - a_inter
+
+
+def test_equals_the_originals_arithmetic_over_a_dataset():
+    g = torch.Generator().manual_seed(0)
+    n = len(VOC_CLASSES)
+    total = [np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)]
+    ours = [torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long)]
+    for _ in range(5):
+        label = torch.randint(0, n - 3, (37, 53), generator=g)  # the last 3 classes in no label
+        label[torch.rand(37, 53, generator=g) < 0.1] = IGNORE_INDEX
+        pred = torch.where(torch.rand(37, 53, generator=g) < 0.6, label.clamp(max=n - 1),
+                           torch.randint(0, n - 1, (37, 53), generator=g))  # class 20 never predicted
+        a, b = _original(pred.numpy(), label.numpy(), n)
+        total[0] += a
+        total[1] += b
+        i, u = inter_and_union(pred, label, n)
+        ours[0] += i
+        ours[1] += u
+    assert ours[0].tolist() == total[0].tolist() and ours[1].tolist() == total[1].tolist()
+    iou = total[0] / (total[1] + 1e-10)
+    m = iou_metrics(*ours, VOC_CLASSES)
+    assert m['miou'] == pytest.approx(100 * iou.mean()) and m['iou']['tvmonitor'] == 0.
+    assert list(m['iou'].values()) == pytest.approx(list(100 * iou))
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match=r'labels must be 0..2 or 255 \(ignored\), got \[3, 7\]'):
+        inter_and_union(torch.zeros(2, 2), torch.tensor([[0, 3], [7, 255]]), 3)
+    with pytest.raises(ValueError, match=r'predictions must be 0..2, got \[5\]'):
+        inter_and_union(torch.tensor([5, 0]), torch.tensor([0, 0]), 3)
+    with pytest.raises(ValueError, match='same shape'):
+        inter_and_union(torch.zeros(2, 2), torch.zeros(2, 3), 3)
+    with pytest.raises(ValueError, match='2 class names for 3 classes'):
+        iou_metrics(torch.zeros(3), torch.ones(3), ['a', 'b'])
