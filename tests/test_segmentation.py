@@ -76,3 +76,70 @@ def test_bad_inputs():
         inter_and_union(torch.zeros(2, 2), torch.zeros(2, 3), 3)
     with pytest.raises(ValueError, match='2 class names for 3 classes'):
         iou_metrics(torch.zeros(3), torch.ones(3), ['a', 'b'])
+
+
+def _palette_png(path, labels):
+    from PIL import Image
+    img = Image.fromarray(np.asarray(labels, dtype=np.uint8), mode='P')
+    img.putpalette([v for i in range(256) for v in ((i * 37) % 256, (i * 91) % 256, (i * 53) % 256)])
+    img.save(path)
+
+
+def write_voc(voc, ids=('2007_000032', '2007_000039', '2008_000001'), aug=('2011_000002',)):
+    """A VOC2012 folder: JPEGs, palette masks (labels 0, 15 or 1, and 255), the standard lists and an SBD-style
+    train_aug list whose masks (of every image, as SBD's) are in SegmentationClassAug."""
+    from PIL import Image
+    for d in ('JPEGImages', 'SegmentationClass', 'SegmentationClassAug', 'ImageSets/Segmentation'):
+        (voc / d).mkdir(parents=True, exist_ok=True)
+    masks = {}
+    for k, name in enumerate((*ids, *aug)):
+        Image.new('RGB', (12, 9), (20 * k, 50, 90)).save(voc / 'JPEGImages' / f'{name}.jpg')
+        m = np.zeros((9, 12), dtype=np.uint8)
+        m[2:6, 3:8] = 15 if k % 2 == 0 else 1
+        m[2, 3:8] = 255
+        masks[name] = m
+        _palette_png(voc / 'SegmentationClassAug' / f'{name}.png', m)
+        if name not in aug:
+            _palette_png(voc / 'SegmentationClass' / f'{name}.png', m)
+    lists = voc / 'ImageSets' / 'Segmentation'
+    (lists / 'train.txt').write_text('\n'.join(ids[:2]) + '\n')
+    (lists / 'val.txt').write_text(ids[2] + '\n')
+    (lists / 'trainval.txt').write_text('\n'.join(ids) + '\n')
+    (lists / 'train_aug.txt').write_text('\n'.join((*ids[:2], *aug)) + '\n')
+    return masks
+
+
+def test_voc_reader_layouts_and_lists(tmp_path):
+    from timm_elastic.tasks.segmentation import VOCSegmentationData
+    voc = tmp_path / 'VOCdevkit' / 'VOC2012'
+    masks = write_voc(voc)
+    ds = VOCSegmentationData(str(tmp_path), 'train')  # torchvision's own constructor
+    assert len(ds) == 2 and ds.images[0].endswith('JPEGImages/2007_000032.jpg')
+    image, mask = ds[1]
+    assert image.mode == 'RGB' and image.size == (12, 9) and mask.mode == 'P'
+    assert np.array_equal(np.asarray(mask), masks['2007_000039'])
+    val = VOCSegmentationData(str(voc), 'val')  # the VOC2012 folder itself
+    assert np.array_equal(np.asarray(val[0][1]), masks['2008_000001'])
+    aug = VOCSegmentationData(str(tmp_path), 'train_aug')
+    assert len(aug) == 3 and aug.masks[2].endswith('SegmentationClassAug/2011_000002.png')
+    assert aug.masks[0].endswith('SegmentationClassAug/2007_000032.png')  # the Aug masks for every id
+    assert np.array_equal(np.asarray(aug[2][1]), masks['2011_000002'])
+    # the original's list/*.txt lines: an image path and a mask path under the VOC2012 folder
+    (voc / 'ImageSets' / 'Segmentation' / 'pairs.txt').write_text(
+        '/JPEGImages/2007_000032.jpg /SegmentationClass/2007_000032.png\n')
+    pairs = VOCSegmentationData(str(voc), 'pairs')
+    assert np.array_equal(np.asarray(pairs[0][1]), masks['2007_000032'])
+    flipped = VOCSegmentationData(str(voc), 'val', transforms=lambda i, m: (i.transpose(0), m.transpose(0)))
+    assert np.array_equal(np.asarray(flipped[0][1]), masks['2008_000001'][:, ::-1])
+
+
+def test_voc_reader_errors(tmp_path):
+    from timm_elastic.tasks.segmentation import VOCSegmentationData
+    voc = tmp_path / 'VOC2012'
+    write_voc(voc)
+    message = r"no split list 'test': .*test.txt does not exist \(lists there: train, train_aug, trainval, val\)"
+    with pytest.raises(FileNotFoundError, match=message):
+        VOCSegmentationData(str(voc), 'test')
+    (voc / 'JPEGImages' / '2008_000001.jpg').unlink()
+    with pytest.raises(FileNotFoundError, match=r"1 files of split 'val' are missing, e.g. .*2008_000001.jpg"):
+        VOCSegmentationData(str(voc), 'val')

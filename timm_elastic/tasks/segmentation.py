@@ -1,4 +1,12 @@
-"""Semantic segmentation on the PASCAL VOC protocol (paper Sec. 4.3, Table 5): the metric.
+"""Semantic segmentation on the PASCAL VOC protocol (paper Sec. 4.3, Table 5): the data and the metric.
+
+`VOCSegmentationData` reads a local VOC folder (`JPEGImages/`, palette PNGs in `SegmentationClass/`, split
+lists in `ImageSets/Segmentation/<split>.txt`) through torchvision's `VOCSegmentation`, never downloading.
+torchvision takes the standard splits (train, val, trainval) of `ROOT/VOCdevkit/VOC2012`; other lists
+(the usual `train_aug.txt` of the SBD-augmented set, whose masks are in `SegmentationClassAug/`) and a
+root that is the VOC2012 folder itself are read with the same conventions and torchvision's item reader.
+A list line is an image id, or, as in the original's `list/*.txt`, an image path and a mask path relative
+to the VOC2012 folder.
 
 The original evaluation (`segment.py` and `inter_and_union` in allenai/elastic's `utils.py`) takes, per
 image, the arg-max class of every pixel and counts per class the pixels where prediction and label agree
@@ -9,12 +17,15 @@ of any image contain has IoU 0 and still counts in the mean (its union is 0; the
 the denominator). `inter_and_union` and `iou_metrics` compute exactly that; labels other than
 0..num_classes-1 and 255 are refused (the original's uint8 arithmetic would silently drop or wrap them).
 """
+import os
 from collections import OrderedDict
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
+from torchvision.datasets import VOCSegmentation
+from torchvision.datasets.vision import VisionDataset
 
-__all__ = ['IGNORE_INDEX', 'VOC_CLASSES', 'inter_and_union', 'iou_metrics']
+__all__ = ['IGNORE_INDEX', 'VOC_CLASSES', 'VOCSegmentationData', 'inter_and_union', 'iou_metrics']
 
 IGNORE_INDEX = 255  # VOC's label for borders and void: no class, not scored
 
@@ -69,3 +80,57 @@ def iou_metrics(inter: torch.Tensor, union: torch.Tensor,
         raise ValueError(f'{len(names)} class names for {len(iou)} classes')
     return OrderedDict(miou=100. * float(iou.mean()),
                        iou=OrderedDict((n, 100. * float(v)) for n, v in zip(names, iou)))
+
+
+class VOCSegmentationData(VOCSegmentation):
+    """PASCAL VOC segmentation from a local folder: `dataset[i]` is `(image, mask)`, two PIL images (the
+    mask's pixels are class indices, 255 ignored), through `transforms(image, mask)` when given.
+
+    Args:
+        root: the VOC2012 folder (holding `JPEGImages/`), or a folder holding `VOCdevkit/VOC2012/`.
+        split: the name of a list in `ImageSets/Segmentation/` (`train`, `val`, `trainval`, `train_aug`...).
+        transforms: applied to the (image, mask) pair.
+
+    `classes` are `VOC_CLASSES`; `images` / `masks` the files, in the list's order. A missing list or file
+    raises FileNotFoundError naming it.
+    """
+
+    classes = VOC_CLASSES
+
+    def __init__(self, root: str, split: str = 'train', transforms: Optional[Callable] = None):
+        nested = os.path.join(root, 'VOCdevkit', 'VOC2012')
+        voc_root = nested if os.path.isdir(nested) else root
+        lists = os.path.join(voc_root, 'ImageSets', 'Segmentation')
+        list_file = os.path.join(lists, f'{split}.txt')
+        if not os.path.isfile(list_file):
+            there = sorted(f[:-4] for f in os.listdir(lists) if f.endswith('.txt')) if os.path.isdir(lists) else []
+            raise FileNotFoundError(f'no split list {split!r}: {list_file} does not exist'
+                                    + (f' (lists there: {", ".join(there)})' if there else ''))
+        self.split, self.voc_root = split, voc_root
+        if voc_root == nested and split in ('train', 'val', 'trainval'):
+            super().__init__(root, year='2012', image_set=split, transforms=transforms)
+        else:  # what torchvision's constructor does, for any list and either root
+            VisionDataset.__init__(self, root, transforms=transforms)
+            self.year, self.image_set = '2012', split
+            self.images, self.targets = self._read_list(list_file, voc_root, split)
+        missing = [f for f in (*self.images, *self.targets) if not os.path.isfile(f)]
+        if missing:
+            raise FileNotFoundError(f'{len(missing)} files of split {split!r} are missing, e.g. {missing[0]}')
+
+    @staticmethod
+    def _read_list(list_file: str, voc_root: str, split: str) -> Tuple[List[str], List[str]]:
+        mask_dir = 'SegmentationClassAug' if split.endswith('_aug') and \
+            os.path.isdir(os.path.join(voc_root, 'SegmentationClassAug')) else 'SegmentationClass'
+        images, masks = [], []
+        with open(list_file) as f:
+            for line in f:
+                parts = line.split()
+                if not parts:
+                    continue
+                if len(parts) == 2:  # the original's list: image and mask paths under the VOC2012 folder
+                    images.append(os.path.join(voc_root, parts[0].lstrip('/')))
+                    masks.append(os.path.join(voc_root, parts[1].lstrip('/')))
+                else:
+                    images.append(os.path.join(voc_root, 'JPEGImages', parts[0] + '.jpg'))
+                    masks.append(os.path.join(voc_root, mask_dir, parts[0] + '.png'))
+        return images, masks
