@@ -112,3 +112,49 @@ def test_memory_efficient_kwarg_checkpoints_elastic_layers():
     assert any(isinstance(efficient.get_submodule(n), ElasticDenseLayer) for n in after)
     assert all(after[n] < before[n] for n in before), [n for n in before if after[n] >= before[n]]
     torch.testing.assert_close(efficient(x), plain(x))
+
+
+@pytest.fixture(scope='module')
+def densenet_and_dilated():
+    torch.manual_seed(0)
+    ref = timm.create_model('densenet201_elastic').eval()
+    dilated = {}
+    for os_ in (16, 8):
+        dilated[os_] = timm.create_model('densenet201_elastic', output_stride=os_).eval()
+        dilated[os_].load_state_dict(ref.state_dict())  # the same weights: nothing added or removed
+    return ref, dilated
+
+
+def test_output_stride_dilates_with_the_same_weights(densenet_and_dilated):
+    """Before the first dilated block the features are the stride model's; at 16 the dilated block is the plain
+    last one, so at every other position its features are the stride model's too (a trous); at 8 the dilated
+    block 3 is Elastic, whose low branch pools the full-resolution map: no longer equal there."""
+    ref, dilated = densenet_and_dilated
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        want = ref.forward_intermediates(x, intermediates_only=True)
+        at16 = dilated[16].forward_intermediates(x, intermediates_only=True)
+        at8 = dilated[8].forward_intermediates(x, intermediates_only=True)
+    assert [tuple(f.shape[-2:]) for f in at16] == [(32, 32), (16, 16), (8, 8), (4, 4), (4, 4)]
+    assert [tuple(f.shape[-2:]) for f in at8] == [(32, 32), (16, 16), (8, 8), (8, 8), (8, 8)]
+    for a, b in zip(want[:4], at16[:4]):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+    torch.testing.assert_close(at16[4][..., ::2, ::2], want[4], rtol=1e-4, atol=1e-4)
+    for a, b in zip(want[:3], at8[:3]):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+    assert (at8[3][..., ::2, ::2] - want[3]).abs().max() > 1e-2
+    assert [i['reduction'] for i in dilated[16].feature_info] == [2, 4, 8, 16, 16]
+    assert [i['reduction'] for i in dilated[8].feature_info] == [2, 4, 8, 8, 8]
+    with pytest.raises(ValueError, match='output_stride must be 8, 16 or 32, got 4'):
+        timm.create_model('densenet201_elastic', output_stride=4)
+
+
+@pytest.mark.parametrize('output_stride', [8, 16])
+def test_output_stride_features_only(output_stride):
+    """timm's feature extraction at each output stride: one map per feature_info entry, of its reduction."""
+    m = timm.create_model('densenet201_elastic', features_only=True, output_stride=output_stride).eval()
+    with torch.no_grad():
+        feats = m(torch.randn(1, 3, 64, 64))
+    assert [64 // f.shape[-1] for f in feats] == m.feature_info.reduction()
+    assert [f.shape[1] for f in feats] == m.feature_info.channels()
+    assert m.feature_info.reduction()[-1] == output_stride

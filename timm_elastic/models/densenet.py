@@ -11,6 +11,13 @@ Which layers are Elastic (Table 11): every layer of the first three dense blocks
 the original code decided it from the input size (`size != 7`), so other input sizes silently
 changed its network.
 
+`output_stride` 16 or 8 (beyond timm's DenseNet, for DeepLab-style heads such as smp's): the last one or
+two transitions pool with stride 1 (their 2x2 average at every position, the last row and column padded)
+and the dense blocks after them dilate their 3x3 convolutions by 2 (then 4), the algorithme a trous. The
+weights and the Elastic layout are unchanged; features up to the first dilated block are the stride
+model's, and where no Elastic layer follows (the plain last block at 16) the features at every other
+position are exactly the stride model's too.
+
 Weight layout: `norm1`, then `elastic.high` / `elastic.low`, each `conv1`, `norm2`, `conv2`: the
 original release's `conv*` / `conv*_d` one to one. The original's plain last block has the same two
 full-resolution halves; concatenated along the bottleneck channels they are timm's `DenseLayer`.
@@ -40,7 +47,8 @@ class ElasticDenseLayer(nn.Module):
     """A dense layer whose bottleneck channels are split across two resolutions (Fig. 3 right).
 
     Same constructor and call as timm's `DenseLayer` (a tensor or a list of tensors to concatenate),
-    plus `elastic_ratio` and `elastic_resample`. Output: (N, growth_rate, H, W).
+    plus `elastic_ratio`, `elastic_resample` and the 3x3 convolutions' `dilation`. Output: (N,
+    growth_rate, H, W).
     """
 
     def __init__(
@@ -53,6 +61,7 @@ class ElasticDenseLayer(nn.Module):
             grad_checkpointing: bool = False,
             elastic_ratio: float = 0.5,
             elastic_resample: str = 'bilinear',
+            dilation: int = 1,
             device=None,
             dtype=None,
     ):
@@ -70,7 +79,7 @@ class ElasticDenseLayer(nn.Module):
         self.norm1 = norm_layer(num_input_features, **dd)
         self.elastic = Elastic(
             make_path, bn_size * growth_rate, num_input_features, growth_rate,
-            elastic_ratio=elastic_ratio, elastic_resample=elastic_resample, **dd)
+            elastic_ratio=elastic_ratio, elastic_resample=elastic_resample, dilation=dilation, **dd)
         self.drop_rate = float(drop_rate)
         self.grad_checkpointing = grad_checkpointing
 
@@ -101,6 +110,8 @@ class ElasticDenseNet(DenseNet):
     Args (beyond timm's `DenseNet`):
         elastic_blocks: one flag per dense block (default: every block but the last, Table 11).
         elastic_ratio, elastic_resample: see `timm_elastic.layers.Elastic`.
+        output_stride: 32 (default), 16 or 8: the last one or two transitions keep the resolution and the
+            blocks after them dilate (see the module docstring).
 
     Input: (N, in_chans, H, W) with H, W >= 32; output (N, num_classes).
     """
@@ -117,11 +128,14 @@ class ElasticDenseNet(DenseNet):
             norm_layer: str = 'batchnorm2d',
             proj_drop_rate: float = 0.,
             memory_efficient: bool = False,
+            output_stride: int = 32,
             device=None,
             dtype=None,
             **kwargs,
     ):
         check_elastic_args(elastic_ratio, elastic_resample)
+        if output_stride not in (8, 16, 32):
+            raise ValueError(f'output_stride must be 8, 16 or 32, got {output_stride}')
         if len(elastic_blocks) != len(block_config):
             raise ValueError(f'elastic_blocks needs one flag per dense block ({len(block_config)}), '
                              f'got {tuple(elastic_blocks)}')
@@ -129,6 +143,12 @@ class ElasticDenseNet(DenseNet):
             growth_rate=growth_rate, block_config=block_config, bn_size=bn_size, act_layer=act_layer,
             norm_layer=norm_layer, proj_drop_rate=proj_drop_rate, memory_efficient=memory_efficient,
             device=device, dtype=dtype, **kwargs)
+        # dense block i (0-based) dilates by dilations[i]: the blocks after the last `dilated` transitions
+        num_blocks = len(block_config)
+        dilated = {32: 0, 16: 1, 8: 2}[output_stride]
+        dilations = [2 ** max(0, i - (num_blocks - 1 - dilated)) for i in range(num_blocks)]
+        for i in range(num_blocks - dilated, num_blocks):
+            self._dilate(i, dilations[i])
         # timm's DenseNet builds its blocks from plain layers; the Elastic ones replace them in place
         norm_act = get_norm_act_layer(norm_layer, act_layer=act_layer)
         for i, elastic in enumerate(elastic_blocks):
@@ -139,13 +159,27 @@ class ElasticDenseNet(DenseNet):
                 block[name] = new = ElasticDenseLayer(
                     layer.norm1.num_features, growth_rate, bn_size, norm_layer=norm_act,
                     drop_rate=proj_drop_rate, grad_checkpointing=memory_efficient,
-                    elastic_ratio=elastic_ratio, elastic_resample=elastic_resample, device=device, dtype=dtype)
+                    elastic_ratio=elastic_ratio, elastic_resample=elastic_resample, dilation=dilations[i],
+                    device=device, dtype=dtype)
                 for m in new.modules():  # timm's DenseNet init
                     if isinstance(m, nn.Conv2d):
                         nn.init.kaiming_normal_(m.weight)
                     elif isinstance(m, nn.BatchNorm2d):
                         nn.init.constant_(m.weight, 1)
                         nn.init.constant_(m.bias, 0)
+
+    def _dilate(self, i: int, dilation: int) -> None:
+        """Dense block i (0-based) at the resolution of the one before: the transition in front of it pools
+        at every position, its 3x3 convolutions dilate; the feature reductions from it on stop growing."""
+        transition = getattr(self.features, f'transition{i}')
+        # the 2x2 average at every position: at the even ones, the stride-2 pooling's values
+        transition.pool = nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.AvgPool2d(2, stride=1))
+        for layer in getattr(self.features, f'denseblock{i + 1}').values():
+            if isinstance(layer, DenseLayer):  # the Elastic layers are built with their dilation
+                layer.conv2.dilation, layer.conv2.padding = (dilation, dilation), (dilation, dilation)
+        limit = self.feature_info[i]['reduction']  # the block before the transition
+        for info in self.feature_info[i + 1:]:
+            info['reduction'] = limit
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
