@@ -149,6 +149,26 @@ def test_output_stride_dilates_with_the_same_weights(densenet_and_dilated):
         timm.create_model('densenet201_elastic', output_stride=4)
 
 
+@pytest.mark.parametrize('output_stride', [16, 8])
+def test_output_stride_is_exact_without_elastic_layers(output_stride):
+    """With no Elastic layer (elastic_blocks all False) every feature of the dilated model equals the stride
+    model's at the positions it computes: the transitions' 2x2 averages over taps 1 and then 2 apart."""
+    from timm_elastic.models.densenet import ElasticDenseNet
+    kw = dict(growth_rate=8, block_config=(2, 2, 2, 2), elastic_blocks=(False,) * 4)
+    torch.manual_seed(0)
+    ref = ElasticDenseNet(**kw).eval()
+    dilated = ElasticDenseNet(output_stride=output_stride, **kw).eval()
+    dilated.load_state_dict(ref.state_dict())
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        want = ref.forward_intermediates(x, intermediates_only=True)
+        got = dilated.forward_intermediates(x, intermediates_only=True)
+    assert [64 // f.shape[-1] for f in got] == [2, 4, 8, min(16, output_stride), output_stride]
+    for a, b in zip(want, got):
+        step = b.shape[-1] // a.shape[-1]
+        torch.testing.assert_close(b[..., ::step, ::step], a, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize('output_stride', [8, 16])
 def test_output_stride_features_only(output_stride):
     """timm's feature extraction at each output stride: one map per feature_info entry, of its reduction."""

@@ -102,7 +102,7 @@ def test_head_window_reproduces_the_original_fixed_pool():
 
 @pytest.mark.parametrize('kwargs,error,match', [
     (dict(head_window=0), ValueError, 'head_window must be None or a positive int, got 0'),
-    (dict(output_stride=16), ValueError, 'output_stride=32 only'),
+    (dict(output_stride=4), ValueError, 'output_stride must be 8, 16 or 32, got 4'),
 ])
 def test_bad_model_args(kwargs, error, match):
     with pytest.raises(error, match=match):
@@ -123,3 +123,39 @@ def test_unused_original_projections():
     assert gmacs == pytest.approx((128 * 256 * 28 ** 2 + 2 * 256 * 512 * 14 ** 2) / 1e9)
     assert model.unused_original_counts(256)[1] == pytest.approx(
         (128 * 256 * 32 ** 2 + 2 * 256 * 512 * 16 ** 2) / 1e9)
+
+
+def _features(model, x):
+    with torch.no_grad():
+        return model.eval().forward_intermediates(x, intermediates_only=True)
+
+
+@pytest.mark.parametrize('output_stride', [16, 8])
+def test_output_stride_dilates_with_the_same_weights(output_stride):
+    """Dilation instead of stride (the algorithme a trous), the same weights: the plain baseline's features equal
+    the stride model's at the positions it computes (every 2nd / 4th), through the 2x2 max pools and the
+    strided convolutions now at every position; the Elastic model's up to its first dilated level (an Elastic
+    level's low branch pools the full-resolution map there: no longer equal)."""
+    x = torch.randn(1, 3, 64, 64)
+    for name in ('dla_x60', 'dla_x60_elastic'):
+        torch.manual_seed(0)
+        ref = timm.create_model(name)
+        dilated = timm.create_model(name, output_stride=output_stride)
+        dilated.load_state_dict(ref.state_dict())
+        want, got = _features(ref, x), _features(dilated, x)
+        assert [i['reduction'] for i in dilated.feature_info] == [1, 2, 4, 8, min(16, output_stride), output_stride]
+        assert [64 // f.shape[-1] for f in got] == [i['reduction'] for i in dilated.feature_info]
+        first = 6 - {16: 1, 8: 2}[output_stride]  # the first dilated level
+        for k, (a, b) in enumerate(zip(want, got)):
+            step = b.shape[-1] // a.shape[-1]
+            if name == 'dla_x60' or k < first or (k == first and output_stride == 16):
+                torch.testing.assert_close(b[..., ::step, ::step], a, rtol=1e-4, atol=1e-4, msg=f'{name} level{k}')
+        if name == 'dla_x60_elastic' and output_stride == 8:  # level 4 holds Elastic blocks
+            assert (got[4][..., ::2, ::2] - want[4]).abs().max() > 1e-2
+
+
+def test_output_stride_features_only():
+    m = timm.create_model('dla_x60_elastic', features_only=True, output_stride=8, out_indices=(2, 3, 4, 5)).eval()
+    with torch.no_grad():
+        feats = m(torch.randn(1, 3, 64, 64))
+    assert [64 // f.shape[-1] for f in feats] == m.feature_info.reduction() == [4, 8, 8, 8]

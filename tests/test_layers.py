@@ -145,3 +145,24 @@ def test_pop_elastic_args():
     assert pop_elastic_args(kwargs) == {}
     with pytest.raises(ValueError, match='elastic_resample must be one of'):
         pop_elastic_args(dict(elastic_resample='area'))
+
+
+@pytest.mark.parametrize('mode', ['bilinear', 'dilated'])
+def test_dilate_in_place_equals_building_with_the_dilation(mode):
+    """`Elastic.dilate(d)` (a family's output_stride, after construction) gives the paths the dilations a block
+    built with `dilation=d` has (the low group's by the same rule: d / 2 at half resolution, 2d when dilated),
+    so the same weights compute the same outputs."""
+    from timm_elastic.models.resnet import BottleneckPath
+
+    def make_path(groups, dilation):
+        return BottleneckPath(8, 8, groups, 2, dilation=dilation)
+    torch.manual_seed(0)
+    built = Elastic(make_path, 4, 8, 8, elastic_resample=mode, dilation=4).eval()
+    dilated = Elastic(make_path, 4, 8, 8, elastic_resample=mode).eval()
+    dilated.load_state_dict(built.state_dict())
+    dilated.dilate(4)
+    assert dilated.high.conv2.dilation == (4, 4) and dilated.low.conv2.dilation == ((8, 8) if mode == 'dilated'
+                                                                                    else (2, 2))
+    x = torch.randn(2, 8, 12, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(dilated(x), built(x), rtol=0, atol=0)

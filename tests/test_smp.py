@@ -20,11 +20,6 @@ def test_every_elastic_model_is_an_smp_encoder(name):
     torch.manual_seed(0)
     x = torch.randn(2, 3, 32, 32)
     for arch, output_stride in ARCHS:
-        if output_stride and name.startswith('dla'):
-            with pytest.raises(ValueError, match='DLA models support output_stride=32 only'):
-                getattr(smp, arch)(f'tu-{name}', encoder_weights=None, classes=3,
-                                   encoder_output_stride=output_stride)
-            continue  # DLA's output_stride 8 / 16: issue 20, not yet
         kwargs = dict(encoder_output_stride=output_stride) if output_stride else {}
         model = getattr(smp, arch)(f'tu-{name}', encoder_weights=None, classes=3, **kwargs)
         y = model(x)

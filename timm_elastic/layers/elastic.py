@@ -91,17 +91,28 @@ class Elastic(nn.Module):
         dd = {'device': device, 'dtype': dtype}
         check_elastic_args(elastic_ratio, elastic_resample)
         high_paths, low_paths = split_paths(paths, elastic_ratio)
-        if elastic_resample.startswith('dilated'):
-            # the low group stays at full resolution and widens its receptive field by dilation
-            low_dilation = 2 * dilation
-        else:
-            # a dilation d at full resolution covers the same input span as d / 2 at half resolution
-            low_dilation = max(1, dilation // 2)
+        self.resample_mode = elastic_resample
         down, up = make_resample(elastic_resample, in_chs, out_chs, **dd)
         self.high = make_path(high_paths, dilation)
         self.down = down
-        self.low = make_path(low_paths, low_dilation)
+        self.low = make_path(low_paths, self._low_dilation(dilation))
         self.up = up
+
+    def _low_dilation(self, dilation: int) -> int:
+        if self.resample_mode.startswith('dilated'):
+            # the low group stays at full resolution and widens its receptive field by dilation
+            return 2 * dilation
+        # a dilation d at full resolution covers the same input span as d / 2 at half resolution
+        return max(1, dilation // 2)
+
+    def dilate(self, dilation: int) -> None:
+        """Set the dilation of the paths' 3x3 (or larger) convolutions in place, as if the block had been
+        built with `dilation` (a family's `output_stride`, after construction); the weights stay."""
+        for group, d in ((self.high, dilation), (self.low, self._low_dilation(dilation))):
+            for m in group.modules():
+                if isinstance(m, nn.Conv2d) and m.kernel_size[0] > 1:
+                    m.dilation = (d, d)
+                    m.padding = (d * (m.kernel_size[0] // 2), d * (m.kernel_size[1] // 2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.high(x)

@@ -12,8 +12,8 @@ the original code decided it from the input size (`size != 7`), so other input s
 changed its network.
 
 `output_stride` 16 or 8 (beyond timm's DenseNet, for DeepLab-style heads such as smp's): the last one or
-two transitions pool with stride 1 (their 2x2 average at every position, the last row and column padded)
-and the dense blocks after them dilate their 3x3 convolutions by 2 (then 4), the algorithme a trous. The
+two transitions pool with stride 1 (their 2x2 average at every position, `layers.atrous`) and the dense
+blocks after them dilate their 3x3 convolutions by 2 (then 4), the algorithme a trous. The
 weights and the Elastic layout are unchanged; features up to the first dilated block are the stride
 model's, and where no Elastic layer follows (the plain last block at 16) the features at every other
 position are exactly the stride model's too.
@@ -37,6 +37,7 @@ from timm.models.densenet import DenseLayer, DenseNet
 
 from ..complexity import PaperRow
 from ..layers import Elastic, check_elastic_args
+from ..layers.atrous import PoolEveryPosition
 from ._builder import build_elastic
 from ._cfg import elastic_cfg, generate_release_cfgs
 
@@ -172,8 +173,7 @@ class ElasticDenseNet(DenseNet):
         """Dense block i (0-based) at the resolution of the one before: the transition in front of it pools
         at every position, its 3x3 convolutions dilate; the feature reductions from it on stop growing."""
         transition = getattr(self.features, f'transition{i}')
-        # the 2x2 average at every position: at the even ones, the stride-2 pooling's values
-        transition.pool = nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.AvgPool2d(2, stride=1))
+        transition.pool = PoolEveryPosition('avg', dilation // 2)
         for layer in getattr(self.features, f'denseblock{i + 1}').values():
             if isinstance(layer, DenseLayer):  # the Elastic layers are built with their dilation
                 layer.conv2.dilation, layer.conv2.padding = (dilation, dilation), (dilation, dilation)

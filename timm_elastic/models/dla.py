@@ -43,6 +43,7 @@ from timm.models.dla import DLA, DlaBottleneck, DlaTree
 
 from ..complexity import PaperRow
 from ..layers import Elastic, pop_elastic_args
+from ..layers.atrous import PoolEveryPosition
 from ._builder import build_elastic
 from ._cfg import elastic_cfg, generate_release_cfgs
 from .resnet import BottleneckPath
@@ -148,8 +149,8 @@ class ElasticDLA(DLA):
             head_window: Optional[int] = None,
             **kwargs,
     ):
-        if output_stride != 32:
-            raise ValueError(f'DLA models support output_stride=32 only (as timm\'s DLA), got {output_stride}')
+        if output_stride not in (8, 16, 32):
+            raise ValueError(f'output_stride must be 8, 16 or 32, got {output_stride}')
         if head_window is not None and (isinstance(head_window, bool) or not isinstance(head_window, int)
                                         or head_window < 1):
             raise ValueError(f'head_window must be None or a positive int, got {head_window!r}')
@@ -157,13 +158,34 @@ class ElasticDLA(DLA):
         if elastic_args and not elastic:
             raise TypeError(f'{", ".join(elastic_args)} given to a DLA without Elastic blocks (elastic=False)')
         block = DlaBlocks(channels[-1] if elastic else 0, **elastic_args)
-        super().__init__(levels, channels, output_stride=output_stride, block=block, **kwargs)
+        super().__init__(levels, channels, output_stride=32, block=block, **kwargs)
         for m in self.modules():
             if isinstance(m, DlaTree) and isinstance(m.downsample, nn.MaxPool2d):
                 # round up like the stride-2 3x3 convolution beside it, so odd sizes line up
                 m.downsample.ceil_mode = True
+        dilated = {32: 0, 16: 1, 8: 2}[output_stride]
+        for k in range(6 - dilated, 6):
+            self._dilate(k, 2 ** (k - 5 + dilated))
         self.head_window = head_window
         self.grad_checkpointing = False
+
+    def _dilate(self, k: int, dilation: int) -> None:
+        """Level k at the resolution of the level before (the algorithme a trous): its stride-2 3x3
+        convolution and 2x2 max pool work at every position, its other 3x3 convolutions dilate by
+        `dilation` (the Elastic ones by `Elastic.dilate`'s rule), the feature reductions stop growing."""
+        before = dilation // 2  # the previous level's dilation: the strided convolution's own
+        for m in getattr(self, f'level{k}').modules():
+            if isinstance(m, DlaTree) and isinstance(m.downsample, nn.MaxPool2d):
+                m.downsample = PoolEveryPosition('max', before)
+            elif isinstance(m, DlaBottleneck):
+                d = before if m.conv2.stride[0] > 1 else dilation
+                m.conv2.stride, m.conv2.dilation, m.conv2.padding = (1, 1), (d, d), (d, d)
+                m.stride = 1
+            elif isinstance(m, Elastic):
+                m.dilate(dilation)
+        limit = self.feature_info[k - 1]['reduction']
+        for info in self.feature_info[k:]:
+            info['reduction'] = limit
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
