@@ -353,3 +353,38 @@ def test_multilabel_mode_gives_each_object_a_class_of_its_own():
     again = ScaleShapes(split='validation', num_samples=112, seed=5, multilabel=True)
     assert all(again.labels(i) == multi.labels(i) for i in range(0, 112, 5))
     assert np.array_equal(np.asarray(again.render(50)), np.asarray(multi.render(50)))
+
+
+def test_segmentation_masks_follow_the_layout():
+    """Issue 20's segmentation mode: the mask labels each pixel with 1 + the class of the object covering it
+    (0 elsewhere); every object of the image is in it, inside its recorded box, single- and multi-label."""
+    import numpy as np
+    from timm_elastic.data import CLASSES, ScaleShapes
+    for multilabel in (False, True):
+        ds = ScaleShapes(split='validation', num_samples=56, multilabel=multilabel)
+        for i in range(0, 56, 5):
+            mask = np.asarray(ds.segmentation(i))
+            assert mask.shape == (64, 64) and mask.dtype == np.uint8
+            assert set(np.unique(mask)) == {0, *(c + 1 for c in ds.labels(i))}
+            inside = np.zeros_like(mask, dtype=bool)
+            for _, (x0, y0, x1, y1), name in ds.objects(i):
+                box = np.zeros_like(inside)
+                box[int(y0):int(np.ceil(y1)), int(x0):int(np.ceil(x1))] = True
+                assert (mask[box] == CLASSES.index(name) + 1).any()
+                inside |= box & (mask == CLASSES.index(name) + 1)
+            assert inside[mask > 0].all()  # no labelled pixel outside its object's box
+
+
+def test_segmentation_of_a_disc_by_hand():
+    """A disc of radius 8 centred at (16, 16) in a 32-pixel image: pixels more than half covered, about
+    pi * 64 = 201 of them, all within 8.5 pixels of the centre, every pixel whose centre is within 7.3."""
+    import numpy as np
+    from timm_elastic.data.scales import _Layout, _Object, _segmentation
+    disc = _Object('large', None, (8., 8., 24., 24.), (0, 0, 0), (255, 255, 255), 3., (0., 0.), False, 4)
+    layout = _Layout(32, 4, ('large',), np.zeros((2, 3)), (0., 0., 0.), 0., (0,), (), (disc,))
+    mask = _segmentation(layout)
+    assert set(np.unique(mask)) == {0, 5}
+    assert abs(int((mask == 5).sum()) - 201) <= 8
+    yy, xx = np.mgrid[:32, :32] + 0.5
+    r = np.hypot(xx - 16, yy - 16)
+    assert (r[mask == 5] < 8.5).all() and (mask[r < 7.3] == 5).all()

@@ -300,6 +300,47 @@ def _sample_layout(seed: int, split_index: int, index: int, img_size: int, multi
     return layout._replace(strokes=tuple(strokes), objects=tuple(objects))
 
 
+# layout coordinates are continuous, pixel i covering [i, i + 1); PIL's lines and polygons take pixel
+# centres (i + 0.5 -> i), its ellipse boxes the first and last pixel covered
+def _pt(v: float, k: int) -> float:
+    return v * k - 0.5
+
+
+def _ellipse_box(x0: float, y0: float, x1: float, y1: float, k: int) -> Tuple[float, float, float, float]:
+    return x0 * k, y0 * k, max(x0 * k, x1 * k - 1), max(y0 * k, y1 * k - 1)
+
+
+def _outline(obj: _Object, img_size: int, k: int) -> Tuple[int, int, Image.Image]:
+    """(left, top, mask): the object's outline drawn at k times the image side, 255 inside, over its box
+    (one supersampled pixel of margin) whose corner is (left, top)."""
+    s = img_size
+    x0, y0, x1, y1 = obj.bbox
+    left, top = max(0, math.floor(x0 * k) - 1), max(0, math.floor(y0 * k) - 1)
+    right, bottom = min(s * k, math.ceil(x1 * k) + 1), min(s * k, math.ceil(y1 * k) + 1)
+    mask = Image.new('L', (right - left, bottom - top), 0)
+    outline = ImageDraw.Draw(mask)
+    if obj.polygon is None:
+        bx0, by0, bx1, by1 = _ellipse_box(x0, y0, x1, y1, k)
+        outline.ellipse((bx0 - left, by0 - top, bx1 - left, by1 - top), fill=255)
+    else:
+        outline.polygon([(_pt(x, k) - left, _pt(y, k) - top) for x, y in obj.polygon], fill=255)
+    return left, top, mask
+
+
+def _segmentation(layout: _Layout) -> np.ndarray:
+    """The class of every pixel: 0 for the background, 1 + the object's class index where an object covers at
+    least half of the pixel (of its supersampled area), the later-drawn object where two overlap, as drawn."""
+    s, k = layout.img_size, _SUPERSAMPLE
+    labels = np.zeros((s, s), dtype=np.uint8)
+    for obj in layout.objects:
+        left, top, mask = _outline(obj, s, k)
+        cover = np.zeros((s * k, s * k), dtype=np.float32)
+        cover[top:top + mask.height, left:left + mask.width] = np.asarray(mask, dtype=np.float32) / 255.
+        cover = cover.reshape(s, k, s, k).mean(axis=(1, 3))
+        labels[cover >= 0.5] = obj.cls + 1
+    return labels
+
+
 def _render(layout: _Layout) -> Image.Image:
     s, k = layout.img_size, _SUPERSAMPLE
     xs = np.arange(s) + 0.5
@@ -311,34 +352,19 @@ def _render(layout: _Layout) -> Image.Image:
     canvas = Image.fromarray(np.rint(base).astype(np.uint8)).resize((s * k, s * k), Image.NEAREST)
     draw = ImageDraw.Draw(canvas)
 
-    # layout coordinates are continuous, pixel i covering [i, i + 1); PIL's lines and polygons
-    # take pixel centres (i + 0.5 -> i), its ellipse boxes the first and last pixel covered
-    def pt(v: float) -> float:
-        return v * k - 0.5
-
-    def ellipse_box(x0: float, y0: float, x1: float, y1: float) -> Tuple[float, float, float, float]:
-        return x0 * k, y0 * k, max(x0 * k, x1 * k - 1), max(y0 * k, y1 * k - 1)
-
     for st in layout.strokes:
         width = max(1, round(st.width * k))
         if st.kind == 'line':
-            draw.line([pt(v) for v in st.box], fill=st.colour, width=width)
+            draw.line([_pt(v, k) for v in st.box], fill=st.colour, width=width)
         elif st.kind == 'arc':
-            draw.arc(ellipse_box(*st.box), st.arc[0], st.arc[1], fill=st.colour, width=width)
+            draw.arc(_ellipse_box(*st.box, k), st.arc[0], st.arc[1], fill=st.colour, width=width)
         else:
-            draw.ellipse(ellipse_box(*st.box), fill=st.colour)
+            draw.ellipse(_ellipse_box(*st.box, k), fill=st.colour)
     for obj in layout.objects:
         # the outline as a mask, the pattern painted through it, both over the object's box only
         x0, y0, x1, y1 = obj.bbox
-        left, top = max(0, math.floor(x0 * k) - 1), max(0, math.floor(y0 * k) - 1)
-        right, bottom = min(s * k, math.ceil(x1 * k) + 1), min(s * k, math.ceil(y1 * k) + 1)
-        mask = Image.new('L', (right - left, bottom - top), 0)
-        outline = ImageDraw.Draw(mask)
-        if obj.polygon is None:
-            bx0, by0, bx1, by1 = ellipse_box(x0, y0, x1, y1)
-            outline.ellipse((bx0 - left, by0 - top, bx1 - left, by1 - top), fill=255)
-        else:
-            outline.polygon([(pt(x) - left, pt(y) - top) for x, y in obj.polygon], fill=255)
+        left, top, mask = _outline(obj, s, k)
+        right, bottom = left + mask.width, top + mask.height
         # the centres of the supersampled pixels, in image pixels relative to the object's centre
         xs = (np.arange(left, right) + 0.5) / k - (x0 + x1) / 2
         ys = (np.arange(top, bottom) + 0.5) / k - (y0 + y1) / 2
@@ -467,6 +493,13 @@ class ScaleShapes(torch.utils.data.Dataset):
         if self.target_transform is not None:
             target = self.target_transform(target)
         return img, target
+
+    def segmentation(self, index: int) -> Image.Image:
+        """Image `index`'s segmentation mask, computed from its layout (no rendering): an `img_size` x
+        `img_size` 'L' image whose pixels are 0 for the background and 1 + the class index (in `CLASSES`)
+        where an object covers at least half of the pixel; where objects overlap, the one drawn on top.
+        In the multi-label mode each object has its own class, as drawn."""
+        return Image.fromarray(_segmentation(self._layout(index)), mode='L')
 
     def combination(self, index: int) -> Tuple[str, ...]:
         """The sizes of image `index`'s objects, from large to small: one of `COMBINATIONS`."""
