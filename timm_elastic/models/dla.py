@@ -23,7 +23,12 @@ multiples of 32 (so the baselines are registered here, not borrowed):
   top-left 7x7 of the 8x8 map) followed by a global average, which is what the paper does for its
   larger test sizes ("change the last average pooling layer accordingly", Sec. 4.2); the default
   is timm's global pool, identical at 224x224;
-- gradient checkpointing per level.
+- gradient checkpointing per level;
+- `output_stride` 16 or 8 (timm's DLA has 32 only), for DeepLab-style heads: the last one or two levels
+  work at the resolution before them (their stride-2 convolution and 2x2 max pools at every position,
+  `layers.atrous`, their other 3x3 convolutions dilated by 2, then 4; an Elastic block's by
+  `Elastic.dilate`), with the same weights. A level without Elastic blocks then computes, at the positions
+  the stride model computes, exactly its values.
 
 Parameter counts. The original `Tree` builds a 1x1 projection (conv + BN) in every tree whose in-
 and out-channels differ, but uses it only in trees of one level: in deeper trees its output is
@@ -136,6 +141,7 @@ class ElasticDLA(DLA):
         elastic_ratio, elastic_resample: see `timm_elastic.layers.Elastic`.
         head_window: None for timm's global average pool; 7 for the original head (a fixed 7x7
             average pool, then a global average over its windows).
+        output_stride: 32 (default), 16 or 8 (see the module docstring).
 
     Input: (N, in_chans, H, W) with H, W >= 32; output (N, num_classes).
     """
