@@ -143,3 +143,67 @@ def test_voc_reader_errors(tmp_path):
     (voc / 'JPEGImages' / '2008_000001.jpg').unlink()
     with pytest.raises(FileNotFoundError, match=r"1 files of split 'val' are missing, e.g. .*2008_000001.jpg"):
         VOCSegmentationData(str(voc), 'val')
+
+
+SEG = {'resnext50_elastic': 'deeplabv3_resnext50_elastic', 'resnext50': 'deeplabv3_resnext50_32x4d',
+       'resnext101_elastic': 'deeplabv3_resnext101_elastic', 'resnext101': 'deeplabv3_resnext101_32x4d'}
+
+
+def _manifest(arch):
+    import json
+    import os
+    path = os.path.join(os.path.dirname(__file__), 'data', 'original', f'seg_{arch}.json')
+    with open(path) as f:
+        return json.load(f)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('arch', SEG)
+def test_deeplabv3_matches_the_originals_layout(arch):
+    """DeepLabV3 on our backbones has the original seg model's parameter count (its key manifest, of the
+    released architectures) and its head's keys and shapes exactly (`aspp.*`: loadable as they are)."""
+    from timm_elastic.segmentation import create_model
+    model = create_model(SEG[arch])
+    assert [b.conv2.dilation for b in model.backbone.layer4] == [(2, 2), (4, 4), (8, 8)]
+    manifest = _manifest(arch)
+    assert sum(p.numel() for p in model.parameters()) == manifest['num_params']
+    ours = {k: list(v.shape) for k, v in model.state_dict().items() if k.startswith('aspp.')}
+    assert ours == {k: shape for k, shape in manifest['keys'] if k.startswith('aspp.')}
+
+
+def test_deeplabv3_structure_and_output():
+    """Output stride 16, layer4 at stride 1 (the tiny twin's one block at dilation 2: the multi-grid's first),
+    ASPP rates 6, 12, 18, logits at the input size for odd sizes too, align_corners bilinear from the
+    stride-16 map; it trains."""
+    import torch.nn.functional as F
+    from timm_elastic.segmentation import create_model
+    torch.manual_seed(0)
+    model = create_model('deeplabv3_resnext_tiny_elastic', num_classes=5).eval()
+    assert [b.conv2.dilation for b in model.backbone.layer4] == [(2, 2)]
+    assert model.backbone.layer4[0].downsample[0].stride == (1, 1)  # the original's 1x1 stride-1 downsample
+    assert [getattr(model.aspp, f'aspp{i}').dilation for i in (2, 3, 4)] == [(6, 6), (12, 12), (18, 18)]
+    x = torch.randn(2, 3, 65, 35)
+    with torch.no_grad():
+        feats = model.backbone.forward_features(x)
+        y = model(x)
+    assert feats.shape[-2:] == (5, 3)  # ceil(65 / 16), ceil(35 / 16)
+    assert y.shape == (2, 5, 65, 35)
+    with torch.no_grad():
+        want = F.interpolate(model.aspp(feats), size=(65, 35), mode='bilinear', align_corners=True)
+    torch.testing.assert_close(y, want)
+    # the image-pool branch: its value is the same at every position
+    with torch.no_grad():
+        pooled = model.aspp.relu(model.aspp.aspp5_bn(model.aspp.aspp5(feats.mean((2, 3), keepdim=True))))
+    assert pooled.shape[-2:] == (1, 1)
+    model.train()
+    model(torch.randn(2, 3, 64, 64)).mean().backward()
+
+
+def test_deeplabv3_bad_names():
+    from timm_elastic.segmentation import create_model
+    with pytest.raises(ValueError, match='the names are deeplabv3_<backbone>'):
+        create_model('pspnet_resnext50_elastic')
+    with pytest.raises(ValueError, match="'resnext77' is not a timm model"):
+        create_model('deeplabv3_resnext77')
+    with pytest.raises(ValueError, match='DeepLabV3 takes a timm ResNet-family backbone'):
+        create_model('deeplabv3_dla_x60_elastic')
