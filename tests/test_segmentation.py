@@ -207,3 +207,35 @@ def test_deeplabv3_bad_names():
         create_model('deeplabv3_resnext77')
     with pytest.raises(ValueError, match='DeepLabV3 takes a timm ResNet-family backbone'):
         create_model('deeplabv3_dla_x60_elastic')
+
+
+@pytest.mark.slow
+def test_released_deeplab_converts_exactly():
+    """The stand-in of `deeplab_resnext50_elastic_pascal_v3_original_epoch50.pth` (the original's keys and
+    calibrated BatchNorm statistics, as released: `module.` keys, wrapped) becomes a DeepLabV3 whose outputs
+    are the original implementation's published ones (128x128 and 65x35); the architecture is inferred from
+    the keys, and a checkpoint of another one is named."""
+    import json
+    import os
+
+    from safetensors.torch import load_file
+
+    from original import as_release, make_input, stand_in_state, tolerance
+    from timm_elastic.convert import CheckpointError, from_original
+    from timm_elastic.segmentation import DeepLabV3
+    here = os.path.join(os.path.dirname(__file__), 'data', 'original', 'expected')
+    with open(os.path.join(here, 'seg_resnext50_elastic.json')) as f:
+        outputs = json.load(f)['outputs']
+    tensors = load_file(os.path.join(here, 'seg_resnext50_elastic.expected.safetensors'))
+    model = from_original(as_release(stand_in_state('seg_resnext50_elastic')))
+    assert isinstance(model, DeepLabV3) and not model.training
+    for out in outputs:
+        with torch.no_grad():
+            got = model(make_input(out['shape'], out['seed']))
+        want = tensors[out['key']]
+        assert got.shape == want.shape == tuple(out['output_shape'])
+        torch.testing.assert_close(got, want, rtol=0, atol=tolerance(want))
+    seg101 = as_release(stand_in_state('seg_resnext101'))
+    assert from_original(seg101).backbone.pretrained_cfg['architecture'] == 'resnext101_32x4d'
+    with pytest.raises(CheckpointError, match='not a checkpoint of seg_resnext50_elastic'):
+        from_original(seg101, arch='seg_resnext50_elastic')

@@ -31,8 +31,9 @@ import torch
 import torch.nn as nn
 
 __all__ = [
-    'Original', 'ORIGINALS', 'CheckpointError', 'error_line', 'load_original', 'convert_state_dict', 'infer_arch',
-    'num_classes_of', 'original_of', 'from_original', 'release_tag', 'release_pretrained_cfg', 'checkpoint_filter_fn',
+    'Original', 'ORIGINALS', 'SEG_ORIGINALS', 'CheckpointError', 'error_line', 'load_original', 'convert_state_dict',
+    'infer_arch', 'num_classes_of', 'original_of', 'from_original', 'release_tag', 'release_pretrained_cfg',
+    'checkpoint_filter_fn',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -101,6 +102,14 @@ ORIGINALS: Dict[str, Original] = {
         'densenet201_elastic', True, imagenet=('DenseNet201+Elastic', 22.07, 6.00),
         coco=('DenseNet201+Elastic', 70.40, 74.99)),
 }
+
+# the released PASCAL VOC segmentation models (segment.py, `deeplab_<arch>_pascal_v3_original_epoch50.pth`):
+# seg_<original arch> -> the original ImageNet architecture of its backbone; built by
+# `timm_elastic.segmentation.create_model('deeplabv3_<its timm model>')`
+SEG_ORIGINALS: Dict[str, str] = {
+    f'seg_{a}': a for a in ('resnext50', 'resnext50_elastic', 'resnext101', 'resnext101_elastic')}
+_SEG_HEAD = 'aspp.'
+_SEG_BACKBONE = 'backbone.'
 
 # rule 2: original name -> ours (applied to whole dotted components)
 _RENAMES = (
@@ -415,14 +424,15 @@ def from_original(
     Args:
         checkpoint: a path to an original `<arch>.pth.tar` / `coco_<arch>.pth.tar`, or its loaded dict
             (with or without the `state_dict` wrapper and the `module.` prefix).
-        arch: the original architecture name (`ORIGINALS`, e.g. 'dla60x_elastic'); inferred from
-            the keys when omitted.
+        arch: the original architecture name (`ORIGINALS`, e.g. 'dla60x_elastic', or `SEG_ORIGINALS`, e.g.
+            'seg_resnext50_elastic' for a released PASCAL VOC DeepLabV3); inferred from the keys when omitted.
         **create_kwargs: passed to `timm.create_model`. By default the model is built as the original
             computes (DLA: `head_window=7`) with the checkpoint's number of classes; a different
             `num_classes` keeps every weight but the classifier, with a warning (for fine-tuning).
 
     Every tensor is loaded strictly (only the original DLA's unused projections are dropped) and the
-    model's `pretrained_cfg` is that of the release (`<model>.in1k` / `.coco`). Raises
+    model's `pretrained_cfg` is that of the release (`<model>.in1k` / `.coco`). A segmentation release
+    becomes `timm_elastic.segmentation.DeepLabV3` (its forward: the original's logits at the input size). Raises
     CheckpointError if the checkpoint is not one of `arch`.
     """
     import timm
@@ -430,10 +440,12 @@ def from_original(
     if 'pretrained' in create_kwargs or 'pretrained_cfg_overlay' in create_kwargs:
         raise TypeError('from_original loads the checkpoint itself; do not pass pretrained / pretrained_cfg_overlay')
     state = load_original(checkpoint)
+    if arch in SEG_ORIGINALS or (arch is None and _SEG_HEAD + 'aspp1.weight' in state):
+        return _seg_from_original(state, arch, **create_kwargs)
     if arch is None:
         arch = infer_arch(state)
     elif arch not in ORIGINALS:
-        raise ValueError(f'unknown original architecture {arch!r}; known: {", ".join(ORIGINALS)}')
+        raise ValueError(f'unknown original architecture {arch!r}; known: {", ".join([*ORIGINALS, *SEG_ORIGINALS])}')
     spec = ORIGINALS[arch]
     num_classes = num_classes_of(state, arch)
     kwargs = dict(spec.model_args, num_classes=num_classes)
@@ -465,6 +477,53 @@ def from_original(
     tag = release_tag(arch, num_classes)
     if tag is not None and not replace_head:
         model.pretrained_cfg = release_pretrained_cfg(spec.model, tag)
+    return model.eval()
+
+
+def _seg_target(model: nn.Module) -> Dict[str, Tuple[int, ...]]:
+    """A segmentation model's state-dict shapes under the original's names: its backbone's keys without
+    `backbone.` (the original seg model holds the backbone's modules at its top level), the head's as they are."""
+    return {(k[len(_SEG_BACKBONE):] if k.startswith(_SEG_BACKBONE) else k): v for k, v in _shapes(model).items()}
+
+
+def _seg_from_original(state: Mapping[str, torch.Tensor], arch: Optional[str], **create_kwargs) -> nn.Module:
+    """`from_original` for a released segmentation model (`SEG_ORIGINALS`): the DeepLabV3 whose forward is
+    the original's (logits upsampled to the input size), every tensor loaded strictly."""
+    from .segmentation import create_model
+    head = state.get(_SEG_HEAD + 'conv3.weight')
+    num_classes = int(head.shape[0]) if head is not None and head.dim() == 4 else 21
+
+    def build(a: str) -> nn.Module:
+        return create_model('deeplabv3_' + ORIGINALS[SEG_ORIGINALS[a]].model, num_classes=num_classes,
+                            **create_kwargs)
+
+    def convert(a: str, model: nn.Module) -> Dict[str, torch.Tensor]:
+        converted = convert_state_dict(state, _seg_target(model), ORIGINALS[SEG_ORIGINALS[a]].two_path)
+        return {(k if k.startswith(_SEG_HEAD) else _SEG_BACKBONE + k): v for k, v in converted.items()}
+
+    if arch is None:
+        why = {}
+        for a in SEG_ORIGINALS:
+            with torch.device('meta'):  # shapes only
+                candidate = build(a)
+            try:
+                convert(a, candidate)
+            except CheckpointError as e:
+                why[a] = str(e)
+        fits = [a for a in SEG_ORIGINALS if a not in why]
+        if len(fits) != 1:
+            closest = min(why, key=lambda a: len(why[a]))
+            raise CheckpointError(
+                f'the segmentation checkpoint matches no released architecture ({", ".join(SEG_ORIGINALS)}); '
+                f'closest is {closest}: {why[closest]}' if not fits else
+                f'the checkpoint fits several segmentation architectures ({", ".join(fits)}); pass arch=')
+        arch = fits[0]
+    model = build(arch)
+    try:
+        converted = convert(arch, model)
+    except CheckpointError as e:
+        raise CheckpointError(f'not a checkpoint of {arch}: {e}') from None
+    model.load_state_dict(converted, strict=True)
     return model.eval()
 
 
