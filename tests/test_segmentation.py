@@ -149,7 +149,7 @@ SEG = {'resnext50_elastic': 'deeplabv3_resnext50_elastic', 'resnext50': 'deeplab
        'resnext101_elastic': 'deeplabv3_resnext101_elastic', 'resnext101': 'deeplabv3_resnext101_32x4d'}
 
 
-def _manifest(arch):
+def _manifest(arch):  # the original seg model's key manifest (tests/data/original/seg_<arch>.json)
     import json
     import os
     path = os.path.join(os.path.dirname(__file__), 'data', 'original', f'seg_{arch}.json')
@@ -210,32 +210,80 @@ def test_deeplabv3_bad_names():
 
 
 @pytest.mark.slow
-def test_released_deeplab_converts_exactly():
-    """The stand-in of `deeplab_resnext50_elastic_pascal_v3_original_epoch50.pth` (the original's keys and
-    calibrated BatchNorm statistics, as released: `module.` keys, wrapped) becomes a DeepLabV3 whose outputs
-    are the original implementation's published ones (128x128 and 65x35); the architecture is inferred from
-    the keys, and a checkpoint of another one is named."""
+@pytest.mark.parametrize('arch', ['seg_resnext50_elastic', 'seg_dla60x'])
+def test_released_segmentation_models_convert_exactly(arch):
+    """The stand-ins of the released `deeplab_<arch>_pascal_v3_original_epoch50.pth` (the original's keys and
+    calibrated BatchNorm statistics, as released: `module.` keys, wrapped) become models whose outputs are the
+    original implementation's published ones at 128x128 and 65x35 (DeepLab: logits at the input size; DLA-up:
+    log-probabilities cropped to 2 ceil(S / 2) - 1); the architecture is inferred from the keys."""
     import json
     import os
 
     from safetensors.torch import load_file
 
     from original import as_release, make_input, stand_in_state, tolerance
-    from timm_elastic.convert import CheckpointError, from_original
-    from timm_elastic.segmentation import DeepLabV3
+    from timm_elastic.convert import from_original
+    from timm_elastic.segmentation import DeepLabV3, DLASeg
     here = os.path.join(os.path.dirname(__file__), 'data', 'original', 'expected')
-    with open(os.path.join(here, 'seg_resnext50_elastic.json')) as f:
+    with open(os.path.join(here, f'{arch}.json')) as f:
         outputs = json.load(f)['outputs']
-    tensors = load_file(os.path.join(here, 'seg_resnext50_elastic.expected.safetensors'))
-    model = from_original(as_release(stand_in_state('seg_resnext50_elastic')))
-    assert isinstance(model, DeepLabV3) and not model.training
+    tensors = load_file(os.path.join(here, f'{arch}.expected.safetensors'))
+    model = from_original(as_release(stand_in_state(arch)))
+    assert isinstance(model, DLASeg if 'dla' in arch else DeepLabV3) and not model.training
     for out in outputs:
         with torch.no_grad():
             got = model(make_input(out['shape'], out['seed']))
         want = tensors[out['key']]
         assert got.shape == want.shape == tuple(out['output_shape'])
         torch.testing.assert_close(got, want, rtol=0, atol=tolerance(want))
+
+
+@pytest.mark.slow
+def test_segmentation_architectures_are_inferred_and_named():
+    from original import as_release, stand_in_state
+    from timm_elastic.convert import CheckpointError, from_original
     seg101 = as_release(stand_in_state('seg_resnext101'))
     assert from_original(seg101).backbone.pretrained_cfg['architecture'] == 'resnext101_32x4d'
+    assert from_original(as_release(stand_in_state('seg_dla60x_elastic'))).base.pretrained_cfg['architecture'] \
+        == 'dla_x60_elastic'
     with pytest.raises(CheckpointError, match='not a checkpoint of seg_resnext50_elastic'):
         from_original(seg101, arch='seg_resnext50_elastic')
+
+
+@pytest.mark.parametrize('arch', ['dla60x', 'dla60x_elastic'])
+def test_dlaup_matches_the_originals_layout(arch):
+    """DLA-up on our DLA models: the decoder's and classifier's keys and shapes are the original's; the
+    parameters are the original's but its backbone's unused ImageNet classifier and DLA projections."""
+    import math
+
+    from timm_elastic.segmentation import create_model
+    model = create_model(f'dlaup_{ORIGINAL_DLA[arch]}')
+    manifest = _manifest(arch)
+    ours = {k: list(v.shape) for k, v in model.state_dict().items() if not k.startswith('base.')}
+    assert ours == {k: shape for k, shape in manifest['keys'] if not k.startswith('base.')}
+    unused_fc = sum(math.prod(shape) for k, shape in manifest['keys'] if k.startswith('base.fc.'))
+    assert sum(p.numel() for p in model.parameters()) + unused_fc + model.base.unused_original_counts()[0] \
+        == manifest['num_params']
+    model.eval()
+    with torch.no_grad():
+        for h, w in ((64, 64), (65, 35)):
+            y = model(torch.randn(1, 3, h, w))
+            assert y.shape == (1, 21, 2 * math.ceil(h / 2) - 1, 2 * math.ceil(w / 2) - 1)
+            torch.testing.assert_close(y.exp().sum(1), torch.ones(1, *y.shape[2:]))  # log-probabilities
+
+
+ORIGINAL_DLA = {'dla60x': 'dla_x60', 'dla60x_elastic': 'dla_x60_elastic'}
+
+
+def test_transposed_upsampling_starts_bilinear():
+    """The DLA-up upsamplers start as bilinear interpolation (the original's fill_up_weights): away from the
+    border, x2 is exactly F.interpolate's bilinear (align_corners=False); the final one stays fixed."""
+    import torch.nn.functional as F
+    from timm_elastic.segmentation import _depthwise_up, create_model
+    up = _depthwise_up(3, 2)
+    x = torch.randn(1, 3, 6, 7)
+    with torch.no_grad():
+        got, want = up(x), F.interpolate(x, scale_factor=2., mode='bilinear', align_corners=False)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got[..., 1:-1, 1:-1], want[..., 1:-1, 1:-1])
+    assert not create_model('dlaup_dla_x60', num_classes=3).up.weight.requires_grad

@@ -104,12 +104,16 @@ ORIGINALS: Dict[str, Original] = {
 }
 
 # the released PASCAL VOC segmentation models (segment.py, `deeplab_<arch>_pascal_v3_original_epoch50.pth`):
-# seg_<original arch> -> the original ImageNet architecture of its backbone; built by
-# `timm_elastic.segmentation.create_model('deeplabv3_<its timm model>')`
+# seg_<original arch> -> the `timm_elastic.segmentation` model it becomes (its backbone: ORIGINALS[<arch>])
 SEG_ORIGINALS: Dict[str, str] = {
-    f'seg_{a}': a for a in ('resnext50', 'resnext50_elastic', 'resnext101', 'resnext101_elastic')}
-_SEG_HEAD = 'aspp.'
-_SEG_BACKBONE = 'backbone.'
+    **{f'seg_{a}': f'deeplabv3_{ORIGINALS[a].model}' for a in ('resnext50', 'resnext50_elastic', 'resnext101',
+                                                               'resnext101_elastic')},
+    **{f'seg_{a}': f'dlaup_{ORIGINALS[a].model}' for a in ('dla60x', 'dla60x_elastic')},
+}
+# the keys that tell a segmentation release (DeepLab's head, DLA-up's decoder) and where its backbone's are
+_SEG_MARKS = ('aspp.aspp1.weight', 'dla_up.ida_0.node_1.0.weight')
+_SEG_BACKBONES = ('backbone.', 'base.')
+_SEG_UNUSED = 'base.fc.'  # the original DLASeg's backbone keeps its ImageNet classifier, which it never runs
 
 # rule 2: original name -> ours (applied to whole dotted components)
 _RENAMES = (
@@ -440,7 +444,7 @@ def from_original(
     if 'pretrained' in create_kwargs or 'pretrained_cfg_overlay' in create_kwargs:
         raise TypeError('from_original loads the checkpoint itself; do not pass pretrained / pretrained_cfg_overlay')
     state = load_original(checkpoint)
-    if arch in SEG_ORIGINALS or (arch is None and _SEG_HEAD + 'aspp1.weight' in state):
+    if arch in SEG_ORIGINALS or (arch is None and any(k in state for k in _SEG_MARKS)):
         return _seg_from_original(state, arch, **create_kwargs)
     if arch is None:
         arch = infer_arch(state)
@@ -480,26 +484,33 @@ def from_original(
     return model.eval()
 
 
-def _seg_target(model: nn.Module) -> Dict[str, Tuple[int, ...]]:
-    """A segmentation model's state-dict shapes under the original's names: its backbone's keys without
-    `backbone.` (the original seg model holds the backbone's modules at its top level), the head's as they are."""
-    return {(k[len(_SEG_BACKBONE):] if k.startswith(_SEG_BACKBONE) else k): v for k, v in _shapes(model).items()}
+def _seg_convert(state: Mapping[str, torch.Tensor], arch: str, model: nn.Module) -> Dict[str, torch.Tensor]:
+    """A segmentation release's state dict in `model`'s layout: the backbone's part converted as the
+    ImageNet model of its architecture is (the original holds DeepLab's backbone modules at the top level and
+    DLASeg's under `base.`, as ours does), the head's / decoder's keys as they are."""
+    prefix = 'backbone.' if hasattr(model, 'backbone') else 'base.'
+    shapes = _shapes(model)
+    target = {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in shapes.items()}
+    if prefix == 'base.':
+        state = {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state.items()
+                 if not k.startswith(_SEG_UNUSED)}
+    converted = convert_state_dict(state, target, ORIGINALS[arch[len('seg_'):]].two_path)
+    return {(prefix + k if prefix + k in shapes else k): v for k, v in converted.items()}
 
 
 def _seg_from_original(state: Mapping[str, torch.Tensor], arch: Optional[str], **create_kwargs) -> nn.Module:
-    """`from_original` for a released segmentation model (`SEG_ORIGINALS`): the DeepLabV3 whose forward is
-    the original's (logits upsampled to the input size), every tensor loaded strictly."""
+    """`from_original` for a released segmentation model (`SEG_ORIGINALS`): the `timm_elastic.segmentation`
+    model whose forward is the original's (DeepLab: logits at the input size; DLA-up: log-probabilities,
+    cropped), every tensor loaded strictly (but DLASeg's unused backbone classifier and DLA projections)."""
     from .segmentation import create_model
-    head = state.get(_SEG_HEAD + 'conv3.weight')
+    head = state.get('aspp.conv3.weight', state.get('fc.0.weight'))
     num_classes = int(head.shape[0]) if head is not None and head.dim() == 4 else 21
 
     def build(a: str) -> nn.Module:
-        return create_model('deeplabv3_' + ORIGINALS[SEG_ORIGINALS[a]].model, num_classes=num_classes,
-                            **create_kwargs)
+        return create_model(SEG_ORIGINALS[a], num_classes=num_classes, **create_kwargs)
 
     def convert(a: str, model: nn.Module) -> Dict[str, torch.Tensor]:
-        converted = convert_state_dict(state, _seg_target(model), ORIGINALS[SEG_ORIGINALS[a]].two_path)
-        return {(k if k.startswith(_SEG_HEAD) else _SEG_BACKBONE + k): v for k, v in converted.items()}
+        return _seg_convert(state, a, model)
 
     if arch is None:
         why = {}

@@ -15,14 +15,25 @@ Any timm ResNet-family model is a backbone: the Elastic ResNeXts (`resnext50_ela
 `resnext101_elastic`, `seresnext50_elastic`, ...), the paper's baselines (`resnext50_32x4d`,
 `resnext101_32x4d`) and SE variants; their ImageNet weights initialise it (`pretrained_backbone=True`, any
 tag). These models are not in timm's classification registry.
+
+`create_model('dlaup_<backbone>')` is the original's DLASeg (`models/dla_up.py`) on our DLA models
+(`dla_x60`, `dla_x60_elastic`, ...): the backbone's six levels, of which levels 1-5 are merged from the
+deepest up by iterative deep aggregation (each merge projects a level to the shallower one's channels by a
+1x1 convolution, BatchNorm and ReLU where they differ, enlarges it with a depthwise transposed convolution
+(bilinear at initialisation), crops it to the shallower map and joins them by a 3x3 convolution, BatchNorm
+and ReLU), a 1x1 classifier at stride 2, a depthwise transposed convolution x2 (fixed bilinear weights),
+log-softmax, and the original's crop of the last row and column: it returns log-probabilities of
+2 ceil(S / 2) - 1 pixels a side, as the original does. No dilation. Module names are the original's
+(`base`, `dla_up.ida_<i>.proj_<j>` / `up_<j>` / `node_<j>`, `fc.0`, `up`).
 """
-from typing import Any, Dict, Optional, Tuple
+import math
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ['ASPP', 'DeepLabV3', 'create_model', 'MULTI_GRID', 'ASPP_RATES']
+__all__ = ['ASPP', 'DeepLabV3', 'IDAUp', 'DLAUp', 'DLASeg', 'create_model', 'MULTI_GRID', 'ASPP_RATES']
 
 ASPP_RATES: Tuple[int, int, int] = (6, 12, 18)
 MULTI_GRID: Tuple[int, int, int] = (1, 2, 4)
@@ -81,10 +92,103 @@ class DeepLabV3(nn.Module):
         return F.interpolate(logits, size=x.shape[-2:], mode='bilinear', align_corners=True)
 
 
+def _bilinear_(up: nn.ConvTranspose2d) -> nn.ConvTranspose2d:
+    """Set a depthwise transposed convolution's kernels to bilinear interpolation (the original's
+    `fill_up_weights`)."""
+    k = up.weight.shape[-1]
+    f = math.ceil(k / 2)
+    c = (2 * f - 1 - f % 2) / (2. * f)
+    ramp = 1 - torch.abs(torch.arange(k, dtype=torch.float64) / f - c)
+    with torch.no_grad():
+        up.weight.copy_((ramp[:, None] * ramp[None, :]).to(up.weight.dtype).expand_as(up.weight))
+    return up
+
+
+def _depthwise_up(channels: int, factor: int) -> nn.ConvTranspose2d:
+    return _bilinear_(nn.ConvTranspose2d(channels, channels, 2 * factor, stride=factor, padding=factor // 2,
+                                         groups=channels, bias=False))
+
+
+def _conv_bn_relu(in_chs: int, out_chs: int, kernel: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(in_chs, out_chs, kernel, padding=kernel // 2, bias=False),
+                         nn.BatchNorm2d(out_chs), nn.ReLU(inplace=True))
+
+
+class IDAUp(nn.Module):
+    """One iterative deep aggregation: maps of `channels` at `up_factors` x the first one's stride, each brought
+    to `out_chs` and the first one's stride, joined left to right. Returns (the last join, every join)."""
+
+    def __init__(self, out_chs: int, channels: Sequence[int], up_factors: Sequence[int], node_kernel: int = 3):
+        super().__init__()
+        for i, (c, f) in enumerate(zip(channels, up_factors)):
+            setattr(self, f'proj_{i}', nn.Identity() if c == out_chs else _conv_bn_relu(c, out_chs, 1))
+            setattr(self, f'up_{i}', nn.Identity() if f == 1 else _depthwise_up(out_chs, int(f)))
+        for i in range(1, len(channels)):
+            setattr(self, f'node_{i}', _conv_bn_relu(2 * out_chs, out_chs, node_kernel))
+        self.num_inputs = len(channels)
+
+    def forward(self, maps: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        maps = [getattr(self, f'up_{i}')(getattr(self, f'proj_{i}')(m)) for i, m in enumerate(maps)]
+        x, joins = maps[0], []
+        for i in range(1, self.num_inputs):
+            x = getattr(self, f'node_{i}')(torch.cat([x, maps[i][:, :, :x.shape[2], :x.shape[3]]], 1))
+            joins.append(x)
+        return x, joins
+
+
+class DLAUp(nn.Module):
+    """The DLA-up decoder: levels of `channels` at strides `scales`, merged from the deepest up; returns the
+    shallowest level's map, `channels[0]` wide."""
+
+    def __init__(self, channels: Sequence[int], scales: Sequence[int]):
+        super().__init__()
+        channels, scales, ins = list(channels), list(scales), list(channels)
+        for i in range(len(channels) - 1):
+            j = len(channels) - 2 - i  # the shallower of the deepest two still apart
+            setattr(self, f'ida_{i}', IDAUp(channels[j], ins[j:], [s // scales[j] for s in scales[j:]]))
+            scales[j + 1:] = [scales[j]] * (len(scales) - j - 1)  # everything deeper is now at level j
+            ins[j + 1:] = [channels[j]] * (len(ins) - j - 1)
+        self.num_levels = len(channels)
+
+    def forward(self, levels: Sequence[torch.Tensor]) -> torch.Tensor:
+        levels = list(levels)
+        for i in range(self.num_levels - 1):
+            x, joins = getattr(self, f'ida_{i}')(levels[-i - 2:])
+            levels[-i - 1:] = joins
+        return x
+
+
+class DLASeg(nn.Module):
+    """The original's DLA segmentation model on one of our DLA models (`base`): see the module docstring.
+
+    Input (N, 3, H, W); output log-probabilities (N, num_classes, 2 ceil(H / 2) - 1, 2 ceil(W / 2) - 1)."""
+
+    def __init__(self, base: nn.Module, num_classes: int = 21, first_level: int = 1):
+        super().__init__()
+        from .models.dla import ElasticDLA
+        if not isinstance(base, ElasticDLA):
+            raise ValueError(f'DLASeg takes one of the DLA models (dla_x60, dla_x60_elastic, ...), got '
+                             f'{type(base).__name__}')
+        channels = [info['num_chs'] for info in base.feature_info][first_level:]
+        self.base = base
+        self.first_level = first_level
+        self.dla_up = DLAUp(channels, [2 ** i for i in range(len(channels))])
+        self.fc = nn.Sequential(nn.Conv2d(channels[0], num_classes, 1))
+        self.up = _depthwise_up(num_classes, 2 ** first_level)
+        self.up.weight.requires_grad_(False)  # the original keeps the last upsampling bilinear
+        self.num_classes = num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        levels = self.base.forward_intermediates(x, intermediates_only=True)
+        y = self.up(self.fc(self.dla_up(levels[self.first_level:])))
+        return F.log_softmax(y, dim=1)[:, :, :-1, :-1]
+
+
 def create_model(name: str, num_classes: int = 21, pretrained_backbone: bool = False,
                  backbone_kwargs: Optional[Dict[str, Any]] = None) -> nn.Module:
     """A segmentation model by name: `deeplabv3_<backbone>` (any timm ResNet-family model name, tag allowed,
-    e.g. `deeplabv3_resnext50_elastic`, `deeplabv3_resnext101_32x4d.a1h_in1k`).
+    e.g. `deeplabv3_resnext50_elastic`, `deeplabv3_resnext101_32x4d.a1h_in1k`) or `dlaup_<backbone>` (one of the
+    DLA models, e.g. `dlaup_dla_x60_elastic`).
 
     Args:
         name: the model's name.
@@ -95,13 +199,15 @@ def create_model(name: str, num_classes: int = 21, pretrained_backbone: bool = F
     import timm
 
     import timm_elastic  # noqa: F401  (registers the Elastic backbones)
-    prefix = 'deeplabv3_'
-    if not name.startswith(prefix):
+    prefix = next((p for p in ('deeplabv3_', 'dlaup_') if name.startswith(p)), None)
+    if prefix is None:
         raise ValueError(f'unknown segmentation model {name!r}: the names are deeplabv3_<backbone> (a ResNeXt-family '
-                         'timm model, e.g. deeplabv3_resnext50_elastic)')
+                         'timm model, e.g. deeplabv3_resnext50_elastic) and dlaup_<backbone> (a DLA model, e.g. '
+                         'dlaup_dla_x60_elastic)')
     backbone_name = name[len(prefix):]
     if not timm.is_model(backbone_name):
         raise ValueError(f'{name!r}: {backbone_name!r} is not a timm model')
-    backbone = timm.create_model(backbone_name, pretrained=pretrained_backbone, num_classes=0, global_pool='',
-                                 output_stride=16, **(backbone_kwargs or {}))
-    return DeepLabV3(backbone, num_classes)
+    kwargs = dict(pretrained=pretrained_backbone, num_classes=0, **(backbone_kwargs or {}))
+    if prefix == 'dlaup_':
+        return DLASeg(timm.create_model(backbone_name, **kwargs), num_classes)
+    return DeepLabV3(timm.create_model(backbone_name, global_pool='', output_stride=16, **kwargs), num_classes)
