@@ -287,3 +287,35 @@ def test_transposed_upsampling_starts_bilinear():
     assert got.shape == want.shape
     torch.testing.assert_close(got[..., 1:-1, 1:-1], want[..., 1:-1, 1:-1])
     assert not create_model('dlaup_dla_x60', num_classes=3).up.weight.requires_grad
+
+
+@pytest.mark.slow
+def test_convert_writes_a_folder_that_rebuilds_the_model(tmp_path):
+    """`timm-elastic convert` on a segmentation release (the seg_dla60x stand-in, as a file): config.json,
+    model.safetensors and a card with Table 5's row marked as the paper's; create_model('local-dir:...')
+    rebuilds a model with the same outputs as from_original's."""
+    import json
+
+    from original import as_release, make_input, stand_in_state
+    from test_hub import convert
+    from timm_elastic.convert import from_original
+    from timm_elastic.segmentation import create_model
+    release = tmp_path / 'deeplab_dla60x_pascal_v3_original_epoch50.pth'
+    state = stand_in_state('seg_dla60x')
+    torch.save(as_release(state), release)
+    proc = convert(str(release), '--out', str(tmp_path / 'out'))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert 'seg_dla60x -> dlaup_dla_x60' in proc.stdout
+    assert "timm_elastic.segmentation.create_model('local-dir:" in proc.stdout
+    config = json.loads((tmp_path / 'out' / 'config.json').read_text())
+    assert config['architecture'] == 'dlaup_dla_x60' and config['num_classes'] == 21
+    assert config['label_names'][0] == 'background' and config['original_arch'] == 'seg_dla60x'
+    card = (tmp_path / 'out' / 'README.md').read_text()
+    assert '| DLA-X60* | 69.96 | 73.59 |' in card and "These weights are the original column's" in card
+    assert 'not measured on the converted model' in card
+    rebuilt = create_model(f'local-dir:{tmp_path / "out"}').eval()
+    x = make_input([1, 3, 64, 48], 3)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x), from_original(as_release(state))(x), rtol=0, atol=0)
+    with pytest.raises(ValueError, match='config.json does not exist'):
+        create_model(f'local-dir:{tmp_path}')

@@ -98,7 +98,10 @@ def _convert(args: argparse.Namespace) -> int:
     print(f'converted original {done.arch} -> {name} ({done.params / 1e6:.2f}M parameters, '
           f'{done.num_classes} classes)')
     print(f'wrote {done.path}: {", ".join(sorted(os.listdir(done.path)))}')
-    print(f"load it with timm.create_model('local-dir:{done.path}', pretrained=True)")
+    if done.arch.startswith('seg_'):  # a PASCAL VOC segmentation release: not a timm classifier
+        print(f"load it with timm_elastic.segmentation.create_model('local-dir:{done.path}')")
+    else:
+        print(f"load it with timm.create_model('local-dir:{done.path}', pretrained=True)")
     if done.repo_id:
         print(f'it is the folder of the Hub repository {done.repo_id}: '
               f'hf upload {done.repo_id} {done.path}')

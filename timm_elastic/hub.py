@@ -7,6 +7,11 @@
 - `model.safetensors`: the converted state dict;
 - `README.md`: a model card with the paper's results for these weights and where they came from.
 The folder is written next to its destination and renamed into place, so it is complete or absent.
+
+The released PASCAL VOC segmentation models (`convert.SEG_ORIGINALS`) are not timm classifiers: their folder
+holds `config.json` with the `timm_elastic.segmentation` architecture name, `model.safetensors` and a card
+with the paper's Table 5 row; `timm_elastic.segmentation.create_model('local-dir:DIR')` (or `'hf-hub:REPO'`)
+rebuilds the model from it.
 """
 import hashlib
 import os
@@ -18,7 +23,8 @@ from typing import Any, Dict, Mapping, Optional, Union
 import torch
 
 from ._io import OutputExistsError, replace_dir
-from .convert import ORIGINALS, Original, from_original, infer_arch, load_original, num_classes_of, release_tag
+from .convert import (
+    ORIGINALS, SEG_ORIGINALS, Original, from_original, infer_arch, load_original, num_classes_of, release_tag)
 
 __all__ = ['Export', 'export_original', 'model_card', 'sha256_file']
 
@@ -79,6 +85,8 @@ def export_original(
             raise OutputExistsError(f'{out_dir} already exists; pass {{force}} to replace it')
 
     state = load_original(checkpoint)
+    if arch in SEG_ORIGINALS or (arch is None and _is_segmentation(state)):
+        return _export_segmentation(state, arch, out_dir, source)
     arch = arch or infer_arch(state)
     model = from_original(state, arch)
     spec = ORIGINALS[arch]
@@ -115,6 +123,97 @@ def export_original(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return Export(out_dir, arch, spec.model, tag, repo_id, params, num_classes)
+
+
+# paper Table 5 (PASCAL VOC val mIoU %): original arch -> (row, original model, Elastic model)
+TABLE5 = {
+    'resnext50': ('ResNeXt50*', 75.29, 77.70), 'resnext101': ('ResNeXt101*', 77.47, 78.51),
+    'dla60x': ('DLA-X60*', 69.96, 73.59),
+}
+
+
+def _is_segmentation(state: Mapping[str, Any]) -> bool:
+    from .convert import _SEG_MARKS
+    return any(k in state for k in _SEG_MARKS)
+
+
+def _export_segmentation(state: Mapping[str, Any], arch: Optional[str], out_dir: str,
+                         source: Optional[str]) -> Export:
+    """`export_original` for a released segmentation model: config.json, model.safetensors, README.md."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from .tasks.segmentation import VOC_CLASSES
+    model = from_original(state, arch)
+    if arch is None:
+        arch = next(a for a, name in SEG_ORIGINALS.items() if name == model.name)
+    params = sum(p.numel() for p in model.parameters())
+    config = dict(architecture=SEG_ORIGINALS[arch], num_classes=model.num_classes, original_arch=arch,
+                  output=model.output_description)
+    if model.num_classes == len(VOC_CLASSES):
+        config['label_names'] = list(VOC_CLASSES)
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f'.{os.path.basename(out_dir)}.', suffix='.tmp', dir=parent)
+    try:
+        with open(os.path.join(tmp, 'config.json'), 'w', encoding='utf-8') as f:
+            json.dump(config, f, indent=2)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, os.path.join(tmp, 'model.safetensors'))
+        with open(os.path.join(tmp, 'README.md'), 'w', encoding='utf-8') as f:
+            f.write(_segmentation_card(arch, config, params, source))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
+        for name in os.listdir(tmp):
+            os.chmod(os.path.join(tmp, name), 0o666 & ~umask)
+        replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return Export(out_dir, arch, SEG_ORIGINALS[arch], None, None, params, model.num_classes)
+
+
+def _segmentation_card(arch: str, config: Dict[str, Any], params: int, source: Optional[str]) -> str:
+    import timm
+    from . import __version__
+    base = arch[len('seg_'):]
+    elastic = base.endswith('_elastic')
+    row = TABLE5.get(base[:-len('_elastic')] if elastic else base)
+    name = config['architecture']
+    lines = [
+        '---', 'tags:', '- image-segmentation', '- timm-elastic', 'license: apache-2.0', 'datasets:', '- pascal-voc',
+        '---', f'# Model card for {name}', '',
+        f'The authors\' PASCAL VOC segmentation model `deeplab_{base}_pascal_v3_original_epoch50.pth` of the '
+        f'original ELASTIC code (`segment.py -a {base}`), converted to `timm_elastic.segmentation` `{name}` by '
+        'timm-elastic. The converted model gives the original implementation\'s outputs (fp32 rounding aside).', '',
+        '## Model details',
+        f'- **Architecture:** `{name}`; original `{base}` ({"DLA-up" if "dla" in base else "DeepLabV3"} head)',
+        f'- **Output:** {config["output"]}',
+        f'- **Params (M):** {params / 1e6:.2f}',
+        f'- **Classes:** {config["num_classes"]}'
+        + (' (PASCAL VOC, background first)' if 'label_names' in config else ''),
+        '- **Paper:** [ELASTIC: Improving CNNs with Dynamic Scaling Policies](https://arxiv.org/abs/1812.05262)',
+        '- **Original:** https://github.com/allenai/elastic', '',
+        '## Results in the paper',
+    ]
+    if row is not None:
+        label, original, with_elastic = row
+        lines += ['Table 5 (PASCAL VOC val, mIoU %):', '', '| model | original | Elastic |', '|---|---|---|',
+                  f'| {label} | {original:.2f} | {with_elastic:.2f} |', '',
+                  f'These weights are the {"Elastic" if elastic else "original"} column\'s. These are the paper\'s '
+                  'numbers, not measured on the converted model.']
+    else:
+        lines += ['The paper reports no result for these weights.']
+    lines += ['', '## Provenance',
+              f'- converted from `{os.path.basename(source)}` (sha256 `{sha256_file(source)}`)' if source
+              else '- converted from a state dict given in memory',
+              f'- converter: timm-elastic {__version__} (timm {timm.__version__}, '
+              f'torch {torch.__version__.split("+")[0]})',
+              '', '## Usage', '```python', 'from timm_elastic.segmentation import create_model', '',
+              "model = create_model('local-dir:PATH/TO/THIS/FOLDER').eval()", '```',
+              '', '## Citation', '```bibtex', _CITATION, '```', '']
+    return '\n'.join(lines)
 
 
 def model_card(

@@ -70,6 +70,7 @@ class DeepLabV3(nn.Module):
     """A timm ResNet-family backbone at output stride 16 with multi-grid dilations in `layer4`, and `ASPP`.
 
     Input (N, 3, H, W); output logits (N, num_classes, H, W)."""
+    output_description = 'logits (N, classes, H, W) at the input size'
 
     def __init__(self, backbone: nn.Module, num_classes: int = 21):
         super().__init__()
@@ -86,6 +87,7 @@ class DeepLabV3(nn.Module):
         self.backbone = backbone
         self.aspp = ASPP(backbone.num_features, num_classes)
         self.num_classes = num_classes
+        self.name = f'deeplabv3_{backbone.pretrained_cfg["architecture"]}'
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.aspp(self.backbone.forward_features(x))
@@ -162,6 +164,7 @@ class DLASeg(nn.Module):
     """The original's DLA segmentation model on one of our DLA models (`base`): see the module docstring.
 
     Input (N, 3, H, W); output log-probabilities (N, num_classes, 2 ceil(H / 2) - 1, 2 ceil(W / 2) - 1)."""
+    output_description = 'log-probabilities (N, classes, 2 ceil(H / 2) - 1, 2 ceil(W / 2) - 1)'
 
     def __init__(self, base: nn.Module, num_classes: int = 21, first_level: int = 1):
         super().__init__()
@@ -177,6 +180,7 @@ class DLASeg(nn.Module):
         self.up = _depthwise_up(num_classes, 2 ** first_level)
         self.up.weight.requires_grad_(False)  # the original keeps the last upsampling bilinear
         self.num_classes = num_classes
+        self.name = f'dlaup_{base.pretrained_cfg["architecture"]}'
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         levels = self.base.forward_intermediates(x, intermediates_only=True)
@@ -199,6 +203,8 @@ def create_model(name: str, num_classes: int = 21, pretrained_backbone: bool = F
     import timm
 
     import timm_elastic  # noqa: F401  (registers the Elastic backbones)
+    if name.startswith(('local-dir:', 'hf-hub:')):
+        return _from_folder(name, backbone_kwargs)
     prefix = next((p for p in ('deeplabv3_', 'dlaup_') if name.startswith(p)), None)
     if prefix is None:
         raise ValueError(f'unknown segmentation model {name!r}: the names are deeplabv3_<backbone> (a ResNeXt-family '
@@ -211,3 +217,28 @@ def create_model(name: str, num_classes: int = 21, pretrained_backbone: bool = F
     if prefix == 'dlaup_':
         return DLASeg(timm.create_model(backbone_name, **kwargs), num_classes)
     return DeepLabV3(timm.create_model(backbone_name, global_pool='', output_stride=16, **kwargs), num_classes)
+
+
+def _from_folder(name: str, backbone_kwargs: Optional[Dict[str, Any]] = None) -> nn.Module:
+    """A model from the folder `timm-elastic convert` writes for a segmentation release (`local-dir:PATH`), or
+    from its Hub repository (`hf-hub:ORG/NAME`): config.json names the architecture, model.safetensors holds
+    the weights (loaded strictly)."""
+    import json
+    import os
+
+    from safetensors.torch import load_file
+    kind, where = name.split(':', 1)
+    if kind == 'local-dir':
+        files = {f: os.path.join(where, f) for f in ('config.json', 'model.safetensors')}
+        missing = [p for p in files.values() if not os.path.isfile(p)]
+        if missing:
+            raise ValueError(f'{name!r}: {missing[0]} does not exist (a folder written by timm-elastic convert holds '
+                             'config.json and model.safetensors)')
+    else:
+        from huggingface_hub import hf_hub_download
+        files = {f: hf_hub_download(where, f) for f in ('config.json', 'model.safetensors')}
+    with open(files['config.json']) as f:
+        config = json.load(f)
+    model = create_model(config['architecture'], num_classes=config['num_classes'], backbone_kwargs=backbone_kwargs)
+    model.load_state_dict(load_file(files['model.safetensors']), strict=True)
+    return model
