@@ -538,12 +538,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "F1-C for --task multilabel (the paper's Fig. 7: DLA-X60 on MS COCO, trained at 224, tested at "
                     "96, 224, 448 and 896), top-1 otherwise; --plot writes Fig. 7's bar chart.",
         epilog='example: timm-elastic stress --task multilabel --data-dir /data/coco --split val2014 --model '
-               'dla_x60_elastic --checkpoint e.pth.tar --baseline dla60x --baseline-checkpoint b.pth.tar '
+               'dla_x60_elastic --checkpoint e.pth.tar --baseline dla_x60 --baseline-checkpoint b.pth.tar '
                '--plot fig7.png')
     _add_task_arg(p)
     _add_eval_model_args(p)
     p.add_argument('--baseline', metavar='NAME', default=None,
-                   help='the baseline model to compare with (e.g. dla60x); without it, --model alone is evaluated')
+                   help='the baseline model to compare with (e.g. dla_x60); without it, --model alone is evaluated')
     p.add_argument('--baseline-checkpoint', metavar='PATH', default='',
                    help="the baseline's weights (without it: its pretrained weights, with --pretrained)")
     p.add_argument('--sizes', type=int, nargs='+', metavar='N', default=[96, 224, 448, 896],
