@@ -150,8 +150,9 @@ def _in_words(key: str) -> str:
     return _WORDS[key] if len(sizes) == 1 else ' and '.join((', '.join(sizes[:-1]), sizes[-1])) + ' objects'
 
 
-_LABELS = {'top1': 'top-1', 'top5': 'top-5', 'f1_o': 'F1-O', 'f1_c': 'F1-C', 'p_c': 'P-C', 'r_c': 'R-C',
-           'p_o': 'P-O', 'r_o': 'R-O', 'map': 'mAP', 'loss': 'loss'}
+# how the tables name each metric
+LABELS = {'top1': 'top-1', 'top5': 'top-5', 'f1_o': 'F1-O', 'f1_c': 'F1-C', 'p_c': 'P-C', 'r_c': 'R-C',
+          'p_o': 'P-O', 'r_o': 'R-O', 'map': 'mAP', 'loss': 'loss'}
 
 
 def _stats(runs_of_b, runs_of_e, get):
@@ -170,7 +171,7 @@ def format_comparison(results: Dict[str, List[Dict[str, Any]]], base: str, elast
     from .data import COMBINATIONS, combination_name
     from .tasks import get_task
     metric = get_task(task).combination_metric
-    label = _LABELS[metric]
+    label = LABELS[metric]
     runs_b, runs_e = results[base], results[elastic]
     seeds = [r['seed'] for r in runs_b]
     n = len(seeds)
@@ -230,7 +231,7 @@ def _table3(runs_b, runs_e, base: str, elastic: str, over: str) -> List[str]:
     for m in ('f1_c', 'f1_o', 'p_c', 'r_c', 'p_o', 'r_o', 'map'):
         sb, se, sg = _stats(runs_b, runs_e, lambda r: r[m])
         relative = f'{100 * sg.mean / sb.mean:>+7.1f}%' if sb.mean else f'{"n/a":>8}'
-        lines.append(f'{_LABELS[m]:>6} | {format(sb, ".2f"):>{wb}} | {format(se, ".2f"):>{we}} | '
+        lines.append(f'{LABELS[m]:>6} | {format(sb, ".2f"):>{wb}} | {format(se, ".2f"):>{we}} | '
                      f'{format(sg, "+.2f"):>{wg}} | {relative}')
     return lines
 
@@ -238,14 +239,10 @@ def _table3(runs_b, runs_e, base: str, elastic: str, over: str) -> List[str]:
 def stress_relative(results: Dict[str, List[Dict[str, Any]]], base: str,
                     elastic: str) -> Dict[str, Dict[int, List[float]]]:
     """{metric: {size: [relative improvement (%) per seed]}} of the runs' stress tests (F1-O and F1-C)."""
-    from .stress import relative_improvement
-    out: Dict[str, Dict[int, List[float]]] = OrderedDict()
-    for m in ('f1_o', 'f1_c'):
-        out[m] = OrderedDict()
-        for b, e in zip(results[base], results[elastic]):
-            for size in b['stress']:
-                out[m].setdefault(size, []).append(relative_improvement(b['stress'][size][m], e['stress'][size][m]))
-    return out
+    from .stress import relative_per_size, stress_metrics
+    from .tasks import get_task
+    return relative_per_size([(b['stress'], e['stress']) for b, e in zip(results[base], results[elastic])],
+                             stress_metrics(get_task('multilabel')))
 
 
 def _reading(gains: Dict[str, float], base: str, elastic: str, n: int) -> str:

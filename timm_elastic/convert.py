@@ -110,9 +110,8 @@ SEG_ORIGINALS: Dict[str, str] = {
                                                                'resnext101_elastic')},
     **{f'seg_{a}': f'dlaup_{ORIGINALS[a].model}' for a in ('dla60x', 'dla60x_elastic')},
 }
-# the keys that tell a segmentation release (DeepLab's head, DLA-up's decoder) and where its backbone's are
+# the keys that tell a segmentation release (DeepLab's head, DLA-up's decoder)
 _SEG_MARKS = ('aspp.aspp1.weight', 'dla_up.ida_0.node_1.0.weight')
-_SEG_BACKBONES = ('backbone.', 'base.')
 _SEG_UNUSED = 'base.fc.'  # the original DLASeg's backbone keeps its ImageNet classifier, which it never runs
 
 # rule 2: original name -> ours (applied to whole dotted components)
@@ -436,7 +435,8 @@ def from_original(
 
     Every tensor is loaded strictly (only the original DLA's unused projections are dropped) and the
     model's `pretrained_cfg` is that of the release (`<model>.in1k` / `.coco`). A segmentation release
-    becomes `timm_elastic.segmentation.DeepLabV3` (its forward: the original's logits at the input size). Raises
+    becomes a `timm_elastic.segmentation` model (DeepLabV3 or DLASeg) whose forward returns what the original's
+    does. Raises
     CheckpointError if the checkpoint is not one of `arch`.
     """
     import timm
@@ -509,16 +509,13 @@ def _seg_from_original(state: Mapping[str, torch.Tensor], arch: Optional[str], *
     def build(a: str) -> nn.Module:
         return create_model(SEG_ORIGINALS[a], num_classes=num_classes, **create_kwargs)
 
-    def convert(a: str, model: nn.Module) -> Dict[str, torch.Tensor]:
-        return _seg_convert(state, a, model)
-
     if arch is None:
         why = {}
         for a in SEG_ORIGINALS:
             with torch.device('meta'):  # shapes only
                 candidate = build(a)
             try:
-                convert(a, candidate)
+                _seg_convert(state, a, candidate)
             except CheckpointError as e:
                 why[a] = str(e)
         fits = [a for a in SEG_ORIGINALS if a not in why]
@@ -531,7 +528,7 @@ def _seg_from_original(state: Mapping[str, torch.Tensor], arch: Optional[str], *
         arch = fits[0]
     model = build(arch)
     try:
-        converted = convert(arch, model)
+        converted = _seg_convert(state, arch, model)
     except CheckpointError as e:
         raise CheckpointError(f'not a checkpoint of {arch}: {e}') from None
     model.load_state_dict(converted, strict=True)

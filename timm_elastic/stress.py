@@ -9,10 +9,10 @@ rows), the whole image resized to the square size (the original's `Resize((S, S)
 import argparse
 import copy
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 __all__ = ['PAPER_SIZES', 'PAPER_TRAIN_SIZE', 'BUILTIN_SIZES', 'scaled_sizes', 'stress_test', 'relative_improvement',
-           'format_stress', 'run']
+           'relative_per_size', 'stress_metrics', 'format_stress', 'run']
 
 PAPER_SIZES = (96, 224, 448, 896)
 PAPER_TRAIN_SIZE = 224
@@ -42,14 +42,13 @@ def stress_test(model, dataset, args: argparse.Namespace, device, sizes: Sequenc
 
     from timm.data import resolve_data_config
 
-    from .train import _eval_loader, evaluate, task_of
-    task = task_of(args)
+    from .train import _eval_loader, evaluate
     out: Dict[int, Dict[str, Any]] = OrderedDict()
     for size in sizes:
         sized = copy.copy(args)
         sized.img_size, sized.input_size = size, None
-        config = task.data_config(resolve_data_config(vars(sized), model=model), sized)
-        config = dict(config, crop_pct=1.0, crop_mode='squash')  # the whole image at every size
+        # the whole image at every size, whatever the task's or the model's evaluation crop
+        config = dict(resolve_data_config(vars(sized), model=model), crop_pct=1.0, crop_mode='squash')
         loader = _eval_loader(dataset, args.batch_size, sized, config, device)
         out[size] = evaluate(model, loader, sized, device, amp_autocast or nullcontext, combinations,
                              phase=f'{size}x{size}')
@@ -60,6 +59,19 @@ def relative_improvement(base: float, elastic: float) -> Optional[float]:
     """The Elastic model's improvement relative to the baseline's value, in percent (Fig. 7's bars); None
     where the baseline's value is 0 (nothing to be relative to)."""
     return 100. * (elastic - base) / base if base else None
+
+
+def relative_per_size(pairs: Sequence[Tuple[Dict[int, Dict[str, Any]], Dict[int, Dict[str, Any]]]],
+                      metrics: Sequence[str]) -> Dict[str, Dict[int, List[Optional[float]]]]:
+    """{metric: {size: [relative improvement (%) per pair]}} of (baseline, Elastic) stress tests, each
+    {size: metrics} as `stress_test` returns them (one pair per seed)."""
+    out: Dict[str, Dict[int, List[Optional[float]]]] = OrderedDict()
+    for m in metrics:
+        out[m] = OrderedDict()
+        for base, elastic in pairs:
+            for size in base:
+                out[m].setdefault(size, []).append(relative_improvement(base[size][m], elastic[size][m]))
+    return out
 
 
 def run(args: argparse.Namespace) -> Dict[str, Any]:
@@ -94,15 +106,13 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                                          baseline=names.get('baseline'), metrics=per_model)
     files = []
     if args.baseline:
-        base, elastic = per_model['baseline'], per_model['model']
+        relative = relative_per_size([(per_model['baseline'], per_model['model'])], stress_metrics(task))
         result['relative'] = OrderedDict(
-            (m, OrderedDict((s, relative_improvement(base[s][m], elastic[s][m])) for s in args.sizes))
-            for m in _stress_metrics(task))
+            (m, OrderedDict((s, v[0]) for s, v in r.items())) for m, r in relative.items())
         if args.plot:
             from .report.plots import plot_stress
-            files.append(plot_stress({m: {s: [v] for s, v in r.items()} for m, r in result['relative'].items()},
-                                     args.plot, f'{names["model"]} over {names["baseline"]}\nrelative improvement '
-                                     'per test size (paper Fig. 7)'))
+            title = f'{names["model"]} over {names["baseline"]}\nrelative improvement per test size (paper Fig. 7)'
+            files.append(plot_stress(relative, args.plot, title))
     if args.results_file:
         write_json(args.results_file, result)
         files.append(args.results_file)
@@ -110,7 +120,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     return result
 
 
-def _stress_metrics(task) -> List[str]:
+def stress_metrics(task) -> List[str]:
     """The metrics whose relative improvement is reported: the paper's F1s for multi-label, top-1 otherwise."""
     return ['f1_o', 'f1_c'] if task.name == 'multilabel' else ['top1']
 
@@ -118,11 +128,10 @@ def _stress_metrics(task) -> List[str]:
 def format_stress(relative: Dict[str, Dict[int, List[Optional[float]]]]) -> str:
     """Fig. 7 as a table: per test size, the relative improvement of each metric (mean ± standard
     deviation over the seeds where there are several; n/a where every baseline value was 0)."""
-    from .compare import spread
-    labels = {'f1_o': 'F1-O', 'f1_c': 'F1-C', 'top1': 'top-1'}
+    from .compare import LABELS, spread
     metrics = list(relative)
     sizes = list(next(iter(relative.values())))
-    head = f'{"test size":>10} | ' + ' | '.join(f'{"relative " + labels.get(m, m):>18}' for m in metrics)
+    head = f'{"test size":>10} | ' + ' | '.join(f'{"relative " + LABELS.get(m, m):>18}' for m in metrics)
     lines = [head, '-' * len(head)]
     for s in sizes:
         cells = []
