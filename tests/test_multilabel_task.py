@@ -59,14 +59,10 @@ def coco(tmp_path_factory):
     return root
 
 
-def logits_of(checkpoint, root, split, size):
-    """The model's outputs on every image of a COCO split, computed here: the checkpoint's weights, the whole
-    image resized to size x size (the original's Resize((S, S))), ImageNet normalisation."""
+def images_and_targets(root, split, size):
+    """Every image of a COCO split as the original evaluates it (the whole image resized to size x size, its
+    `Resize((S, S))`, ImageNet normalisation) and its 0/1 targets in the file's category order, read here."""
     import torchvision.transforms.functional as TF
-    ckpt = torch.load(checkpoint, map_location='cpu', weights_only=False)
-    model = timm.create_model(ckpt['arch'], num_classes=ckpt['state_dict']['fc.weight'].shape[0])
-    model.load_state_dict(ckpt['state_dict'])
-    model.eval()
     ann = json.loads((root / 'annotations' / f'instances_{split}.json').read_text())
     cat_ids = [c['id'] for c in ann['categories']]
     x, y = [], []
@@ -78,8 +74,18 @@ def logits_of(checkpoint, root, split, size):
             if a['image_id'] == im['id']:
                 t[cat_ids.index(a['category_id'])] = 1
         y.append(t)
+    return torch.stack(x), torch.stack(y)
+
+
+def logits_of(checkpoint, root, split, size):
+    """The model's outputs on every image of a COCO split, computed here from the checkpoint's weights."""
+    ckpt = torch.load(checkpoint, map_location='cpu', weights_only=False)
+    model = timm.create_model(ckpt['arch'], num_classes=ckpt['state_dict']['fc.weight'].shape[0])
+    model.load_state_dict(ckpt['state_dict'])
+    model.eval()
+    x, y = images_and_targets(root, split, size)
     with torch.no_grad():
-        return model(torch.stack(x)), torch.stack(y)
+        return model(x), y
 
 
 @pytest.mark.slow
@@ -188,14 +194,8 @@ def test_a_coco_model_with_80_classes_validates_through_the_same_path(tmp_path):
     got = json.loads((tmp_path / 'r.json').read_text())
     assert got['num_classes'] == 80 and got['count'] == 5 and got['img_size'] == 224
     model = timm.create_model(f'local-dir:{tmp_path / "hub"}', pretrained=True).eval()
-    ann = json.loads((tmp_path / 'coco' / 'annotations' / 'instances_val2017.json').read_text())
-    import torchvision.transforms.functional as TF
-    x = torch.stack([TF.normalize(TF.to_tensor(Image.open(tmp_path / 'coco' / 'val2017' / im['file_name'])
-                                               .convert('RGB').resize((224, 224), Image.BILINEAR)),
-                                  (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)) for im in ann['images']])
-    targets = torch.zeros(5, 80)
-    for a in ann['annotations']:
-        targets[a['image_id'] - 100, ids.index(a['category_id'])] = 1
+    x, targets = images_and_targets(tmp_path / 'coco', 'val2017', 224)
+    assert targets.shape == (5, 80)
     with torch.no_grad():
         want = multilabel_metrics(model(x), targets)
     for k, v in want.items():
