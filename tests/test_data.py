@@ -388,3 +388,29 @@ def test_segmentation_of_a_disc_by_hand():
     yy, xx = np.mgrid[:32, :32] + 0.5
     r = np.hypot(xx - 16, yy - 16)
     assert (r[mask == 5] < 8.5).all() and (mask[r < 7.3] == 5).all()
+
+
+def test_the_segmentation_mode_gives_images_with_their_masks(monkeypatch):
+    """`segmentation=True`: the multi-label mode's images with their masks as targets, through `transforms` of the
+    pair; with `cache`, fill_cache computes every mask once and later items read them back."""
+    import numpy as np
+    from timm_elastic.data import SEGMENTATION_CLASSES, ScaleShapes
+    multi = ScaleShapes(split='validation', num_samples=6, multilabel=True)
+    seg = ScaleShapes(split='validation', num_samples=6, segmentation=True)
+    assert seg.classes == SEGMENTATION_CLASSES == ('background', *multi.classes)
+    expected = [np.asarray(multi.segmentation(i)) for i in range(6)]
+    for i in range(6):
+        image, mask = seg[i]
+        assert np.array_equal(np.asarray(image), np.asarray(multi.render(i)))
+        assert np.array_equal(np.asarray(mask), expected[i])
+    seg.transforms = lambda image, mask: (image.size, int(np.asarray(mask).max()))
+    assert seg[2] == ((64, 64), int(expected[2].max()))
+    cached = ScaleShapes(split='validation', num_samples=6, segmentation=True, cache=True)
+    cached.fill_cache()
+
+    def no_mask(layout):
+        raise AssertionError('computed again')
+    monkeypatch.setattr(scales, '_segmentation', no_mask)
+    assert all(np.array_equal(np.asarray(cached[i][1]), expected[i]) for i in range(6))
+    with pytest.raises(AssertionError, match='computed again'):  # without the cache it would compute it
+        multi.segmentation(0)

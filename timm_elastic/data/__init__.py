@@ -3,11 +3,11 @@
 Imports only numpy, PIL and torch, so that the models can name its classes without a cycle.
 """
 from .scales import (
-    CLASSES, COMBINATIONS, DEFAULT_SAMPLES, SIZE_RANGES, SIZES, SPLITS, ScaleShapes, combination_name,
-    read_combinations, write_image_folder,
+    CLASSES, COMBINATIONS, DEFAULT_SAMPLES, SEGMENTATION_CLASSES, SIZE_RANGES, SIZES, SPLITS, ScaleShapes,
+    combination_name, read_combinations, write_image_folder,
 )
 
 __all__ = [
-    'CLASSES', 'COMBINATIONS', 'DEFAULT_SAMPLES', 'SIZE_RANGES', 'SIZES', 'SPLITS', 'ScaleShapes',
-    'combination_name', 'read_combinations', 'write_image_folder',
+    'CLASSES', 'COMBINATIONS', 'DEFAULT_SAMPLES', 'SEGMENTATION_CLASSES', 'SIZE_RANGES', 'SIZES', 'SPLITS',
+    'ScaleShapes', 'combination_name', 'read_combinations', 'write_image_folder',
 ]

@@ -19,7 +19,10 @@ scored per size combination:
   gradient, pixel noise, and thin line segments, open arcs and specks;
 - in the multi-label mode (`multilabel=True`, the paper's COCO experiment in miniature) each
   object has a class of its own, all different, and the target is the set of classes present;
-  the image is otherwise the single-label one.
+  the image is otherwise the single-label one;
+- in the segmentation mode (`segmentation=True`, the paper's PASCAL VOC experiment in miniature) the
+  images are the multi-label mode's and the target is the class of every pixel (`SEGMENTATION_CLASSES`:
+  0 the background, 1 + the index in `CLASSES` for an object).
 
 The classes are patterns rather than outlines because a small CNN learns them within the few
 thousand images a CPU trains on in a minute: with outlines (disc, ring, star...) the same models
@@ -51,8 +54,8 @@ from PIL import Image, ImageDraw
 from .._io import OutputExistsError, replace_dir
 
 __all__ = [
-    'SIZES', 'SIZE_RANGES', 'COMBINATIONS', 'CLASSES', 'SPLITS', 'DEFAULT_SAMPLES', 'MIN_IMG_SIZE',
-    'combination_name', 'ScaleShapes', 'write_image_folder', 'read_combinations',
+    'SIZES', 'SIZE_RANGES', 'COMBINATIONS', 'CLASSES', 'SEGMENTATION_CLASSES', 'SPLITS', 'DEFAULT_SAMPLES',
+    'MIN_IMG_SIZE', 'combination_name', 'ScaleShapes', 'write_image_folder', 'read_combinations',
 ]
 
 SIZES: Tuple[str, ...] = ('small', 'medium', 'large')
@@ -84,6 +87,8 @@ COMBINATIONS: Tuple[Tuple[str, ...], ...] = (
 # Sorted by name, so that timm's ImageFolder reader (which numbers class folders in sorted order)
 # gives a written folder the same targets as ScaleShapes.
 CLASSES: Tuple[str, ...] = ('checks', 'diagonal', 'dots', 'grid', 'hstripes', 'plain', 'rings', 'vstripes')
+# the classes of a pixel in the segmentation mode: the background first, as in PASCAL VOC
+SEGMENTATION_CLASSES: Tuple[str, ...] = ('background', *CLASSES)
 
 SPLITS: Tuple[str, ...] = ('train', 'validation')
 # 1400 = 8 classes x 7 combinations x 25: every (class, combination) cell equally often
@@ -407,16 +412,22 @@ class ScaleShapes(torch.utils.data.Dataset):
             construction).
         target_transform: applied to the integer target.
         cache: keep every rendered image in memory (3 x img_size^2 bytes each, 74 MB for the
-            default training split at 64x64), so that later epochs skip rendering. The cache is
+            default training split at 64x64; in the segmentation mode its mask too, a third of
+            that), so that later epochs skip rendering. The cache is
             per process: it pays off with `num_workers=0` or persistent workers.
         multilabel: the multi-label mode (paper Sec. 4.2 in miniature): each object of an image
             has a class of its own, all different (the largest one keeps the single-label image's
             class; everything else about the image is the single-label one), and the target is
             the set of classes present.
+        segmentation: the segmentation mode (paper Sec. 4.3 in miniature): the multi-label mode's
+            images, and the target is their mask (`segmentation(i)`); `transforms`, when given, is
+            applied to the (image, mask) pair (`transform` / `target_transform` are then not used).
+        transforms: the segmentation mode's transform of the (image, mask) pair.
 
     `dataset[i]` is `(image, target)`: a `img_size` x `img_size` RGB PIL image (or whatever
-    `transform` makes of it) and the index of its class in `CLASSES`, or in the multi-label mode a
-    float tensor of `len(CLASSES)` zeros and ones. Targets cycle through every (class,
+    `transform` makes of it) and the index of its class in `CLASSES`, in the multi-label mode a
+    float tensor of `len(CLASSES)` zeros and ones, in the segmentation mode its mask (an 'L' PIL
+    image of indices in `SEGMENTATION_CLASSES`, the dataset's `classes` there). Targets cycle through every (class,
     combination) pair, see `targets` (in the multi-label mode, the largest object's class; `labels`
     gives all) and `combinations`.
     """
@@ -434,9 +445,15 @@ class ScaleShapes(torch.utils.data.Dataset):
             target_transform: Optional[Callable] = None,
             cache: bool = False,
             multilabel: bool = False,
+            segmentation: bool = False,
+            transforms: Optional[Callable] = None,
     ):
         self._split_index = _check_split(split)
-        self.multilabel = bool(multilabel)
+        self.segmentation_mode = bool(segmentation)
+        self.multilabel = bool(multilabel) or self.segmentation_mode
+        if self.segmentation_mode:
+            self.classes = SEGMENTATION_CLASSES
+        self.transforms = transforms
         self.root = root
         self.split = split
         self.num_samples = DEFAULT_SAMPLES[split] if num_samples is None else _check_int('num_samples', num_samples, 1)
@@ -448,6 +465,7 @@ class ScaleShapes(torch.utils.data.Dataset):
         self.targets: List[int] = [cls for cls, _ in cells]
         self.combinations: List[Tuple[str, ...]] = [COMBINATIONS[combo] for _, combo in cells]
         self._cache: Optional[Dict[int, np.ndarray]] = {} if cache else None
+        self._mask_cache: Optional[Dict[int, np.ndarray]] = {} if cache else None
 
     def __len__(self) -> int:
         return self.num_samples
@@ -475,6 +493,8 @@ class ScaleShapes(torch.utils.data.Dataset):
         if self._cache is not None:
             for i in range(self.num_samples):
                 self.render(i)
+                if self.segmentation_mode:
+                    self.segmentation(i)
 
     def labels(self, index: int) -> Tuple[int, ...]:
         """The classes (indices in `CLASSES`) of image `index`'s objects, sorted, without rendering
@@ -484,6 +504,9 @@ class ScaleShapes(torch.utils.data.Dataset):
         return tuple(sorted(_multilabel_classes(self.seed, self._split_index, self._index(index))))
 
     def __getitem__(self, index: int):
+        if self.segmentation_mode:
+            img, mask = self.render(index), self.segmentation(index)
+            return self.transforms(img, mask) if self.transforms is not None else (img, mask)
         img, target = self.render(index), self.targets[self._index(index)]
         if self.multilabel:
             target = torch.zeros(len(CLASSES))
@@ -498,8 +521,14 @@ class ScaleShapes(torch.utils.data.Dataset):
         """Image `index`'s segmentation mask, computed from its layout (no rendering): an `img_size` x
         `img_size` 'L' image whose pixels are 0 for the background and 1 + the class index (in `CLASSES`)
         where an object covers at least half of the pixel; where objects overlap, the one drawn on top.
-        In the multi-label mode each object has its own class, as drawn."""
-        return Image.fromarray(_segmentation(self._layout(index)), mode='L')
+        In the multi-label mode each object has its own class, as drawn. Kept in memory with `cache`."""
+        if self._mask_cache is None:
+            return Image.fromarray(_segmentation(self._layout(index)), mode='L')
+        index = self._index(index)
+        labels = self._mask_cache.get(index)
+        if labels is None:
+            labels = self._mask_cache[index] = _segmentation(self._layout(index))
+        return Image.fromarray(labels, mode='L')
 
     def combination(self, index: int) -> Tuple[str, ...]:
         """The sizes of image `index`'s objects, from large to small: one of `COMBINATIONS`."""
