@@ -183,10 +183,13 @@ def test_other_errors_stay_what_they_are(server, hub_cache):
 
 
 @pytest.mark.filterwarnings('ignore:For .tu-. .timm universal. encoders:UserWarning')  # smp >= 0.5 prefers True
-@pytest.mark.parametrize('encoder_weights', ['imagenet', True])
-def test_smp_encoder_weights_go_through_the_same_path(server, hub_cache, release, encoder_weights):
+@pytest.mark.parametrize('encoder_weights,arch,kwargs', [
+    ('imagenet', 'Unet', {}), (True, 'Unet', {}),
+    ('imagenet', 'DeepLabV3Plus', dict(encoder_output_stride=8)),  # dilated: the same weights
+])
+def test_smp_encoder_weights_go_through_the_same_path(server, hub_cache, release, encoder_weights, arch, kwargs):
     import segmentation_models_pytorch as smp
-    unet = smp.Unet(f'tu-{MODEL}', encoder_weights=encoder_weights, classes=2,
-                    pretrained_cfg_overlay=dict(url=server.url()))
+    model = getattr(smp, arch)(f'tu-{MODEL}', encoder_weights=encoder_weights, classes=2,
+                               pretrained_cfg_overlay=dict(url=server.url()), **kwargs)
     assert server.hits[PATH] == 1
-    assert_weights(unet.encoder.model, release)
+    assert_weights(model.encoder.model, release)
