@@ -4,8 +4,6 @@ model's own outputs, DDP with two CPU processes, a `.coco`-style 80-class model,
 `compare --task multilabel`, and one-line errors for bad inputs."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -16,7 +14,7 @@ import timm
 import timm_elastic  # noqa: F401
 from timm_elastic.tasks.multilabel import BCEPerImage, multilabel_metrics
 
-from test_train import cli, summary
+from test_train import cli, summary, torchrun
 
 pytest.importorskip('pycocotools', reason="pip install 'timm-elastic[coco]' (the test extra has it)")
 
@@ -158,12 +156,8 @@ def test_ddp_two_cpu_processes_count_each_image_once(tmp_path):
     model = timm.create_model('resnext_tiny_elastic', num_classes=8)
     ckpt = tmp_path / 'm.pth.tar'
     torch.save({'state_dict': model.state_dict(), 'arch': 'resnext_tiny_elastic'}, ckpt)
-    torchrun = os.path.join(os.path.dirname(sys.executable), 'torchrun')
     common = ['validate', '--task', 'multilabel', '--checkpoint', str(ckpt), '--val-num-samples', '113', *QUICK[:3]]
-    env = dict(os.environ, OMP_NUM_THREADS='1')
-    proc = subprocess.run([torchrun, '--standalone', '--nproc-per-node', '2', '-m', 'timm_elastic', *common,
-                           '--results-file', str(tmp_path / 'ddp.json')], capture_output=True, text=True,
-                          timeout=900, env=env)
+    proc = torchrun(*common, '--results-file', str(tmp_path / 'ddp.json'))
     assert proc.returncode == 0, proc.stderr[-3000:]
     proc = cli(*common, '--results-file', str(tmp_path / 'one.json'))
     assert proc.returncode == 0, proc.stderr[-3000:]

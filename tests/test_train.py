@@ -27,6 +27,13 @@ def cli(*args, env=None, **kwargs):
     return subprocess.run([exe, *args], capture_output=True, text=True, timeout=900, env=env, **kwargs)
 
 
+def torchrun(*args, nproc=2):
+    """`timm-elastic ARGS` under torchrun with `nproc` CPU (gloo) processes of one thread each."""
+    exe = os.path.join(os.path.dirname(sys.executable), 'torchrun')
+    return subprocess.run([exe, '--standalone', '--nproc-per-node', str(nproc), '-m', 'timm_elastic', *args],
+                          capture_output=True, text=True, timeout=900, env=dict(os.environ, OMP_NUM_THREADS='1'))
+
+
 def summary(path):
     with open(path, newline='') as f:
         return list(csv.reader(f))

@@ -4,6 +4,7 @@ import fnmatch
 import json
 import os
 import sys
+from functools import partial
 from typing import List, Optional
 
 __all__ = ['main']
@@ -110,7 +111,9 @@ def _convert(args: argparse.Namespace) -> int:
 
 def _fail(command: str, error: Exception) -> int:
     from ._io import OutputExistsError
-    message = error.message('--force') if isinstance(error, OutputExistsError) else error
+    message = str(error.message('--force') if isinstance(error, OutputExistsError) else error)
+    if '\nOriginal Traceback' in message:  # raised in a DataLoader worker: its last line is the error
+        message = message.rstrip().splitlines()[-1].split(': ', 1)[-1]
     print(f'timm-elastic {command}: error: {message}', file=sys.stderr)
     return 2
 
@@ -121,6 +124,41 @@ def _logging() -> None:
     setup_default_logging()
     # timm's saver logs its whole list of checkpoints after every epoch; the files are in the output folder
     logging.getLogger('timm.utils.checkpoint_saver').setLevel(logging.WARNING)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that gives the flags left unset the defaults of their command and --task (the
+    command's `fill_defaults`), so that the parsed arguments are complete wherever they are parsed."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        parsed, rest = super().parse_known_args(args, namespace)
+        fill = getattr(parsed, 'fill_defaults', None)
+        if fill is not None:
+            fill(parsed)
+        return parsed, rest
+
+
+def _validate_defaults(args: argparse.Namespace) -> None:
+    if args.batch_size is None:  # a 513-pixel crop takes 30 times the memory of a 224-pixel image
+        args.batch_size = 16 if args.task == 'segment' else 128
+
+
+def _train_defaults(args: argparse.Namespace, compare: bool) -> None:
+    """The training flags left unset (None) get the defaults of the command and its --task: the small twins'
+    recipe on the built-in data, or, for `train --task segment`, the original's PASCAL VOC recipe."""
+    values = dict(model='resnext_tiny_elastic', opt='adamw', lr=4e-3 if compare else 2e-3, weight_decay=0.05,
+                  sched='cosine', decay_rate=0.1, sched_on_updates=compare, epochs=2 if compare else 4,
+                  batch_size=32)
+    if args.task == 'segment':
+        values['model'] = 'deeplabv3_' + values['model']
+        if compare:  # (cli help of --bn-momentum and --train-num-samples says why)
+            values.update(bn_momentum=0.1, train_num_samples=2000)
+        else:
+            from .tasks.segmentation import original_recipe
+            values.update(original_recipe(args.model or values['model']))
+    for name, value in values.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -219,6 +257,8 @@ def _print_eval(m: dict) -> None:
     from .tasks import get_task
     task = get_task(m['task'])
     print(f'{m["model"]}: {task.line(m)} ({m["count"]} images at {m["img_size"]}x{m["img_size"]})')
+    for line in task.detail_lines(m):
+        print(f'  {line}')
     for name, row in m.get('per_combination', {}).items():
         print(f'  objects {name:<22} {task.combination_line(row)}  ({row["count"]} images)')
 
@@ -268,7 +308,8 @@ def _add_data_args(p: argparse.ArgumentParser, training: bool) -> None:
         g.add_argument('--val-split', metavar='NAME', default='validation',
                        help='validation split (default: validation)')
         g.add_argument('--train-num-samples', type=int, metavar='N', default=None,
-                       help='images in the built-in training split (default: its default size)')
+                       help='images in the built-in training split (default: its default size, 6000; compare '
+                            '--task segment: 2000, so that its six runs take under 5 minutes on 2 CPU cores)')
     else:
         g.add_argument('--split', dest='val_split', metavar='NAME', default='validation',
                        help='split to evaluate (default: validation)')
@@ -278,20 +319,27 @@ def _add_data_args(p: argparse.ArgumentParser, training: bool) -> None:
                    help='seed that generates the built-in dataset (default: 0)')
 
 
-def _add_task_arg(p: argparse.ArgumentParser) -> None:
+def _add_task_arg(p: argparse.ArgumentParser, segment: bool = True) -> None:
     from .tasks import TASKS
-    p.add_argument('--task', choices=TASKS, default='classify',
+    p.add_argument('--task', choices=TASKS if segment else tuple(t for t in TASKS if t != 'segment'),
+                   default='classify',
                    help='classify: one class per image (default); multilabel: a 0/1 target per class, binary '
                         "cross-entropy, F1 per class and overall and mAP (the paper's MS COCO experiment, Sec. 4.2): "
                         "the built-in data's multi-label mode, or MS COCO's layout in --data-dir (annotations/"
-                        'instances_<split>.json, <split>/ images; splits train / val or train2014 / val2014 ...)')
+                        'instances_<split>.json, <split>/ images; splits train / val or train2014 / val2014 ...)'
+                        + ("; segment: a class per pixel, mIoU (the paper's PASCAL VOC experiment, Sec. 4.3) with "
+                           'the models deeplabv3_<backbone> / dlaup_<backbone>: the built-in data\'s masks, or a '
+                           'VOC folder in --data-dir (JPEGImages/, SegmentationClass/, ImageSets/Segmentation/'
+                           '<split>.txt; splits train_aug / val ...)' if segment else ''))
 
 
 def _add_model_args(p: argparse.ArgumentParser, default_model: Optional[str]) -> None:
     g = p.add_argument_group('model')
-    g.add_argument('--model', metavar='NAME', default=default_model,
-                   help='any timm model name, e.g. resnext50_elastic (timm-elastic models lists ours); default: '
-                        + (default_model or 'the model that --checkpoint records'))
+    g.add_argument('--model', metavar='NAME', default=None,
+                   help='any timm model name, e.g. resnext50_elastic (timm-elastic models lists ours); --task segment: '
+                        'deeplabv3_<backbone> or dlaup_<backbone>; default: '
+                        + (f'{default_model} (--task segment: deeplabv3_{default_model})' if default_model
+                           else 'the model that --checkpoint records'))
     g.add_argument('--pretrained', action='store_true', help="start from the model's pretrained weights")
     g.add_argument('--num-classes', type=int, metavar='N', default=None,
                    help='classifier size (default: the number of classes of the data)')
@@ -321,10 +369,11 @@ def _add_eval_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument('--use-ema', action='store_true', help="evaluate the checkpoint's EMA weights")
 
 
-def _add_run_args(p: argparse.ArgumentParser, batch_size: int, compare: bool = False) -> None:
+def _add_run_args(p: argparse.ArgumentParser, batch_size: Optional[int], compare: bool = False,
+                  default_help: str = '') -> None:
     g = p.add_argument_group('device and precision')
     g.add_argument('-b', '--batch-size', type=int, metavar='N', default=batch_size,
-                   help=f'batch size per process (default: {batch_size})')
+                   help=f'batch size per process (default: {default_help or batch_size})')
     g.add_argument('-j', '--workers', type=int, metavar='N', default=0,
                    help='data loading processes per training process (default: 0: the built-in data is then '
                         'rendered once and kept in memory; use 4 or more for image folders)')
@@ -344,6 +393,8 @@ def _add_train_args(p: argparse.ArgumentParser, compare: bool = False) -> None:
     # (4e-3 took the twins 4-5 points further than 2e-3 in those 2 epochs), decayed every update so that each
     # run ends at the bottom of its schedule
     hist, log_interval, epochs, lr = (1, 0, 2, 4e-3) if compare else (3, 50, 4, 2e-3)
+    # the defaults of the flags that default to None here are filled in by _train_defaults
+    seg = '' if compare else "; --task segment: the original's, "
     _add_task_arg(p)
     _add_data_args(p, training=True)
     _add_model_args(p, 'resnext_tiny_elastic')
@@ -358,9 +409,9 @@ def _add_train_args(p: argparse.ArgumentParser, compare: bool = False) -> None:
                    help='run folder under --output (default: date-time-model-size); checkpoints and summary.csv')
     g.add_argument('--checkpoint-hist', type=int, metavar='N', default=hist,
                    help=f'best checkpoints kept besides last.pth.tar (default: {hist})')
-    g.add_argument('--eval-metric', default=None, choices=('top1', 'top5', 'map', 'f1_o', 'f1_c', 'loss'),
-                   help='metric that ranks checkpoints (default: top1; --task multilabel: map; top1 and top5 are '
-                        "classify's, map, f1_o and f1_c multilabel's)")
+    g.add_argument('--eval-metric', default=None, choices=('top1', 'top5', 'map', 'f1_o', 'f1_c', 'miou', 'loss'),
+                   help='metric that ranks checkpoints (default: top1; --task multilabel: map; --task segment: miou; '
+                        "top1 and top5 are classify's, map, f1_o and f1_c multilabel's, miou segment's)")
     g.add_argument('--log-interval', type=int, metavar='N', default=log_interval,
                    help=f'log every N batches (default: {log_interval}; 0: never)')
     if compare:
@@ -372,33 +423,38 @@ def _add_train_args(p: argparse.ArgumentParser, compare: bool = False) -> None:
     else:
         g.add_argument('--seed', type=int, metavar='N', default=42, help='random seed (default: 42)')
     g = p.add_argument_group('optimizer and schedule (timm create_optimizer_v2 / create_scheduler_v2)')
-    g.add_argument('--opt', metavar='NAME', default='adamw',
-                   help="optimizer (default: adamw; the paper's ImageNet recipe: --opt sgd --lr 0.1 --weight-decay 1e-4)")
-    g.add_argument('--lr', type=float, metavar='LR', default=lr, help=f'learning rate (default: {lr:g})')
+    g.add_argument('--opt', metavar='NAME', default=None,
+                   help=f"optimizer (default: adamw{seg and seg + 'sgd'}; the paper's ImageNet recipe: --opt sgd --lr "
+                        "0.1 --weight-decay 1e-4)")
+    g.add_argument('--lr', type=float, metavar='LR', default=None,
+                   help=f'learning rate (default: {lr:g}{seg and seg + "0.007"})')
     g.add_argument('--momentum', type=float, metavar='M', default=0.9, help='SGD momentum (default: 0.9)')
-    g.add_argument('--weight-decay', type=float, metavar='WD', default=0.05, help='weight decay (default: 0.05)')
+    g.add_argument('--weight-decay', type=float, metavar='WD', default=None,
+                   help=f'weight decay (default: 0.05{seg and seg + "5e-4, 1e-4 for dlaup_ models"})')
     g.add_argument('--clip-grad', type=float, metavar='NORM', default=None, help='clip the gradient norm')
-    g.add_argument('--sched', metavar='NAME', default='cosine',
+    g.add_argument('--sched', metavar='NAME', default=None,
                    help="lr schedule: cosine (default), step, multistep (the paper's: --decay-milestones 30 60 90), "
-                        "plateau, none...")
-    g.add_argument('--epochs', type=int, metavar='N', default=epochs,
-                   help=f'epochs (default: {epochs}; one takes 15-30 s for a small twin on the built-in data on 2 '
-                        'CPU cores)')
+                        f"poly (--decay-rate is its power), plateau, none...{seg and seg + 'poly, power 0.9, per update'}")
+    g.add_argument('--epochs', type=int, metavar='N', default=None,
+                   help=f'epochs (default: {epochs}{seg and seg + "50"}; one takes 15-30 s for a small twin on the '
+                        'built-in data on 2 CPU cores)')
     g.add_argument('--decay-epochs', type=float, metavar='N', default=30, help='step schedule period (default: 30)')
     g.add_argument('--decay-milestones', type=int, nargs='+', metavar='E', default=[30, 60, 90],
                    help='multistep schedule epochs (default: 30 60 90, the paper\'s)')
-    g.add_argument('--decay-rate', type=float, metavar='R', default=0.1, help='lr decay factor (default: 0.1)')
+    g.add_argument('--decay-rate', type=float, metavar='R', default=None,
+                   help=f'lr decay factor, the power of --sched poly (default: 0.1{seg and seg + "0.9"})')
     g.add_argument('--warmup-epochs', type=int, metavar='N', default=0, help='linear warm-up epochs (default: 0)')
     g.add_argument('--warmup-lr', type=float, metavar='LR', default=1e-5, help='warm-up start lr (default: 1e-5)')
     g.add_argument('--min-lr', type=float, metavar='LR', default=0., help='lowest lr of the schedule (default: 0)')
     per_update = 'on: in 2 epochs a per-epoch cosine never gets below half the lr' if compare else 'off, as timm'
-    g.add_argument('--sched-on-updates', action=argparse.BooleanOptionalAction, default=compare,
-                   help=f'step the schedule every update, not every epoch (default: {per_update})')
+    g.add_argument('--sched-on-updates', action=argparse.BooleanOptionalAction, default=None,
+                   help=f'step the schedule every update, not every epoch (default: {per_update}{seg and seg + "on"})')
     g = p.add_argument_group('augmentation and regularisation (timm create_loader, Mixup)')
     g.add_argument('--no-aug', action='store_true', help='no training augmentation')
     g.add_argument('--scale', **_floats(2, 'S'), default=None,
                    help="random-resized-crop area range (default: timm's 0.08 1.0; 1 1 on the built-in data, where "
-                        "a crop would move objects between the size buckets)")
+                        "a crop would move objects between the size buckets); --task segment: the range of the random "
+                        "rescale factor (default: the original's 0.5 2)")
     g.add_argument('--ratio', **_floats(2, 'R'), default=None,
                    help="random-resized-crop aspect range (default: timm's 3/4 4/3; 1 1 on the built-in data)")
     g.add_argument('--hflip', type=float, metavar='P', default=0.5, help='horizontal flip probability (default: 0.5)')
@@ -410,9 +466,14 @@ def _add_train_args(p: argparse.ArgumentParser, compare: bool = False) -> None:
     g.add_argument('--smoothing', type=float, metavar='F', default=0., help='label smoothing (default: 0)')
     g.add_argument('--drop', type=float, metavar='P', default=0., help='dropout before the classifier')
     g.add_argument('--drop-path', type=float, metavar='P', default=None, help='stochastic depth rate')
+    g.add_argument('--bn-momentum', type=float, metavar='M', default=None,
+                   help="--task segment: the momentum of every BatchNorm's running statistics (default: the "
+                        "original's, 0.05 in DeepLabV3's backbone and 0.0003 in its head, made for 33,000 iterations"
+                        + ('; compare: 0.1, for its runs of a few hundred iterations, where 0.0003 leaves the '
+                           "statistics that evaluation uses near their initial values)" if compare else ')'))
     g.add_argument('--model-ema', action='store_true', help='keep an exponential moving average of the weights')
     g.add_argument('--model-ema-decay', type=float, metavar='D', default=0.998, help='EMA decay (default: 0.998)')
-    _add_run_args(p, batch_size=32, compare=compare)
+    _add_run_args(p, batch_size=None, compare=compare, default_help=f'32{seg and seg + "16"}')
     g.add_argument('-vb', '--validation-batch-size', type=int, metavar='N', default=None,
                    help='evaluation batch size (default: --batch-size)')
     g.add_argument('--torchcompile', nargs='?', const='inductor', default=None, metavar='BACKEND',
@@ -426,7 +487,7 @@ def _add_train_args(p: argparse.ArgumentParser, compare: bool = False) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog='timm-elastic',
         description='ELASTIC (Wang et al., CVPR 2019) models for timm. Every model is also available '
                     'through timm.create_model(NAME) once timm_elastic is imported.')
@@ -477,7 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--task multilabel: test sizes of the stress test (Fig. 7; default: the paper's 96 224 448 "
                         'scaled to the training size, at least 32: 32 64 128 for the built-in data; its 896, 256 '
                         'here, takes 16 evaluations\' time); with no value, no stress test')
-    p.set_defaults(func=_compare)
+    p.set_defaults(func=_compare, fill_defaults=partial(_train_defaults, compare=True))
     p.add_argument('--results-file', metavar='PATH', default='', help='also write both models\' results as JSON')
 
     p = sub.add_parser(
@@ -489,7 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "Multi-process: torchrun --nproc-per-node N $(which timm-elastic) train ...",
         epilog='example: timm-elastic train --model resnext_tiny_elastic --epochs 6 --output runs --experiment tiny')
     _add_train_args(p)
-    p.set_defaults(func=_train)
+    p.set_defaults(func=_train, fill_defaults=partial(_train_defaults, compare=False))
 
     p = sub.add_parser(
         'validate', help='evaluate a model: top-1, top-5, and top-1 per object-size combination',
@@ -502,8 +563,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_model_args(p)
     p.add_argument('--results-file', metavar='PATH', default='',
                    help='also write the results as JSON (every metric, per object-size combination too)')
-    _add_run_args(p, batch_size=128)
-    p.set_defaults(func=_validate)
+    _add_run_args(p, batch_size=None, default_help='128; --task segment: 16')
+    p.set_defaults(func=_validate, fill_defaults=_validate_defaults)
 
     p = sub.add_parser(
         'policy', help="the scale policy demo: an Elastic model's per-image scale policy as an HTML page and plots",
@@ -540,7 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog='example: timm-elastic stress --task multilabel --data-dir /data/coco --split val2014 --model '
                'dla_x60_elastic --checkpoint e.pth.tar --baseline dla_x60 --baseline-checkpoint b.pth.tar '
                '--plot fig7.png')
-    _add_task_arg(p)
+    _add_task_arg(p, segment=False)
     _add_eval_model_args(p)
     p.add_argument('--baseline', metavar='NAME', default=None,
                    help='the baseline model to compare with (e.g. dla_x60); without it, --model alone is evaluated')

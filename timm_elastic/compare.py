@@ -30,7 +30,8 @@ from typing import Any, Dict, List, NamedTuple, Sequence
 
 from .train import UsageError, create_datasets, task_of, train
 
-__all__ = ['DEFAULT_SEEDS', 'Spread', 'spread', 'compare', 'runs_folder', 'format_comparison', 'stress_relative']
+__all__ = ['DEFAULT_SEEDS', 'Spread', 'spread', 'compare', 'twin_of', 'runs_folder', 'format_comparison',
+           'stress_relative']
 
 DEFAULT_SEEDS = (0, 1, 2)
 
@@ -68,10 +69,7 @@ def compare(args: argparse.Namespace) -> Dict[str, List[Dict[str, Any]]]:
     `seed`, training time in `seconds` and `output_dir`. The metrics are also written to
     `compare.json` in the folder that holds the runs (the first process of a torchrun writes)."""
     from ._io import write_json
-    from .models import TWINS
-    if args.model not in TWINS:
-        pairs = ', '.join(f'{e} (twin {b})' for e, b in TWINS.items())
-        raise UsageError(f'--model {args.model!r} has no registered non-Elastic twin; compare takes one of: {pairs}')
+    twin = twin_of(args.model, args.task)
     if args.data_dir:
         raise UsageError('compare trains on the built-in dataset; leave out --data-dir (timm-elastic train takes it)')
     seeds = _check_seeds(args.seeds)
@@ -88,7 +86,6 @@ def compare(args: argparse.Namespace) -> Dict[str, List[Dict[str, Any]]]:
     for ds in datasets[:2]:  # rendered now, not inside the first run's time
         if hasattr(ds, 'fill_cache'):
             ds.fill_cache()
-    twin = TWINS[args.model]
     results: Dict[str, List[Dict[str, Any]]] = OrderedDict((name, []) for name in (twin, args.model))
     for seed in seeds:
         for name in results:
@@ -111,6 +108,19 @@ def compare(args: argparse.Namespace) -> Dict[str, List[Dict[str, Any]]]:
     if primary and folder:
         write_json(os.path.join(folder, 'compare.json'), results)
     return results
+
+
+def twin_of(model: str, task: str = 'classify') -> str:
+    """The non-Elastic twin of the Elastic `model` (`models.TWINS`); for --task segment, of its backbone, in the
+    same segmentation architecture (`deeplabv3_resnext_tiny_elastic` -> `deeplabv3_resnext_tiny`)."""
+    from .models import TWINS
+    prefix = next((p for p in ('deeplabv3_', 'dlaup_') if model.startswith(p)), '') if task == 'segment' else ''
+    backbone = model[len(prefix):]
+    if backbone not in TWINS:
+        pairs = ', '.join(f'{prefix}{e} (twin {prefix}{b})' for e, b in TWINS.items())
+        raise UsageError(f'--model {model!r} has no registered non-Elastic twin; compare'
+                         f'{" --task segment" if task == "segment" else ""} takes one of: {pairs}')
+    return prefix + TWINS[backbone]
 
 
 def _stress(run: argparse.Namespace, dataset, sizes: Sequence[int]) -> Dict[int, Dict[str, Any]]:
@@ -152,7 +162,7 @@ def _in_words(key: str) -> str:
 
 # how the tables name each metric
 LABELS = {'top1': 'top-1', 'top5': 'top-5', 'f1_o': 'F1-O', 'f1_c': 'F1-C', 'p_c': 'P-C', 'r_c': 'R-C',
-          'p_o': 'P-O', 'r_o': 'R-O', 'map': 'mAP', 'loss': 'loss'}
+          'p_o': 'P-O', 'r_o': 'R-O', 'map': 'mAP', 'miou': 'mIoU', 'loss': 'loss'}
 
 
 def _stats(runs_of_b, runs_of_e, get):
@@ -181,7 +191,8 @@ def format_comparison(results: Dict[str, List[Dict[str, Any]]], base: str, elast
     lines = []
     if task == 'multilabel':
         lines += _table3(runs_b, runs_e, base, elastic, over) + ['']
-    lines += [f'{label[0].upper() + label[1:]} (%) on the built-in validation set ({runs_b[0]["count"]} images), by '
+    title = label[0].upper() + label[1:] if label.islower() else label  # top-1 -> Top-1; F1-O, mIoU as they are
+    lines += [f'{title} (%) on the built-in validation set ({runs_b[0]["count"]} images), by '
               f'the sizes of the objects in the image (paper Table 4); {over}:', '']
     wb, we, wg = max(len(base), 14 if n > 1 else 6), max(len(elastic), 14 if n > 1 else 6), 13 if n > 1 else 6
     head = (f'{"Large":>5} {"Medium":>6} {"Small":>5} | {"images":>6} | {base:>{wb}} | {elastic:>{we}} | '

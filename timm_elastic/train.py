@@ -12,9 +12,10 @@ What it adds to timm's script:
 - without `--data-dir` it trains on the built-in scale-challenging dataset (`timm_elastic.data`),
   and evaluation reports accuracy per combination of object sizes (the paper's Table 4);
 - `--task` picks what is learnt and scored (`timm_elastic.tasks`): `classify` (single-label, the
-  default) or `multilabel` (the paper's MS COCO experiment: binary cross-entropy, F1 and mAP); the task
-  object supplies the data reader, the loss, the per-image records and metrics, and the printed line,
-  and everything else here is shared;
+  default), `multilabel` (the paper's MS COCO experiment: binary cross-entropy, F1 and mAP) or `segment`
+  (its PASCAL VOC experiment: mIoU); the task object supplies the data reader, the loss, the per-image
+  records and metrics, and the printed line (and may supply its own models and loaders: segment's take
+  image / mask pairs), and everything else here is shared;
 - exact resume: every epoch reseeds every random generator from (`--seed`, epoch, rank) and data
   workers are recreated each epoch, so a run killed at any point and resumed from its last
   checkpoint computes the same losses as one that never stopped; checkpoints are replaced
@@ -76,12 +77,18 @@ class AtomicCheckpointSaver(_timm_saver()):
 # data
 
 def task_of(args: argparse.Namespace):
-    """The task object of `args.task` (`timm_elastic.tasks`; 'classify' where the command has no --task)."""
+    """The task object of `args.task` (`timm_elastic.tasks`; 'classify' where the command has no --task),
+    made once per `args` (it keeps what it learns of the data, e.g. the class names, in `classes`)."""
     from .tasks import get_task
-    try:
-        return get_task(getattr(args, 'task', None))
-    except ValueError as e:
-        raise UsageError(str(e)) from None
+    name = getattr(args, 'task', None) or 'classify'
+    task = getattr(args, '_task_object', None)
+    if task is None or task.name != name:
+        try:
+            task = get_task(name)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        args._task_object = task
+    return task
 
 
 def _builtin_dataset(split: str, num_samples: Optional[int], seed: int, cache: bool, **kwargs):
@@ -105,6 +112,7 @@ def create_datasets(args: argparse.Namespace, training: bool = True):
         train_ds = _builtin_dataset(args.train_split, getattr(args, 'train_num_samples', None), args.data_seed,
                                     cache, **kwargs) if training else None
         eval_ds = _builtin_dataset(args.val_split, args.val_num_samples, args.data_seed, cache, **kwargs)
+        task.classes = list(eval_ds.classes)
         return train_ds, eval_ds, len(eval_ds.classes)
     if name == BUILTIN:
         raise UsageError(f'--dataset {BUILTIN} is generated, not read: leave out --data-dir, or write it out with '
@@ -125,6 +133,7 @@ def create_datasets(args: argparse.Namespace, training: bool = True):
     train_ds = make(args.train_split, True) if training else None
     eval_ds = make(args.val_split, False)
     classes = _class_names(eval_ds)
+    task.classes = classes
     return train_ds, eval_ds, len(classes) if classes else None
 
 
@@ -163,6 +172,9 @@ def _loader_args(args: argparse.Namespace, data_config: Dict[str, Any], device: 
 def _eval_loader(dataset, batch_size: int, args: argparse.Namespace, data_config: Dict[str, Any],
                  device: torch.device):
     from timm.data import create_loader
+    own = task_of(args).loader(dataset, batch_size, args, data_config, device, training=False)
+    if own is not None:
+        return own
     return create_loader(
         dataset, input_size=data_config['input_size'], batch_size=batch_size, is_training=False,
         crop_pct=data_config['crop_pct'], crop_mode=data_config.get('crop_mode'),
@@ -181,6 +193,12 @@ def elastic_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
 def create_model(args: argparse.Namespace, num_classes: Optional[int], checkpoint_path: str = ''):
     import timm
     from .models._builder import PretrainedWeightsError
+    own = task_of(args).create_model(args, num_classes, checkpoint_path)
+    if own is not None:
+        return own
+    if getattr(args, 'bn_momentum', None) is not None:
+        raise UsageError("--bn-momentum sets the BatchNorm momentum of --task segment's models; timm's models keep "
+                         'their own')
     name = args.model
     if not _known_model(name):
         from .models import list_models
@@ -208,9 +226,14 @@ def create_model(args: argparse.Namespace, num_classes: Optional[int], checkpoin
         raise
 
 
-def _known_model(name: str) -> bool:
-    """A registered model name, or a Hub / local folder one (whose config names the architecture)."""
+def _known_model(name: str, args: Optional[argparse.Namespace] = None) -> bool:
+    """A model name that the task of `args` builds: for timm's models a registered name, or a Hub / local
+    folder one (whose config names the architecture)."""
     import timm
+    if args is not None:
+        own = task_of(args).known_model(name)
+        if own is not None:
+            return own
     return name.startswith(('hf-hub:', 'local-dir:')) or timm.is_model(name)
 
 
@@ -455,7 +478,7 @@ def train(args: argparse.Namespace, datasets=None) -> Dict[str, Any]:
                              'default) averages the BatchNorm statistics of the processes after every epoch')
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
-    data_config = task.data_config(resolve_data_config(vars(args), model=model), args)  # in the info line below
+    data_config = task.data_config(resolve_data_config(vars(args), model=model), args, model)  # in the info line
     optimizer = create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
                                     momentum=args.momentum)
     start_epoch = 0
@@ -476,13 +499,15 @@ def train(args: argparse.Namespace, datasets=None) -> Dict[str, Any]:
     if args.mixup > 0 or args.cutmix > 0:
         mixup_fn = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, label_smoothing=args.smoothing,
                          num_classes=num_classes)
-    builtin = not args.data_dir
-    crop_scale = args.scale or ((1., 1.) if builtin else None)
-    crop_ratio = args.ratio or ((1., 1.) if builtin else None)
-    loader_train = create_loader(
-        train_ds, input_size=data_config['input_size'], batch_size=args.batch_size, is_training=True,
-        no_aug=args.no_aug, scale=crop_scale, ratio=crop_ratio, hflip=args.hflip, vflip=args.vflip,
-        color_jitter=args.color_jitter, **_loader_args(args, data_config, device))
+    loader_train = task.loader(train_ds, args.batch_size, args, data_config, device, training=True)
+    if loader_train is None:
+        builtin = not args.data_dir
+        crop_scale = args.scale or ((1., 1.) if builtin else None)
+        crop_ratio = args.ratio or ((1., 1.) if builtin else None)
+        loader_train = create_loader(
+            train_ds, input_size=data_config['input_size'], batch_size=args.batch_size, is_training=True,
+            no_aug=args.no_aug, scale=crop_scale, ratio=crop_ratio, hflip=args.hflip, vflip=args.vflip,
+            color_jitter=args.color_jitter, **_loader_args(args, data_config, device))
     loader_eval = _eval_loader(eval_ds, args.validation_batch_size or args.batch_size, args, data_config, device)
     combinations = combinations_of(eval_ds, args.data_dir, args.val_split)
 
@@ -654,7 +679,7 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
     amp_autocast, _ = amp_context(args, device)
     _, eval_ds, data_classes = create_datasets(args, training=False)
     model = load_for_eval(args, data_classes, device)
-    data_config = task.data_config(resolve_data_config(vars(args), model=model), args)
+    data_config = task.data_config(resolve_data_config(vars(args), model=model), args, model)
     loader = _eval_loader(eval_ds, args.batch_size, args, data_config, device)
     metrics = evaluate(model, loader, args, device, amp_autocast,
                        combinations_of(eval_ds, args.data_dir, args.val_split))
@@ -674,15 +699,16 @@ def load_for_eval(args: argparse.Namespace, data_classes: Optional[int], device:
     if ckpt is None and not args.pretrained:
         raise UsageError(f'no weights to evaluate: pass {ckpt_flag} PATH (a training checkpoint) or --pretrained '
                          "(the model's released weights); without either it would score a randomly initialised model")
-    if not args.model:
-        args.model = _recorded_model(ckpt, args.checkpoint)
-    num_classes = args.num_classes or data_classes
-    if ckpt is not None and not args.num_classes:
-        num_classes = _checkpoint_classes(ckpt, args.model) or num_classes
-    model = create_model(args, num_classes)
     task = task_of(args)
     if ckpt is not None:
         _check_checkpoint_task(ckpt, args.checkpoint, ckpt_flag, task.name)
+    if not args.model:
+        args.model = _recorded_model(ckpt, args.checkpoint, args)
+    num_classes = args.num_classes or data_classes
+    if ckpt is not None and not args.num_classes:
+        num_classes = _checkpoint_classes(ckpt, task.classifier(args.model)) or num_classes
+    model = create_model(args, num_classes)
+    if ckpt is not None:
         check_checkpoint_fits(model, _pick_state(ckpt, args.use_ema), args.checkpoint, ckpt_flag, args.model)
         load_checkpoint(model, args.checkpoint, use_ema=args.use_ema)
     task.check_classes(model.num_classes, data_classes, model_flag, args.model)
@@ -711,13 +737,13 @@ def baseline_args(args: argparse.Namespace) -> argparse.Namespace:
     return b
 
 
-def _recorded_model(ckpt: Optional[Dict[str, Any]], path: str) -> str:
+def _recorded_model(ckpt: Optional[Dict[str, Any]], path: str, args: argparse.Namespace) -> str:
     """The model name a training checkpoint records (timm's saver keeps `--model` as `arch`)."""
     if ckpt is None:
         raise UsageError('--model is needed with --pretrained (with --checkpoint it defaults to the model that the '
                          'checkpoint records)')
     name = ckpt.get('arch')
-    if not isinstance(name, str) or not _known_model(name):
+    if not isinstance(name, str) or not _known_model(name, args):
         raise UsageError(f'--checkpoint {path!r} does not record a model name (its arch is {name!r}); '
                          'pass --model NAME')
     return name
@@ -729,11 +755,9 @@ def _pick_state(ckpt: Dict[str, Any], use_ema: bool) -> Dict[str, Any]:
     return ckpt
 
 
-def _checkpoint_classes(ckpt: Dict[str, Any], model_name: str) -> Optional[int]:
-    """The class count of a checkpoint of `model_name`: the rows of its classifier, which the
-    model's pretrained cfg names (None for hf-hub: / local-dir: names, which bring their own)."""
-    from timm.models import get_pretrained_cfg
-    cfg = get_pretrained_cfg(model_name)
-    head = f'{cfg.classifier}.weight' if cfg is not None and cfg.classifier else None
+def _checkpoint_classes(ckpt: Dict[str, Any], classifier: Optional[str]) -> Optional[int]:
+    """The class count of a checkpoint: the rows of its `classifier` module's weight (`Task.classifier`; None
+    for hf-hub: / local-dir: names, which bring their own)."""
+    head = f'{classifier}.weight' if classifier else None
     state = ckpt.get('state_dict', {})
     return int(state[head].shape[0]) if head in state else None

@@ -16,13 +16,15 @@ __all__ = ['TASKS', 'Task', 'get_task']
 
 
 class Task:
-    """The interface the loop calls; `tasks.classify.Classify` and `tasks.multilabel.MultiLabel` are the
-    implementations."""
+    """The interface the loop calls; `tasks.classify.Classify`, `tasks.multilabel.MultiLabel` and
+    `tasks.segmentation.Segment` are the implementations."""
     name = ''
     #: the metrics `--eval-metric` may rank checkpoints by, the default first; 'loss' ranks lowest first
     eval_metrics: Tuple[str, ...] = ()
     #: the metric the per-combination rows report (Table 4)
     combination_metric = ''
+    #: the data's class names, once the loop has read the data (None before, or where it has none)
+    classes: Optional[Sequence[str]] = None
 
     def builtin_kwargs(self) -> Dict[str, Any]:
         """Keyword arguments of the built-in dataset (`ScaleShapes`) for this task."""
@@ -30,6 +32,34 @@ class Task:
 
     def read_dataset(self, args: argparse.Namespace, split: str, is_training: bool):
         """The `--data-dir` dataset of `split`, or None to let timm's `create_dataset` read it."""
+        return None
+
+    def check_dataset_flag(self, args: argparse.Namespace, own: str, layout: str) -> None:
+        """Refuse a `--dataset` other than `own`, the one layout (`layout`, in words) the task's reader takes."""
+        from ..train import UsageError
+        if (args.dataset or '') not in ('', own):
+            raise UsageError(f'--task {self.name} reads {layout} from --data-dir (--dataset {own}, or leave it '
+                             f'out), got --dataset {args.dataset!r}')
+
+    def known_model(self, name: str) -> Optional[bool]:
+        """Whether `--model NAME` names a model of this task, or None for timm's registry."""
+        return None
+
+    def classifier(self, model: str) -> Optional[str]:
+        """The module of `--model NAME` whose output rows are the classes (what a checkpoint's class count is
+        read from), or None where it is not known."""
+        from timm.models import get_pretrained_cfg
+        cfg = get_pretrained_cfg(model)
+        return cfg.classifier if cfg is not None and cfg.classifier else None
+
+    def create_model(self, args: argparse.Namespace, num_classes: Optional[int], checkpoint_path: str):
+        """The task's own model for `args.model` (with the weights of `checkpoint_path` when given), or None to
+        let `timm.create_model` build it."""
+        return None
+
+    def loader(self, dataset, batch_size: int, args: argparse.Namespace, data_config: Dict[str, Any], device,
+               training: bool):
+        """The task's own DataLoader over `dataset`, or None for timm's `create_loader`."""
         return None
 
     def check_train_args(self, args: argparse.Namespace) -> None:
@@ -45,7 +75,7 @@ class Task:
             raise UsageError(f'{flag} {model} has {model_classes} classes, fewer than the {data_classes} of the data '
                              f'(set --num-classes {data_classes})')
 
-    def data_config(self, config: Dict[str, Any], args: argparse.Namespace) -> Dict[str, Any]:
+    def data_config(self, config: Dict[str, Any], args: argparse.Namespace, model=None) -> Dict[str, Any]:
         """timm's resolved data config, with the task's own evaluation defaults where the user set none."""
         return config
 
@@ -93,8 +123,12 @@ class Task:
         m = self.combination_metric
         return f'{m} {row[m]:6.2f}%'
 
+    def detail_lines(self, metrics: Dict[str, Any]) -> Sequence[str]:
+        """More of an evaluation for `validate` to print below its line (e.g. per-class scores)."""
+        return ()
 
-TASKS = ('classify', 'multilabel')
+
+TASKS = ('classify', 'multilabel', 'segment')
 
 
 def get_task(name: Optional[str]) -> Task:
@@ -106,4 +140,7 @@ def get_task(name: Optional[str]) -> Task:
     if name == 'multilabel':
         from .multilabel import MultiLabel
         return MultiLabel()
+    if name == 'segment':
+        from .segmentation import Segment
+        return Segment()
     raise ValueError(f'unknown task {name!r}; the tasks are {", ".join(TASKS)}')

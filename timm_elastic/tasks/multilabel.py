@@ -120,9 +120,7 @@ class MultiLabel(Task):
     def read_dataset(self, args: argparse.Namespace, split: str, is_training: bool):
         from ..train import UsageError
         from .coco import CocoMultiLabel
-        if (args.dataset or '') not in ('', 'coco'):
-            raise UsageError(f"--task multilabel reads MS COCO's layout from --data-dir (--dataset coco, or leave it "
-                             f'out), got --dataset {args.dataset!r}')
+        self.check_dataset_flag(args, 'coco', "MS COCO's layout")
         try:
             dataset = CocoMultiLabel(args.data_dir, split)
         except ImportError as e:
@@ -157,7 +155,7 @@ class MultiLabel(Task):
                              f'{data_classes}: one output per class is needed (--num-classes {data_classes}, '
                              'or weights trained on this data)')
 
-    def data_config(self, config: Dict[str, Any], args: argparse.Namespace) -> Dict[str, Any]:
+    def data_config(self, config: Dict[str, Any], args: argparse.Namespace, model=None) -> Dict[str, Any]:
         if getattr(args, 'crop_pct', None) is None:  # the original evaluates the whole image, resized square
             config = dict(config, crop_pct=1.0, crop_mode='squash')
         return config

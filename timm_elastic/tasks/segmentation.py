@@ -16,16 +16,27 @@ per-class IoU and their mean over **all** classes: a class that neither the labe
 of any image contain has IoU 0 and still counts in the mean (its union is 0; the original adds 1e-10 to
 the denominator). `inter_and_union` and `iou_metrics` compute exactly that; labels other than
 0..num_classes-1 and 255 are refused (the original's uint8 arithmetic would silently drop or wrap them).
+
+`Segment` is the task (`--task segment`) that the training loop calls: the models of
+`timm_elastic.segmentation`, the built-in data's segmentation mode or a VOC folder, the original's
+preprocessing of image / mask pairs (`SegmentationTransform`: flip, log-uniform rescale 0.5-2, padding and a
+crop of 513), its loss (`SegmentationLoss`: cross-entropy without the 255 pixels), its recipe as the
+defaults of `train --task segment` (`original_recipe`) and these metrics, per object-size combination too.
 """
+import argparse
 import os
 from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torchvision.datasets import VOCSegmentation
 from torchvision.datasets.vision import VisionDataset
 
-__all__ = ['IGNORE_INDEX', 'VOC_CLASSES', 'VOCSegmentationData', 'inter_and_union', 'iou_metrics']
+from . import Task
+
+__all__ = ['IGNORE_INDEX', 'VOC_CLASSES', 'VOCSegmentationData', 'inter_and_union', 'iou_metrics',
+           'SegmentationTransform', 'SegmentationLoss', 'Segment', 'original_recipe', 'deepest_stride']
 
 IGNORE_INDEX = 255  # VOC's label for borders and void: no class, not scored
 
@@ -117,6 +128,13 @@ class VOCSegmentationData(VOCSegmentation):
         if missing:
             raise FileNotFoundError(f'{len(missing)} files of split {split!r} are missing, e.g. {missing[0]}')
 
+    def __getitem__(self, index: int):
+        if not isinstance(self.transforms, SegmentationTransform):
+            return super().__getitem__(index)
+        from PIL import Image
+        image, mask = Image.open(self.images[index]).convert('RGB'), Image.open(self.targets[index])
+        return self.transforms(image, mask, where=f'mask {self.targets[index]}')
+
     @staticmethod
     def _read_list(list_file: str, voc_root: str, split: str) -> Tuple[List[str], List[str]]:
         mask_dir = 'SegmentationClassAug' if split.endswith('_aug') and \
@@ -134,3 +152,264 @@ class VOCSegmentationData(VOCSegmentation):
                     images.append(os.path.join(voc_root, 'JPEGImages', parts[0] + '.jpg'))
                     masks.append(os.path.join(voc_root, mask_dir, parts[0] + '.png'))
         return images, masks
+
+
+def _check_mask_labels(mask: torch.Tensor, num_classes: int, where: str) -> None:
+    bad = mask[(mask != IGNORE_INDEX) & ((mask < 0) | (mask >= num_classes))]
+    if bad.numel():
+        from ..train import UsageError
+        raise UsageError(f'{where} has labels {sorted(set(bad.unique().tolist()))[:5]}; the masks of this data hold '
+                         f'0..{num_classes - 1} (one per class) and {IGNORE_INDEX} (ignored)')
+
+
+class SegmentationTransform:
+    """The original's preprocessing of an (image, mask) pair (`preprocess` in allenai/elastic's `utils.py`),
+    with torch's random generator (reseeded by the loop every epoch, in workers too).
+
+    Training: a horizontal flip with probability `hflip`; a random rescale by 2^u, u uniform in
+    [log2 scale[0], log2 scale[1]] (0.5 to 2 in the original), the image with Lanczos (PIL's ANTIALIAS) and
+    the mask with nearest-neighbour resampling to (round(W s), round(H s)). Always: the image to a tensor
+    normalised by `mean` / `std`; then both padded by p = max(0, floor((1 + crop - side) / 2)) pixels on
+    each side of each axis (the image with 0, i.e. the mean colour after normalisation; the mask with 255,
+    not scored), which makes each side at least `crop`, and cut to crop x crop: at a random position in
+    training, at the centre in evaluation (the original draws the position at random there too; a VOC
+    image, at most 500 pixels a side, padded for crop 513 leaves it one pixel of choice at most).
+
+    Returns (image (3, crop, crop) float, mask (crop, crop) int64)."""
+
+    def __init__(self, crop: int, mean: Sequence[float], std: Sequence[float], training: bool,
+                 scale: Optional[Tuple[float, float]] = (0.5, 2.0), hflip: float = 0.5,
+                 num_classes: Optional[int] = None):
+        self.crop, self.mean, self.std, self.training = int(crop), tuple(mean), tuple(std), training
+        self.scale, self.hflip, self.num_classes = scale, hflip, num_classes
+
+    def __call__(self, image, mask, where: str = 'a mask') -> Tuple[torch.Tensor, torch.Tensor]:
+        import math
+
+        import numpy as np
+        from PIL import Image
+        from torchvision.transforms import functional as TF
+        if self.num_classes is not None:  # before the rescale, which may drop a pixel
+            _check_mask_labels(torch.from_numpy(np.array(mask, dtype=np.int64)), self.num_classes, where)
+        if self.training and self.hflip and float(torch.rand(())) < self.hflip:
+            image, mask = image.transpose(Image.FLIP_LEFT_RIGHT), mask.transpose(Image.FLIP_LEFT_RIGHT)
+        if self.training and self.scale:
+            lo, hi = math.log2(self.scale[0]), math.log2(self.scale[1])
+            s = 2. ** (lo + float(torch.rand(())) * (hi - lo))
+            w, h = image.size
+            size = (int(round(w * s)), int(round(h * s)))
+            image, mask = image.resize(size, Image.LANCZOS), mask.resize(size, Image.NEAREST)
+        x = TF.normalize(TF.to_tensor(image.convert('RGB')), self.mean, self.std)
+        m = torch.from_numpy(np.array(mask, dtype=np.int64))
+        h, w = m.shape
+        pad_h, pad_w = max(0, (1 + self.crop - h) // 2), max(0, (1 + self.crop - w) // 2)
+        x = F.pad(x, (pad_w, pad_w, pad_h, pad_h), value=0.)
+        m = F.pad(m, (pad_w, pad_w, pad_h, pad_h), value=IGNORE_INDEX)
+        h, w = m.shape
+        if self.training:
+            i, j = int(torch.randint(h - self.crop + 1, ())), int(torch.randint(w - self.crop + 1, ()))
+        else:
+            i, j = (h - self.crop) // 2, (w - self.crop) // 2
+        return x[:, i:i + self.crop, j:j + self.crop], m[i:i + self.crop, j:j + self.crop]
+
+
+def _align(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The target of the pixels that `output` scores: all of them, or, for DLASeg's output of
+    2 ceil(S / 2) - 1 pixels a side (one less than an even S), its top-left part, as the original's crop
+    aligns them."""
+    (h, w), (th, tw) = output.shape[-2:], target.shape[-2:]
+    if (h, w) == (th, tw):
+        return target
+    if h > th or w > tw or th - h > 1 or tw - w > 1:
+        raise ValueError(f'the model gives {h}x{w} outputs for {th}x{tw} masks')
+    return target[..., :h, :w]
+
+
+class SegmentationLoss(torch.nn.Module):
+    """The original's loss: cross-entropy over the pixels whose label is not 255, averaged over them (the
+    DLA-up model's log-probabilities give the same value: log-softmax leaves them unchanged)."""
+
+    def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(output, _align(output, target), ignore_index=IGNORE_INDEX)
+
+
+def _paired(dataset) -> bool:
+    return isinstance(dataset, VOCSegmentation) or getattr(dataset, 'segmentation_mode', False)
+
+
+class Segment(Task):
+    """Semantic segmentation (paper Sec. 4.3, `--task segment`): the built-in data's segmentation mode or a
+    PASCAL VOC folder, the segmentation models of `timm_elastic.segmentation` (`deeplabv3_<backbone>`,
+    `dlaup_<backbone>`), the original's preprocessing (`SegmentationTransform`) and loss
+    (`SegmentationLoss`), and mIoU with per-class IoU as the original computes them, per object-size
+    combination too on the built-in data (the images of each combination, their counts summed)."""
+    name = 'segment'
+    eval_metrics = ('miou', 'loss')
+    combination_metric = 'miou'
+    #: the factory's model names (`timm_elastic.segmentation.create_model`)
+    prefixes = ('deeplabv3_', 'dlaup_', 'local-dir:', 'hf-hub:')
+
+    def builtin_kwargs(self) -> Dict[str, Any]:
+        return {'segmentation': True}
+
+    def read_dataset(self, args: argparse.Namespace, split: str, is_training: bool):
+        from ..train import UsageError
+        self.check_dataset_flag(args, 'voc', "PASCAL VOC's layout")
+        try:
+            return VOCSegmentationData(args.data_dir, split)
+        except FileNotFoundError as e:
+            raise UsageError(f'--task segment reads PASCAL VOC folders (JPEGImages/, SegmentationClass/, '
+                             f'ImageSets/Segmentation/<split>.txt): {e}') from None
+
+    def check_train_args(self, args: argparse.Namespace) -> None:
+        from ..train import UsageError
+        used = [f for f, v in (('--mixup', args.mixup), ('--cutmix', args.cutmix), ('--smoothing', args.smoothing),
+                               ('--ratio', args.ratio), ('--vflip', args.vflip), ('--color-jitter', args.color_jitter))
+                if v]
+        if used:
+            raise UsageError(f'{" / ".join(used)} do not apply to --task segment, which augments as the original: '
+                             'a flip (--hflip), a random rescale (--scale, default 0.5 2) and a random crop')
+        if args.scale and not 0 < args.scale[0] <= args.scale[1]:
+            raise UsageError(f'--scale of --task segment is the range of the random rescale factor, two positive '
+                             f'numbers in increasing order (default 0.5 2), got {args.scale[0]:g} {args.scale[1]:g}')
+
+    def train_loss(self, args: argparse.Namespace, mixup: bool) -> torch.nn.Module:
+        return SegmentationLoss()
+
+    def known_model(self, name: str) -> Optional[bool]:
+        return name.startswith(self.prefixes)
+
+    def classifier(self, model: str) -> Optional[str]:
+        from ..segmentation import DeepLabV3, DLASeg
+        return DeepLabV3.classifier if model.startswith('deeplabv3_') else \
+            DLASeg.classifier if model.startswith('dlaup_') else None
+
+    def create_model(self, args: argparse.Namespace, num_classes: Optional[int], checkpoint_path: str):
+        from ..segmentation import create_model
+        from ..train import UsageError, elastic_kwargs
+        if not self.known_model(args.model):
+            raise UsageError(f'--task segment trains the segmentation models: deeplabv3_<backbone> (a ResNeXt-family '
+                             f'model, e.g. deeplabv3_resnext50_elastic, deeplabv3_resnext_tiny_elastic) or '
+                             f'dlaup_<backbone> (a DLA model, e.g. dlaup_dla_x60_elastic), got --model {args.model}')
+        kwargs = elastic_kwargs(args)
+        if args.in_chans is not None:
+            kwargs['in_chans'] = args.in_chans
+        try:
+            model = create_model(args.model, num_classes=num_classes or 21, pretrained_backbone=args.pretrained,
+                                 backbone_kwargs=kwargs or None, bn_momentum=getattr(args, 'bn_momentum', None))
+        except TypeError as e:
+            if kwargs and 'elastic' in str(e):
+                raise UsageError(f'--model {args.model} has no Elastic blocks, so --elastic-* options do not apply') \
+                    from None
+            raise
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        if checkpoint_path:
+            from timm.models import load_checkpoint
+            if not os.path.isfile(checkpoint_path):
+                raise UsageError(f'checkpoint {checkpoint_path!r} does not exist')
+            load_checkpoint(model, checkpoint_path)
+        return model
+
+    def check_classes(self, model_classes: int, data_classes, flag: str, model: str) -> None:
+        from ..train import UsageError
+        if data_classes is not None and model_classes != data_classes:
+            raise UsageError(f'{flag} {model} has {model_classes} classes, but the masks have {data_classes}: one '
+                             f'output per class is needed (--num-classes {data_classes}, or weights trained on this '
+                             'data)')
+
+    def data_config(self, config: Dict[str, Any], args: argparse.Namespace, model=None) -> Dict[str, Any]:
+        """The crop (`--img-size` / `--input-size`; default 513 on `--data-dir`, as the original, and the
+        built-in images' side on the built-in data), refused when it leaves the model's deepest features a
+        single pixel (at most its stride)."""
+        from ..train import UsageError
+        if getattr(args, 'input_size', None) is None and getattr(args, 'img_size', None) is None:
+            config = dict(config, input_size=(3, 513, 513) if args.data_dir else (3, 64, 64))
+        # what SegmentationTransform does: images are padded and cut, never resized but by the random rescale
+        config = dict(config, interpolation='lanczos', crop_pct=1.0)
+        _, h, w = config['input_size']
+        if h != w:
+            raise UsageError(f'--task segment crops squares, got --input-size {h} {w}')
+        stride = deepest_stride(model) if model is not None else None
+        if stride is not None and h <= stride:
+            raise UsageError(f'a {h}-pixel crop is too small for --model {args.model}: its deepest features are at '
+                             f'stride {stride}, so the crop must be larger than {stride} pixels (e.g. '
+                             f'{2 * stride + 1}; the original trains on 513) for them to be more than a single pixel')
+        return config
+
+    def loader(self, dataset, batch_size: int, args: argparse.Namespace, data_config: Dict[str, Any], device,
+               training: bool):
+        from ..train import UsageError
+        if not _paired(dataset):
+            raise UsageError('--task segment needs images with masks: the built-in data or a PASCAL VOC folder')
+        augment = training and not args.no_aug
+        dataset.transforms = SegmentationTransform(
+            data_config['input_size'][-1], data_config['mean'], data_config['std'], training,
+            scale=tuple(getattr(args, 'scale', None) or (0.5, 2.0)) if augment else None,
+            hflip=getattr(args, 'hflip', 0.5) if augment else 0., num_classes=len(dataset.classes))
+        sampler = None
+        if args.distributed:
+            if training:
+                sampler = torch.utils.data.DistributedSampler(dataset)
+            else:
+                from timm.data.distributed_sampler import OrderedDistributedSampler
+                sampler = OrderedDistributedSampler(dataset)
+        elif training:
+            sampler = torch.utils.data.RandomSampler(dataset)
+        # workers are recreated (and reseeded) every epoch: what makes a resumed run exact
+        return torch.utils.data.DataLoader(
+            dataset, batch_size=batch_size, sampler=sampler, num_workers=args.workers, drop_last=training,
+            pin_memory=device.type == 'cuda', persistent_workers=False)
+
+    def per_image(self, logits: torch.Tensor, target: torch.Tensor) -> Dict[str, torch.Tensor]:
+        target = _align(logits, target)
+        loss = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction='none').flatten(1).sum(1)
+        scored = (target != IGNORE_INDEX).flatten(1).sum(1)
+        pred = logits.argmax(1)
+        counts = [inter_and_union(p, t, logits.shape[1]) for p, t in zip(pred, target)]
+        return {'loss': (loss / scored.clamp(min=1)).cpu(),
+                'inter': torch.stack([c[0] for c in counts]).cpu(), 'union': torch.stack([c[1] for c in counts]).cpu()}
+
+    def metrics(self, results: Dict[str, torch.Tensor]) -> Dict[str, Any]:
+        inter, union = results['inter'].sum(0), results['union'].sum(0)
+        names = self.classes if self.classes is not None and len(self.classes) == len(inter) else None
+        out: Dict[str, Any] = OrderedDict(loss=float(results['loss'].double().mean()))
+        out.update(iou_metrics(inter, union, names))
+        return out
+
+    def flat(self, metrics: Dict[str, Any]) -> Dict[str, Any]:
+        out = OrderedDict()
+        for k, v in super().flat(metrics).items():
+            if k == 'iou':
+                out.update((f'iou_{name}', value) for name, value in v.items())
+            else:
+                out[k] = v
+        return out
+
+    def line(self, metrics: Dict[str, Any]) -> str:
+        return f'mIoU {metrics["miou"]:.2f}%, loss {metrics["loss"]:.4f}'
+
+    def combination_line(self, row: Dict[str, Any]) -> str:
+        return f'mIoU {row["miou"]:6.2f}%'
+
+    def detail_lines(self, metrics: Dict[str, Any]) -> Sequence[str]:
+        return [f'IoU {name:<14} {value:6.2f}%' for name, value in metrics['iou'].items()]
+
+
+def original_recipe(model: str) -> Dict[str, Any]:
+    """The training flags of the original's PASCAL VOC recipe (`segment.py` in allenai/elastic): SGD with
+    momentum 0.9, base lr 0.007 decayed every iteration by the poly rule lr (1 - iter / max_iter)^0.9, weight
+    decay 5e-4 (1e-4 for the DLA models), batch 16, 50 epochs (its crop, 513, is `Segment.data_config`'s)."""
+    return dict(opt='sgd', lr=0.007, weight_decay=1e-4 if model.startswith('dlaup_') else 5e-4, sched='poly',
+                decay_rate=0.9, sched_on_updates=True, epochs=50, batch_size=16)
+
+
+def deepest_stride(model) -> Optional[int]:
+    """The stride of a segmentation model's deepest features: DeepLabV3's output stride, the last level of
+    DLASeg's backbone (None for another model)."""
+    from ..segmentation import DeepLabV3, DLASeg
+    if isinstance(model, DLASeg):
+        return int(model.base.feature_info[-1]['reduction'])
+    if isinstance(model, DeepLabV3):
+        return int(model.output_stride)
+    return None
