@@ -281,6 +281,26 @@ def test_ddp_two_cpu_processes_count_each_image_once(tmp_path):
 
 
 @pytest.mark.slow
+def test_ddp_two_cpu_processes_train(tmp_path):
+    """torchrun trains --task segment with two gloo processes (each its half of the images, its own
+    augmentation); the epoch's mIoU in summary.csv is what a single-process validate of the checkpoint gives
+    on the same 13 images."""
+    proc = torchrun('train', '--task', 'segment', '--train-num-samples', '16', '--val-num-samples', '13', '-b', '4',
+                    '--epochs', '1', '--output', str(tmp_path), '--experiment', 'ddp', *QUICK, '--log-interval', '1')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'epoch 1/1 [2/2]' in proc.stdout + proc.stderr  # 8 images a process: 2 batches of 4
+    rows = summary(tmp_path / 'ddp' / 'summary.csv')
+    assert len(rows) == 2
+    ckpt = torch.load(tmp_path / 'ddp' / 'last.pth.tar', map_location='cpu', weights_only=False)
+    assert ckpt['args'].world_size == 2 and ckpt['arch'] == 'deeplabv3_resnext_tiny_elastic'
+    proc = cli('validate', '--task', 'segment', '--checkpoint', str(tmp_path / 'ddp' / 'last.pth.tar'),
+               '--val-num-samples', '13', '--results-file', str(tmp_path / 'one.json'), *QUICK[:3])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one = json.loads((tmp_path / 'one.json').read_text())
+    assert one['count'] == 13 and one['miou'] == pytest.approx(float(rows[1][3]), abs=1e-9)
+
+
+@pytest.mark.slow
 def test_compare_segment_prints_miou_by_object_size(tmp_path):
     proc = cli('compare', '--task', 'segment', '--seeds', '0', '--epochs', '1', '--train-num-samples', '32',
                '--val-num-samples', '14', '--output', str(tmp_path), '--experiment', 'c', *QUICK)
