@@ -152,14 +152,18 @@ def _voc(root, n_train=6, n_val=3, size=(40, 30)):
     return voc, ids
 
 
-def _scored_by_hand(checkpoint, voc, ids, crop):
-    """The original's evaluation of each image, re-done here: pad by floor((1 + crop - side) / 2) on both
-    sides (0 after normalisation, 255 in the mask), the centre crop x crop window, arg-max, and the
-    original's uint8 histogram counts summed over the images."""
+def _from_checkpoint(checkpoint):
     from timm_elastic.segmentation import create_model
     ckpt = torch.load(checkpoint, map_location='cpu', weights_only=False)
     model = create_model(ckpt['arch'], num_classes=21)
     model.load_state_dict(ckpt['state_dict'])
+    return model
+
+
+def _scored_by_hand(model, voc, ids, crop):
+    """The original's evaluation of each image, re-done here: pad by floor((1 + crop - side) / 2) on both
+    sides (0 after normalisation, 255 in the mask), the centre crop x crop window, arg-max, and the
+    original's uint8 histogram counts summed over the images."""
     model.eval()
     inter = union = 0
     for name in ids:
@@ -203,7 +207,7 @@ def test_train_and_validate_on_voc_match_the_models_outputs(tmp_path):
                str(ckpt), '--img-size', '33', '--results-file', str(tmp_path / 'r.json'), *QUICK[:3])
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads((tmp_path / 'r.json').read_text())
-    inter, union = _scored_by_hand(ckpt, voc, ids[6:], 33)
+    inter, union = _scored_by_hand(_from_checkpoint(ckpt), voc, ids[6:], 33)
     iou = inter / (union + 1e-10)
     assert got['miou'] == pytest.approx(100 * iou.mean(), abs=1e-6)
     assert list(got['iou']) == ['background', 'aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat',
@@ -213,6 +217,29 @@ def test_train_and_validate_on_voc_match_the_models_outputs(tmp_path):
         [100 * iou[0], 100 * iou[1], 100 * iou[15]], abs=1e-6)
     assert got['count'] == 3 and got['task'] == 'segment' and got['num_classes'] == 21 and got['img_size'] == 33
     assert f'mIoU {got["miou"]:.2f}%' in proc.stdout and 'IoU person' in proc.stdout
+
+
+@pytest.mark.slow
+def test_a_converted_release_validates_as_the_original_scores_it(tmp_path):
+    """A released PASCAL model (the seg_dla60x stand-in) converted by `timm-elastic convert` and validated by
+    name (`local-dir:`): mIoU and per-class IoU are the original's evaluation of its outputs."""
+    from original import as_release, stand_in_state
+    from test_hub import convert
+    from timm_elastic.segmentation import create_model
+    release = tmp_path / 'deeplab_dla60x_pascal_v3_original_epoch50.pth'
+    torch.save(as_release(stand_in_state('seg_dla60x')), release)
+    proc = convert(str(release), '--out', str(tmp_path / 'hub'))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    voc, ids = _voc(tmp_path / 'voc', 1, 3)
+    proc = cli('validate', '--task', 'segment', '--model', f'local-dir:{tmp_path / "hub"}', '--pretrained',
+               '--data-dir', str(tmp_path / 'voc'), '--split', 'val', '--img-size', '33', '--results-file',
+               str(tmp_path / 'r.json'), *QUICK[:3])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads((tmp_path / 'r.json').read_text())
+    inter, union = _scored_by_hand(create_model(f'local-dir:{tmp_path / "hub"}'), voc, ids[1:], 33)
+    iou = 100 * inter / (union + 1e-10)
+    assert got['count'] == 3 and got['miou'] == pytest.approx(iou.mean(), abs=1e-6)
+    assert list(got['iou'].values()) == pytest.approx(list(iou), abs=1e-6)
 
 
 @pytest.mark.slow
