@@ -339,10 +339,14 @@ def _segmentation(layout: _Layout) -> np.ndarray:
     labels = np.zeros((s, s), dtype=np.uint8)
     for obj in layout.objects:
         left, top, mask = _outline(obj, s, k)
-        cover = np.zeros((s * k, s * k), dtype=np.float32)
-        cover[top:top + mask.height, left:left + mask.width] = np.asarray(mask, dtype=np.float32) / 255.
-        cover = cover.reshape(s, k, s, k).mean(axis=(1, 3))
-        labels[cover >= 0.5] = obj.cls + 1
+        # the image pixels that the outline's box touches, at k x k supersampled pixels each
+        x0, y0 = left // k, top // k
+        x1, y1 = -(-(left + mask.width) // k), -(-(top + mask.height) // k)
+        cover = np.zeros(((y1 - y0) * k, (x1 - x0) * k), dtype=np.float32)
+        cover[top - y0 * k:top - y0 * k + mask.height, left - x0 * k:left - x0 * k + mask.width] = \
+            np.asarray(mask, dtype=np.float32) / 255.
+        cover = cover.reshape(y1 - y0, k, x1 - x0, k).mean(axis=(1, 3))
+        labels[y0:y1, x0:x1][cover >= 0.5] = obj.cls + 1
     return labels
 
 
