@@ -191,30 +191,27 @@ def elastic_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def create_model(args: argparse.Namespace, num_classes: Optional[int], checkpoint_path: str = ''):
-    import timm
     from .models._builder import PretrainedWeightsError
-    own = task_of(args).create_model(args, num_classes, checkpoint_path)
-    if own is not None:
-        return own
-    if getattr(args, 'bn_momentum', None) is not None:
-        raise UsageError("--bn-momentum sets the BatchNorm momentum of --task segment's models; timm's models keep "
-                         'their own')
+    task = task_of(args)
     name = args.model
-    if not _known_model(name):
-        from .models import list_models
-        raise UsageError(f'unknown model {name!r}; the Elastic models are {", ".join(list_models())} '
-                         f'(timm-elastic models), and any timm model works')
+    if not task.known_model(name):
+        raise UsageError(task.unknown_model(name))
     # validate has no --drop / --drop-path: None is left out by timm.create_model
     kwargs = dict(pretrained=args.pretrained, num_classes=num_classes, drop_rate=getattr(args, 'drop', None),
                   drop_path_rate=getattr(args, 'drop_path', None), checkpoint_path=checkpoint_path or '',
                   **elastic_kwargs(args))
     if args.in_chans is not None:
         kwargs['in_chans'] = args.in_chans
+    if getattr(args, 'bn_momentum', None) is not None:
+        kwargs['bn_momentum'] = args.bn_momentum
     try:
-        return timm.create_model(name, **kwargs)
+        return task.build_model(name, **kwargs)
     except TypeError as e:
         if elastic_kwargs(args) and 'elastic' in str(e):
             raise UsageError(f'--model {name} has no Elastic blocks, so --elastic-* options do not apply') from None
+        if 'bn_momentum' in kwargs and 'bn_momentum' in str(e):
+            raise UsageError("--bn-momentum sets the BatchNorm momentum of --task segment's models; timm's models "
+                             'keep their own') from None
         raise
     except ValueError as e:  # e.g. elastic_ratio out of range
         raise UsageError(str(e)) from None
@@ -224,17 +221,6 @@ def create_model(args: argparse.Namespace, num_classes: Optional[int], checkpoin
         if checkpoint_path and not os.path.isfile(checkpoint_path):
             raise UsageError(f'checkpoint {checkpoint_path!r} does not exist') from None
         raise
-
-
-def _known_model(name: str, args: Optional[argparse.Namespace] = None) -> bool:
-    """A model name that the task of `args` builds: for timm's models a registered name, or a Hub / local
-    folder one (whose config names the architecture)."""
-    import timm
-    if args is not None:
-        own = task_of(args).known_model(name)
-        if own is not None:
-            return own
-    return name.startswith(('hf-hub:', 'local-dir:')) or timm.is_model(name)
 
 
 def _load_checkpoint_dict(path: str, flag: str) -> Dict[str, Any]:
@@ -367,10 +353,10 @@ def evaluate(model: nn.Module, loader, args: argparse.Namespace, device: torch.d
              combinations: Optional[Sequence[Tuple[str, ...]]] = None, progress: Optional[Progress] = None,
              phase: str = 'eval') -> Dict[str, Any]:
     """The task's metrics over the whole evaluation set (`--task`: classify: loss, top-1 and top-5 in
-    percent; multilabel: loss, P/R/F1 per class and overall, mAP), and per object-size combination when
-    `combinations` (one per image) is given, plus `count`. With DDP every rank evaluates its shard and
-    the per-image records are gathered, so padding duplicates are counted once. `progress`: the bar to
-    advance (training's bar of the epoch), else one of its own."""
+    percent; multilabel: loss, P/R/F1 per class and overall, mAP; segment: loss, mIoU, IoU per class), and
+    per object-size combination when `combinations` (one per image) is given, plus `count`. With DDP every
+    rank evaluates its shard and the per-image records are gathered, so padding duplicates are counted once.
+    `progress`: the bar to advance (training's bar of the epoch), else one of its own."""
     task = task_of(args)
     model.eval()
     indices = list(iter(loader.sampler)) if loader.sampler is not None else None
@@ -671,7 +657,7 @@ def _safe(name: str) -> str:
 def validate(args: argparse.Namespace) -> Dict[str, Any]:
     """Evaluate `args.model` with the weights of `--checkpoint` or `--pretrained` (one of them is
     required; without `--model` the checkpoint's recorded model) as `timm-elastic validate` does:
-    loss, top-1, top-5 and, where the data records object sizes, top-1 per size combination."""
+    the task's metrics (`evaluate`), per size combination too where the data records object sizes."""
     from timm.data import resolve_data_config
 
     task = task_of(args)
@@ -743,7 +729,7 @@ def _recorded_model(ckpt: Optional[Dict[str, Any]], path: str, args: argparse.Na
         raise UsageError('--model is needed with --pretrained (with --checkpoint it defaults to the model that the '
                          'checkpoint records)')
     name = ckpt.get('arch')
-    if not isinstance(name, str) or not _known_model(name, args):
+    if not isinstance(name, str) or not task_of(args).known_model(name):
         raise UsageError(f'--checkpoint {path!r} does not record a model name (its arch is {name!r}); '
                          'pass --model NAME')
     return name

@@ -25,6 +25,9 @@ class Task:
     combination_metric = ''
     #: the data's class names, once the loop has read the data (None before, or where it has none)
     classes: Optional[Sequence[str]] = None
+    #: the data in words with its verb, where a model needs exactly one output per class of it (a 0/1 target or
+    #: a score map per class); '' where more outputs than classes still score it (an arg-max over classes)
+    one_output_per_class_of = ''
 
     def builtin_kwargs(self) -> Dict[str, Any]:
         """Keyword arguments of the built-in dataset (`ScaleShapes`) for this task."""
@@ -41,9 +44,17 @@ class Task:
             raise UsageError(f'--task {self.name} reads {layout} from --data-dir (--dataset {own}, or leave it '
                              f'out), got --dataset {args.dataset!r}')
 
-    def known_model(self, name: str) -> Optional[bool]:
-        """Whether `--model NAME` names a model of this task, or None for timm's registry."""
-        return None
+    def known_model(self, name: str) -> bool:
+        """Whether `--model NAME` names a model that `build_model` builds: a name in timm's registry, or a Hub /
+        local folder one (whose config names the architecture)."""
+        import timm
+        return name.startswith(('hf-hub:', 'local-dir:')) or timm.is_model(name)
+
+    def unknown_model(self, name: str) -> str:
+        """The error for a `--model NAME` that `known_model` refuses: what the names are."""
+        from ..models import list_models
+        return (f'unknown model {name!r}; the Elastic models are {", ".join(list_models())} (timm-elastic models), '
+                'and any timm model works')
 
     def classifier(self, model: str) -> Optional[str]:
         """The module of `--model NAME` whose output rows are the classes (what a checkpoint's class count is
@@ -52,10 +63,11 @@ class Task:
         cfg = get_pretrained_cfg(model)
         return cfg.classifier if cfg is not None and cfg.classifier else None
 
-    def create_model(self, args: argparse.Namespace, num_classes: Optional[int], checkpoint_path: str):
-        """The task's own model for `args.model` (with the weights of `checkpoint_path` when given), or None to
-        let `timm.create_model` build it."""
-        return None
+    def build_model(self, name: str, **kwargs) -> torch.nn.Module:
+        """The model `name` with `timm.create_model`'s keyword arguments (`pretrained`, `num_classes`,
+        `checkpoint_path`, `in_chans`, `drop_rate`, the Elastic options...): timm's factory, or the task's own."""
+        import timm
+        return timm.create_model(name, **kwargs)
 
     def loader(self, dataset, batch_size: int, args: argparse.Namespace, data_config: Dict[str, Any], device,
                training: bool):
@@ -69,9 +81,16 @@ class Task:
         raise NotImplementedError
 
     def check_classes(self, model_classes: int, data_classes: Optional[int], flag: str, model: str) -> None:
-        """Refuse a model whose outputs cannot score the data: fewer classes than it has."""
+        """Refuse a model whose outputs cannot score the data: fewer classes than it has, or another number
+        where it needs one output per class (`one_output_per_class_of`)."""
         from ..train import UsageError
-        if data_classes is not None and model_classes < data_classes:
+        if data_classes is None:
+            return
+        if self.one_output_per_class_of and model_classes != data_classes:
+            raise UsageError(f'{flag} {model} has {model_classes} classes, but {self.one_output_per_class_of} '
+                             f'{data_classes}: one output per class is needed (--num-classes {data_classes}, or '
+                             'weights trained on this data)')
+        if model_classes < data_classes:
             raise UsageError(f'{flag} {model} has {model_classes} classes, fewer than the {data_classes} of the data '
                              f'(set --num-classes {data_classes})')
 

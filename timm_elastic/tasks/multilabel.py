@@ -113,6 +113,7 @@ class MultiLabel(Task):
     name = 'multilabel'
     eval_metrics = ('map', 'f1_o', 'f1_c', 'loss')
     combination_metric = 'f1_o'
+    one_output_per_class_of = 'the multi-label data has'
 
     def builtin_kwargs(self) -> Dict[str, Any]:
         return {'multilabel': True}
@@ -147,13 +148,6 @@ class MultiLabel(Task):
 
     def train_loss(self, args: argparse.Namespace, mixup: bool) -> torch.nn.Module:
         return BCEPerImage()
-
-    def check_classes(self, model_classes: int, data_classes, flag: str, model: str) -> None:
-        from ..train import UsageError
-        if data_classes is not None and model_classes != data_classes:
-            raise UsageError(f'{flag} {model} has {model_classes} classes, but the multi-label data has '
-                             f'{data_classes}: one output per class is needed (--num-classes {data_classes}, '
-                             'or weights trained on this data)')
 
     def data_config(self, config: Dict[str, Any], args: argparse.Namespace, model=None) -> Dict[str, Any]:
         if getattr(args, 'crop_pct', None) is None:  # the original evaluates the whole image, resized square

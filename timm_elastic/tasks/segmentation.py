@@ -246,6 +246,7 @@ class Segment(Task):
     name = 'segment'
     eval_metrics = ('miou', 'loss')
     combination_metric = 'miou'
+    one_output_per_class_of = 'the masks have'
     #: the factory's model names (`timm_elastic.segmentation.create_model`)
     prefixes = ('deeplabv3_', 'dlaup_', 'local-dir:', 'hf-hub:')
 
@@ -276,47 +277,30 @@ class Segment(Task):
     def train_loss(self, args: argparse.Namespace, mixup: bool) -> torch.nn.Module:
         return SegmentationLoss()
 
-    def known_model(self, name: str) -> Optional[bool]:
+    def known_model(self, name: str) -> bool:
         return name.startswith(self.prefixes)
+
+    def unknown_model(self, name: str) -> str:
+        return (f'--task segment trains the segmentation models: deeplabv3_<backbone> (a ResNeXt-family model, e.g. '
+                f'deeplabv3_resnext50_elastic, deeplabv3_resnext_tiny_elastic) or dlaup_<backbone> (a DLA model, '
+                f'e.g. dlaup_dla_x60_elastic), got --model {name}')
 
     def classifier(self, model: str) -> Optional[str]:
         from ..segmentation import DeepLabV3, DLASeg
         return DeepLabV3.classifier if model.startswith('deeplabv3_') else \
             DLASeg.classifier if model.startswith('dlaup_') else None
 
-    def create_model(self, args: argparse.Namespace, num_classes: Optional[int], checkpoint_path: str):
+    def build_model(self, name: str, pretrained: bool = False, num_classes: Optional[int] = None,
+                    checkpoint_path: str = '', bn_momentum: Optional[float] = None, **backbone_kwargs):
+        """`segmentation.create_model(name)`: `pretrained` gives the backbone its ImageNet weights, the other
+        timm arguments (`in_chans`, `drop_rate`, the Elastic options...) go to the backbone."""
         from ..segmentation import create_model
-        from ..train import UsageError, elastic_kwargs
-        if not self.known_model(args.model):
-            raise UsageError(f'--task segment trains the segmentation models: deeplabv3_<backbone> (a ResNeXt-family '
-                             f'model, e.g. deeplabv3_resnext50_elastic, deeplabv3_resnext_tiny_elastic) or '
-                             f'dlaup_<backbone> (a DLA model, e.g. dlaup_dla_x60_elastic), got --model {args.model}')
-        kwargs = elastic_kwargs(args)
-        if args.in_chans is not None:
-            kwargs['in_chans'] = args.in_chans
-        try:
-            model = create_model(args.model, num_classes=num_classes or 21, pretrained_backbone=args.pretrained,
-                                 backbone_kwargs=kwargs or None, bn_momentum=getattr(args, 'bn_momentum', None))
-        except TypeError as e:
-            if kwargs and 'elastic' in str(e):
-                raise UsageError(f'--model {args.model} has no Elastic blocks, so --elastic-* options do not apply') \
-                    from None
-            raise
-        except ValueError as e:
-            raise UsageError(str(e)) from None
+        model = create_model(name, num_classes=num_classes or 21, pretrained_backbone=pretrained,
+                             backbone_kwargs=backbone_kwargs or None, bn_momentum=bn_momentum)
         if checkpoint_path:
             from timm.models import load_checkpoint
-            if not os.path.isfile(checkpoint_path):
-                raise UsageError(f'checkpoint {checkpoint_path!r} does not exist')
             load_checkpoint(model, checkpoint_path)
         return model
-
-    def check_classes(self, model_classes: int, data_classes, flag: str, model: str) -> None:
-        from ..train import UsageError
-        if data_classes is not None and model_classes != data_classes:
-            raise UsageError(f'{flag} {model} has {model_classes} classes, but the masks have {data_classes}: one '
-                             f'output per class is needed (--num-classes {data_classes}, or weights trained on this '
-                             'data)')
 
     def data_config(self, config: Dict[str, Any], args: argparse.Namespace, model=None) -> Dict[str, Any]:
         """The crop (`--img-size` / `--input-size`; default 513 on `--data-dir`, as the original, and the
