@@ -14,7 +14,7 @@ import timm
 import timm_elastic  # noqa: F401
 from timm_elastic.tasks.multilabel import BCEPerImage, multilabel_metrics
 
-from test_train import cli, summary, torchrun
+from test_train import cli, summary, validate_in_two_processes_and_one
 
 pytest.importorskip('pycocotools', reason="pip install 'timm-elastic[coco]' (the test extra has it)")
 
@@ -157,11 +157,7 @@ def test_ddp_two_cpu_processes_count_each_image_once(tmp_path):
     ckpt = tmp_path / 'm.pth.tar'
     torch.save({'state_dict': model.state_dict(), 'arch': 'resnext_tiny_elastic'}, ckpt)
     common = ['validate', '--task', 'multilabel', '--checkpoint', str(ckpt), '--val-num-samples', '113', *QUICK[:3]]
-    proc = torchrun(*common, '--results-file', str(tmp_path / 'ddp.json'))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = cli(*common, '--results-file', str(tmp_path / 'one.json'))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    ddp, one = (json.loads((tmp_path / f).read_text()) for f in ('ddp.json', 'one.json'))
+    ddp, one = validate_in_two_processes_and_one(common, tmp_path)
     assert ddp['count'] == one['count'] == 113
     for k in ('p_c', 'r_c', 'f1_c', 'p_o', 'r_o', 'f1_o', 'map', 'loss'):
         assert ddp[k] == pytest.approx(one[k], rel=1e-5, abs=1e-6), k

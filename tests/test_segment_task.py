@@ -16,7 +16,7 @@ from timm_elastic.tasks.segmentation import (
 )
 
 from test_segmentation import _original, _palette_png, write_voc
-from test_train import cli, summary, torchrun
+from test_train import cli, summary, torchrun, validate_in_two_processes_and_one
 
 QUICK = ['-j', '0', '--no-progress', '--log-interval', '0']
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -296,11 +296,7 @@ def test_ddp_two_cpu_processes_count_each_image_once(tmp_path):
     torch.save({'state_dict': model.state_dict(), 'arch': 'deeplabv3_resnext_tiny_elastic'}, ckpt)
     common = ['validate', '--task', 'segment', '--checkpoint', str(ckpt), '--val-num-samples', '13', '-b', '4',
               *QUICK[:3]]
-    proc = torchrun(*common, '--results-file', str(tmp_path / 'ddp.json'))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = cli(*common, '--results-file', str(tmp_path / 'one.json'))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    ddp, one = (json.loads((tmp_path / f).read_text()) for f in ('ddp.json', 'one.json'))
+    ddp, one = validate_in_two_processes_and_one(common, tmp_path)
     assert ddp['count'] == one['count'] == 13
     assert ddp['miou'] == pytest.approx(one['miou'], abs=1e-6) and ddp['loss'] == pytest.approx(one['loss'], rel=1e-5)
     assert ddp['iou'] == pytest.approx(one['iou'], abs=1e-6)

@@ -34,6 +34,16 @@ def torchrun(*args, nproc=2):
                           capture_output=True, text=True, timeout=900, env=dict(os.environ, OMP_NUM_THREADS='1'))
 
 
+def validate_in_two_processes_and_one(common, tmp_path):
+    """`timm-elastic COMMON` (a validate command) under torchrun with two processes and in one process: both
+    results files, read back."""
+    import json
+    for run, name in ((torchrun, 'ddp.json'), (cli, 'one.json')):
+        proc = run(*common, '--results-file', str(tmp_path / name))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return tuple(json.loads((tmp_path / f).read_text()) for f in ('ddp.json', 'one.json'))
+
+
 def summary(path):
     with open(path, newline='') as f:
         return list(csv.reader(f))
