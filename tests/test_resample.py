@@ -141,6 +141,55 @@ def test_mixed_dtypes_promote_as_the_sum_does():
     assert (g_low.dtype, g_out.dtype) == (torch.float32, torch.bfloat16)
 
 
+@pytest.mark.parametrize('mode', UP_MODES)
+@pytest.mark.parametrize('layout', LAYOUTS)
+def test_channel_slices_keep_the_layout_of_their_strides(layout, mode):
+    """A slice of channels is dense in neither layout. Every op computes from it (a gradient too: autograd
+    passes the slice of a concatenation's gradient to the layer whose output was concatenated) in the
+    layout of the tensor it was sliced from, with PyTorch's values."""
+    ops = torch.ops.timm_elastic
+
+    def sliced(*size):  # 3 of 6 channels, every other one
+        return randn(size[0], 2 * size[1], *size[2:], layout=layout, dtype=torch.float64)[:, 1::2]
+    x, low, out, g_low, g_out = sliced(2, 3, 7, 6), sliced(2, 3, 4, 3), sliced(2, 3, 7, 6), sliced(2, 3, 4, 3), \
+        sliced(2, 3, 7, 6)
+    assert not x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
+    x_, low_ = x.detach().requires_grad_(), low.detach().requires_grad_()
+    results = {
+        'avg_down2x': (ops.avg_down2x(x), ref_down(x)),
+        'up2x_add': (ops.up2x_add(low, out, mode), ref_up_add(low, out, mode)),
+        'avg_down2x_backward': (ops.avg_down2x_backward(g_low, 7, 6),
+                                torch.autograd.grad(ref_down(x_), x_, g_low)[0]),
+        'up2x_backward': (ops.up2x_backward(g_out, mode, 4, 3),
+                          torch.autograd.grad(ref_up_add(low_, out, mode), low_, g_out)[0]),
+    }
+    for name, (y, ref) in results.items():
+        torch.testing.assert_close(y, ref, rtol=0, atol=1e-12, msg=name)
+        assert y.is_contiguous(memory_format=LAYOUTS[layout]), name
+
+
+def test_densenet_gradients_stay_channels_last():
+    """A channels_last training step of densenet201_elastic: every resampling result, forward and backward,
+    is channels_last (the last layer of each dense block gets its output's gradient as a slice of the
+    transition's; computed in NCHW it made the low group's convolution gradient convert layouts)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    results = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func.namespace == 'timm_elastic':
+                results.append((func.__name__, out))
+            return out
+    model = timm.create_model('densenet201_elastic', num_classes=4).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    with Record():
+        model(x).sum().backward()
+    ops = {'avg_down2x', 'up2x_add', 'avg_down2x_backward', 'up2x_backward'}
+    assert {name.split('.')[0] for name, _ in results} == ops
+    assert [name for name, y in results if not y.is_contiguous(memory_format=torch.channels_last)] == []
+
+
 @pytest.mark.parametrize('layout', LAYOUTS)
 def test_custom_op_registration(layout):
     # schema, fake kernel (shapes, strides and dtypes for torch.compile), autograd registration

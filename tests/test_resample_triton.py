@@ -90,6 +90,17 @@ def test_strided_and_mixed_layout_inputs(mode):
     check_up_add(randn(2, 6, 4, 3, layout='channels_last')[:, 1:5], randn(2, 4, 7, 6), mode)
     y = check_up_add(randn(2, 4, 4, 3), randn(2, 4, 8, 5, layout='channels_last'), mode)
     assert y.is_contiguous(memory_format=torch.channels_last)  # the sum takes the layout of `out`
+    # a slice of channels of a channels_last tensor (a gradient DenseNet passes is one) computes in channels_last
+    cl = torch.channels_last
+    _, down_grad, _, up_grad = kernels()
+    x = randn(2, 8, 7, 6, layout='channels_last')[:, 1::2]
+    assert check_down(x).is_contiguous(memory_format=cl)
+    assert check_up_add(randn(2, 4, 4, 3), x, mode).is_contiguous(memory_format=cl)
+    g_low = randn(2, 8, 4, 3, layout='channels_last')[:, 1::2]
+    for y, dense in ((up_grad(x, mode, 4, 3), up_grad(x.contiguous(), mode, 4, 3)),
+                     (down_grad(g_low, 7, 6), down_grad(g_low.contiguous(), 7, 6))):
+        torch.testing.assert_close(y, dense, rtol=0, atol=0)
+        assert y.is_contiguous(memory_format=cl)
 
 
 @pytest.mark.parametrize('mode', UP_MODES)

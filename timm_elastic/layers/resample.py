@@ -155,9 +155,29 @@ def _aten_down_backward(grad: torch.Tensor, height: int, width: int) -> torch.Te
 # ---- the ops: one per function, with a kernel per device ----
 
 def _layout(x: torch.Tensor) -> torch.memory_format:
-    """The memory format of what is computed from `x` (made explicit, so the fake kernels can say it)."""
-    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    """The memory format of what is computed from `x` (made explicit, so the fake kernels can say it): NCHW
+    where `x` is NCHW-contiguous (a map that is both, 1x1 or one channel, included), channels_last where it
+    is channels_last-contiguous or, dense in neither, has its strides in channels_last's order: a slice of
+    channels of a channels_last tensor, which is what autograd passes as the gradient of a layer whose output
+    was concatenated (DenseNet)."""
+    if x.is_contiguous():
+        return torch.contiguous_format
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) or _channels_last_strides(x)
     return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def _channels_last_strides(x: torch.Tensor) -> bool:
+    """Whether the strides of a 4-D `x` run channels, width, height, batch from the smallest: PyTorch's own
+    test (c10's `is_channels_last_strides_2d`, which `empty_like` and convolutions follow), with its
+    ambiguous cases read as NCHW."""
+    if x.dim() != 4 or x.stride(1) == 0:
+        return False
+    smallest = 0
+    for d in (1, 3, 2, 0):
+        if x.size(d) == 0 or x.stride(d) < smallest or (d == 0 and smallest == x.stride(1)):
+            return False
+        smallest = x.stride(d) * (x.size(d) if x.size(d) > 1 else 1)
+    return True
 
 
 def _like(ref: torch.Tensor, size, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
