@@ -300,15 +300,29 @@ class Profiled(NamedTuple):
     cuda: bool
 
 
-def breakdown(profiled: Profiled, top: int) -> List[Dict]:
-    """The `top` costliest kernels of a profiled step (on the CPU: operators): name, milliseconds per step
-    (self time, device time on CUDA), calls per step."""
+def _costs(profiled: Profiled) -> Tuple[list, Any]:
+    """The profiled kernels (on the CPU: operators), averaged by name, and their cost: self time, device time
+    on CUDA."""
     kind = torch.autograd.DeviceType.CUDA if profiled.cuda else torch.autograd.DeviceType.CPU
     events = [e for e in profiled.prof.key_averages() if e.device_type == kind]
     cost = (lambda e: e.self_device_time_total) if profiled.cuda else (lambda e: e.self_cpu_time_total)
+    return events, cost
+
+
+def breakdown(profiled: Profiled, top: int) -> List[Dict]:
+    """The `top` costliest kernels of a profiled step (on the CPU: operators): name, milliseconds per step
+    (self time, device time on CUDA), calls per step."""
+    events, cost = _costs(profiled)
     events.sort(key=cost, reverse=True)
     return [dict(name=e.key, ms=cost(e) / 1e3 / profiled.steps, calls=e.count / profiled.steps)
             for e in events[:top]]
+
+
+def busy_ms(profiled: Profiled) -> float:
+    """Milliseconds per step that kernels ran (on the CPU: operators' self time): the profiled step's time
+    less this is time the GPU waited for work (launches, Python, synchronisation)."""
+    events, cost = _costs(profiled)
+    return sum(cost(e) for e in events) / 1e3 / profiled.steps
 
 
 def graph_breaks(runner: Runner) -> int:
@@ -362,6 +376,8 @@ def compare(names: Tuple[str, str], setting: Setting, mode: str, args, device: t
         row.update(runners[0].resample_share(profiles[0]))
     if args.breakdown:
         row['breakdown'] = {which: breakdown(p, args.breakdown) for which, p in zip(('elastic', 'baseline'), profiles)}
+        row['profiled'] = {which: dict(step_ms=p.step_ms, busy_ms=busy_ms(p))
+                           for which, p in zip(('elastic', 'baseline'), profiles)}
     if setting.compiled and names[0] != names[1]:
         row['elastic_graph_breaks'] = graph_breaks(runners[0])
     return row
@@ -428,8 +444,9 @@ def parse_args(argv=None):
     parser.add_argument('--min-time', type=float, default=1.0,
                         help='seconds one model is timed for in each round (default: 1.0)')
     parser.add_argument('--breakdown', type=int, default=0, metavar='N',
-                        help='also profile each model\'s N costliest kernels (CPU: operators) per step, printed '
-                             'and in the JSON (default: 0, none)')
+                        help='also profile each model\'s N costliest kernels (CPU: operators) per step, and the '
+                             'time kernels ran against the step\'s (idle GPU: launch-bound), printed and in the '
+                             'JSON (default: 0, none)')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--json', metavar='PATH', help='also write the results and the machine as JSON')
     args = parser.parse_args(argv)
@@ -493,7 +510,9 @@ def main(argv=None) -> None:
                              else ''), file=sys.stderr, flush=True)
                     for which, kernels in row.get('breakdown', {}).items():
                         costliest = '; '.join(f'{k["ms"]:.2f} ms x{k["calls"]:g} {k["name"][:60]}' for k in kernels)
-                        print(f'  {row[which]}: {costliest}', file=sys.stderr, flush=True)
+                        p = row['profiled'][which]
+                        print(f'  {row[which]} (profiled step {p["step_ms"]:.1f} ms, kernels busy {p["busy_ms"]:.1f} '
+                              f'ms): {costliest}', file=sys.stderr, flush=True)
                     if args.json:  # after every row, so that a run cut short keeps what it measured
                         write_results(args, info, rows)
     print(markdown(rows, info))

@@ -30,7 +30,12 @@ def test_speed_self_check_smoke(tmp_path):
         for kernels in (r['breakdown']['elastic'], r['breakdown']['baseline']):
             assert len(kernels) == 3 and all(k['ms'] > 0 and k['calls'] > 0 for k in kernels)
             assert [k['ms'] for k in kernels] == sorted((k['ms'] for k in kernels), reverse=True)
-    assert '  resnext_tiny_elastic: ' in proc.stderr
+        for which, kernels in r['breakdown'].items():
+            # self times do not nest: one thread's operators are busy for at most the step's wall time, and
+            # for at least the time of the costliest ones
+            p = r['profiled'][which]
+            assert sum(k['ms'] for k in kernels) <= p['busy_ms'] <= p['step_ms'], (which, p)
+    assert '  resnext_tiny_elastic (profiled step ' in proc.stderr and ' ms, kernels busy ' in proc.stderr
     assert result['markdown'] in proc.stdout and '| resnext_tiny_elastic | ours | resnext_tiny_elastic |' in proc.stdout
 
 
