@@ -22,7 +22,7 @@
 # One 15-minute lease (a start takes 1-2 minutes of it) fits one call of about 590 s. Still open after the runs of
 # 2026-11-27 (README, "Speed"): why resnext101 and densenet201 run far below their floor (gap), fp16 after the
 # allocation fix, and the CUDA tests before the compiled ones after it:
-#   SECTIONS="versions gap:330 fp16:130 tests:100" ROUNDS=2 MIN_TIME=0.3 timeout 585 bash benchmarks/cuda_check.sh
+#   SECTIONS="versions gap:300 fp16:130 tests:100" ROUNDS=2 MIN_TIME=0.3 timeout 585 bash benchmarks/cuda_check.sh
 # Measured on an H200 (ROUNDS=2 MIN_TIME=0.3): versions 17 s; tests 72 in 143 s, then cut (the compiled training
 # test and the three after it did not run: give them 200 s); ops 31 s (graph), 16 s (events), 33 s (fp32), the tile sweep
 # over 21 s (cut after pooling); models 223 s; breakdown 50 s for two pairs; compile (train) 172 s; floor 51 s for
