@@ -16,7 +16,9 @@ fp32 or autocast to bf16 / fp16, channels_last or not):
   during the step, read from the profiler's memory events.
 For `compile-*` settings the Elastic model's graph breaks are counted with `torch._dynamo.explain`.
 Per Elastic row, `resample share`: the part of a step spent in resampling and the branch sum, from the
-profiler (two steps; device time of the ops on CUDA, CPU time on the CPU, over the profiled steps' time).
+profiler (two steps; device time of the ops on CUDA, CPU time on the CPU, over the profiled steps' time);
+for `ours`, also the bytes those ops must move at least (each input read once, each result written once,
+counted on the meta device) and the bandwidth that makes over their time.
 Ops counted: `timm_elastic::*` (pooling, U fused with the sum, their gradients) and, for `--resample aten`,
 aten's average pooling and upsampling and their gradients (with the network's own average pooling,
 DenseNet's transitions and DLA's head, and without the sum, an `aten::add` like the residual's). Fused
@@ -335,6 +337,33 @@ def graph_breaks(runner: Runner) -> int:
     return explained.graph_break_count
 
 
+def resample_traffic(name: str, setting: Setting, mode: str, batch_size: int, img_size: int) -> int:
+    """Bytes that the resampling ops (`timm_elastic::*`) of one step must move at least: every input read
+    once, every result written once. Counted on the meta device (a model of `name` built there, nothing
+    computed), elements in the setting's compute dtype: autocast keeps every Elastic tensor in it. Over the
+    ops' measured time, the bandwidth they reached."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    elements = 0
+
+    class Census(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            nonlocal elements
+            out = func(*args, **(kwargs or {}))
+            if func.namespace == 'timm_elastic':
+                elements += sum(t.numel() for t in (*args, out) if torch.is_tensor(t))
+            return out
+    fmt = torch.channels_last if setting.channels_last else torch.contiguous_format
+    with torch.device('meta'):
+        model = timm.create_model(name, num_classes=1000)
+    model = model.to(memory_format=fmt).train(mode == 'train')
+    x = torch.empty(batch_size, 3, img_size, img_size, device='meta').contiguous(memory_format=fmt)
+    with Census(), torch.no_grad() if mode == 'infer' else contextlib.nullcontext():
+        y = model(x)
+        if mode == 'train':
+            y.sum().backward()
+    return elements * (setting.amp or torch.float32).itemsize
+
+
 def calibrate(runner: Runner, min_time: float) -> int:
     """Steps per measurement so that one measurement lasts at least `min_time` seconds."""
     return max(1, math.ceil(min_time / max(runner.timed(1), 1e-6)))
@@ -374,6 +403,9 @@ def compare(names: Tuple[str, str], setting: Setting, mode: str, args, device: t
     profiles = [r.profiled() if args.breakdown or (share and i == 0) else None for i, r in enumerate(runners)]
     if share:
         row.update(runners[0].resample_share(profiles[0]))
+        if resample == 'ours':
+            traffic = resample_traffic(names[0], setting, mode, batch, args.img_size)
+            row.update(resample_gb=traffic / 1e9, resample_gb_s=traffic / 1e9 / max(row['resample_ms'] / 1e3, 1e-9))
     if args.breakdown:
         row['breakdown'] = {which: breakdown(p, args.breakdown) for which, p in zip(('elastic', 'baseline'), profiles)}
         row['profiled'] = {which: dict(step_ms=p.step_ms, busy_ms=busy_ms(p))
@@ -403,7 +435,8 @@ def markdown(rows: List[Dict], info: Dict) -> str:
         f'Elastic / stock timm, same process, interleaved ({where}; torch {info["torch"]}, timm {info["timm"]})',
         '',
         '| Elastic | resample | baseline | setting | mode | batch | Elastic img/s | baseline img/s | ratio [min, max] '
-        '| peak MB Elastic / baseline (ratio) | resample share (ms / step) | graph breaks |',
+        '| peak MB Elastic / baseline (ratio) | resample share (ms / step), least traffic at bandwidth '
+        '| graph breaks |',
         '|---|---|---|---|---|---|---|---|---|---|---|---|',
     ]
     for r in rows:
@@ -411,6 +444,8 @@ def markdown(rows: List[Dict], info: Dict) -> str:
                if 'memory_ratio' in r else '')
         share = (f'{100 * r["resample_share"]:.1f}% ({r["resample_ms"]:.1f} / {r["step_ms"]:.1f})'
                  if r.get('resample_share') is not None else '')
+        if 'resample_gb' in r:
+            share += f', {r["resample_gb"]:.3g} GB at {r["resample_gb_s"]:.4g} GB/s'
         lines.append(
             f'| {r["elastic"]} | {r.get("resample", "ours")} | {r["baseline"]} | {r["setting"]} | {r["mode"]} '
             f'| {r["batch_size"]} | {r["elastic_img_s"]:.2f} | {r["baseline_img_s"]:.2f} '
@@ -506,6 +541,8 @@ def main(argv=None) -> None:
                           + (f', peak memory {row["memory_ratio"]:.3f}x' if 'memory_ratio' in row else '')
                           + (f', resample share {100 * row["resample_share"]:.1f}%'
                              if row.get('resample_share') is not None else '')
+                          + (f' ({row["resample_gb"]:.3g} GB at {row["resample_gb_s"]:.4g} GB/s)'
+                             if 'resample_gb' in row else '')
                           + (f', graph breaks {row["elastic_graph_breaks"]}' if 'elastic_graph_breaks' in row
                              else ''), file=sys.stderr, flush=True)
                     for which, kernels in row.get('breakdown', {}).items():

@@ -57,20 +57,53 @@ def test_resample_ops_smoke(tmp_path):
     assert result['markdown'] in proc.stdout
 
 
+def _speed():
+    """benchmarks/speed.py as a module."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('speed', os.path.join(ROOT, 'benchmarks', 'speed.py'))
+    speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(speed)
+    return speed
+
+
+def test_resample_traffic_is_each_input_read_and_each_result_written_once():
+    """The least traffic of the resampling ops, by hand from each Elastic block's input (N, Cin, H, W) and
+    output (N, Cout, H, W), h x w = ceil(H / 2) x ceil(W / 2): forward, D reads x and writes the pooled map,
+    U with the sum reads low (N, Cout, h, w) and out and writes the sum; in training, U's gradient reads the
+    sum's and writes low's, D's reads the pooled map's and writes x's. Times 2 bytes (bf16) or 4 (fp32)."""
+    import timm
+    import torch
+
+    from timm_elastic.layers import Elastic
+    speed = _speed()
+    shapes = []
+    model = timm.create_model('resnext_tiny_elastic', num_classes=1000)
+    for m in model.modules():
+        if isinstance(m, Elastic):
+            m.register_forward_hook(lambda m, args, y: shapes.append((args[0].shape, y.shape)))
+    model(torch.randn(3, 3, 60, 60))  # feature maps of odd sizes: 15x15 at stride 4
+    forward = backward = 0
+    for (n, cin, H, W), (_, cout, _, _) in shapes:
+        hw, HW = ((H + 1) // 2) * ((W + 1) // 2), H * W
+        forward += n * cin * (HW + hw) + n * cout * (hw + 2 * HW)
+        backward += n * cout * (HW + hw) + n * cin * (hw + HW)
+    assert any(H % 2 for (_, _, H, _), _ in shapes)
+    for setting, mode, expected in (('eager-bf16-cl', 'train', 2 * (forward + backward)),
+                                    ('eager-fp32', 'infer', 4 * forward)):
+        assert speed.resample_traffic('resnext_tiny_elastic', speed.Setting.parse(setting), mode, 3, 60) \
+            == expected, (setting, mode)
+
+
 def test_free_resampling_computes_nothing_and_keeps_layouts():
     """`--resample free`, the floor: in a training step of the swapped model no resampling op runs and no
     more copies than with the real resampling (strided views made the next layers copy them), and each
     result has the shape and layout the real op gives, so the layers after it do the same work."""
-    import importlib.util
-
     import timm
     import torch
     from torch.profiler import profile
 
     from timm_elastic.layers.resample import avg_down2x, up2x_add
-    spec = importlib.util.spec_from_file_location('speed', os.path.join(ROOT, 'benchmarks', 'speed.py'))
-    speed = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(speed)
+    speed = _speed()
 
     x = torch.randn(2, 3, 7, 5).contiguous(memory_format=torch.channels_last).requires_grad_()
     low = avg_down2x(x)
