@@ -168,6 +168,26 @@ def test_channel_slices_keep_the_layout_of_their_strides(layout, mode):
         assert y.is_contiguous(memory_format=LAYOUTS[layout]), name
 
 
+def test_a_tensor_dense_in_neither_layout_is_read_as_pytorch_reads_it():
+    """Slices of every permutation of a few shapes (size-1 dimensions included): where a tensor is dense in
+    neither layout, the ops' layout is PyTorch's reading of its strides (`suggest_memory_format`)."""
+    import itertools
+
+    from torch._prims_common import suggest_memory_format
+
+    from timm_elastic.layers.resample import _layout
+    cases = 0
+    for shape in [(2, 6, 5, 4), (1, 6, 1, 4), (2, 1, 3, 3), (3, 4, 1, 1), (2, 6, 4, 1), (3, 1, 1, 4)]:
+        for perm in itertools.permutations(range(4)):
+            t = torch.randn(*[shape[p] for p in perm]).permute(*[perm.index(i) for i in range(4)])
+            for sliced in (t[:, ::2], t[:, 1:], t[..., ::2], t[:, :, 1:], t[..., ::4]):
+                if sliced.numel() and not sliced.is_contiguous() \
+                        and not sliced.is_contiguous(memory_format=torch.channels_last):
+                    assert _layout(sliced) == suggest_memory_format(sliced), (sliced.shape, sliced.stride())
+                    cases += 1
+    assert cases > 300
+
+
 def test_densenet_gradients_stay_channels_last():
     """A channels_last training step of densenet201_elastic: every resampling result, forward and backward,
     is channels_last (the last layer of each dense block gets its output's gradient as a slice of the

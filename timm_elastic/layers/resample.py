@@ -176,7 +176,7 @@ def _channels_last_strides(x: torch.Tensor) -> bool:
     for d in (1, 3, 2, 0):
         if x.size(d) == 0 or x.stride(d) < smallest or (d == 0 and smallest == x.stride(1)):
             return False
-        smallest = x.stride(d) * (x.size(d) if x.size(d) > 1 else 1)
+        smallest = x.stride(d) * x.size(d)  # sizes are >= 1 here
     return True
 
 
