@@ -110,6 +110,23 @@ def test_blocks_and_names_per_family(name, expected):
     assert scores.shape == (2, len(policy.names)) and torch.isfinite(scores).all()
 
 
+def test_names_and_scores_of_a_wrapped_model_are_the_models():
+    """Wrapped for data parallelism or by torch.compile, the model's blocks keep their names (no `module.` /
+    `_orig_mod.` prefix) and, run through the wrapper, give the model's own scores."""
+    torch.manual_seed(0)
+    model = timm.create_model('resnext_tiny_elastic').eval()
+    x = torch.randn(2, 3, 64, 64)
+    plain = ScalePolicy(model)
+    with plain:
+        model(x)
+    parallel = nn.DataParallel(model)  # without GPUs it runs the model itself
+    for wrapped in (parallel, torch.compile(model)):
+        assert ScalePolicy(wrapped).names == plain.names, type(wrapped).__name__
+    with ScalePolicy(parallel) as through:
+        parallel(x)
+    assert torch.equal(through.scores, plain.scores)
+
+
 # one model of each family, narrowed where it is large (the same blocks, fewer channels or layers)
 SMALL = {'resnext_tiny_elastic': {}, 'dla_x60_elastic': dict(channels=(16, 32, 32, 64, 128, 256)),
          'densenet201_elastic': dict(block_config=(2, 2, 2, 2), growth_rate=8)}

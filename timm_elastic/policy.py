@@ -60,11 +60,15 @@ def policy_blocks(model: nn.Module) -> List[Tuple[str, Elastic]]:
     """The Elastic blocks of `model` in forward order, as (name, Elastic module) pairs.
 
     A block's name is its module path without the trailing `.elastic` (`'layer1.0'` in a ResNeXt,
-    `'features.denseblock1.denselayer1'` in a DenseNet). Raises ValueError, in one line, for a model
-    without Elastic blocks.
+    `'features.denseblock1.denselayer1'` in a DenseNet), in the model itself: a wrapper's prefix
+    (DistributedDataParallel's or DataParallel's `module.`, torch.compile's `_orig_mod.`, timm's ModelEma) is
+    not part of it (`timm.utils.unwrap_model`). Raises ValueError, in one line, for a model without Elastic
+    blocks.
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f'the scale policy needs an Elastic model (an nn.Module), got {type(model).__name__}')
+    from timm.utils import unwrap_model
+    model = unwrap_model(model)
     blocks = [(name[:-len('.elastic')] if name.endswith('.elastic') else name, m)
               for name, m in model.named_modules() if isinstance(m, Elastic)]
     if not blocks:
