@@ -11,10 +11,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch._C import DispatchKey, DispatchKeySet
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import timm_elastic
 from timm_elastic.layers import Elastic
-from timm_elastic.layers.resample import InterpolateUp, avg_down2x, up2x_add
+from timm_elastic.layers.resample import AvgDown, InterpolateUp, avg_down2x, up2x_add
 
 LAYOUTS = {'nchw': torch.contiguous_format, 'channels_last': torch.channels_last}
 SIZES = [(1, 1), (1, 3), (2, 5), (4, 4), (7, 3), (6, 8), (5, 5)]
@@ -326,6 +327,94 @@ def test_up_mode_is_checked():
         InterpolateUp('area')
 
 
+class SeeOps(TorchDispatchMode):
+    """A dispatch mode that passes every op through and records the names of timm-elastic's."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.namespace == 'timm_elastic':
+            self.seen.append(func.name())
+        return func(*args, **(kwargs or {}))
+
+
+def block(x, mode):
+    """An Elastic block's resampling as the modules run it: out + U(D(x)), out = x."""
+    return InterpolateUp(mode)(AvgDown()(x), x)
+
+
+def ref_block(x, mode):
+    return ref_up_add(ref_down(x), x, mode)
+
+
+@pytest.mark.parametrize('mode', UP_MODES)
+@pytest.mark.parametrize('layout', LAYOUTS)
+@pytest.mark.parametrize('size', [(1, 1), (2, 5), (6, 8), (7, 7)])
+def test_eager_modules_call_the_kernels_directly(size, layout, mode):
+    """Run eagerly on plain tensors, the modules call the ops' kernels without the custom ops' dispatch (the
+    gradient nodes are the direct path's), with PyTorch's values and gradients, in the input's layout; without
+    autograd, no gradient node at all."""
+    x = randn(2, 3, *size, layout=layout, dtype=torch.float64).requires_grad_()
+    y = block(x, mode)
+    assert y.grad_fn.name() == '_DirectUpAddBackward'
+    assert y.grad_fn.next_functions[0][0].name() == '_DirectDownBackward'
+    assert_layout(y, layout)
+    x_ref = x.detach().clone().requires_grad_()
+    y_ref = ref_block(x_ref, mode)
+    torch.testing.assert_close(y, y_ref)
+    g = randn(*y.shape, layout=layout, dtype=torch.float64)
+    y.backward(g)
+    y_ref.backward(g)
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    with torch.no_grad():
+        y = block(x, mode)
+    assert y.grad_fn is None
+    torch.testing.assert_close(y, y_ref.detach())
+
+
+def test_intercepted_runs_see_the_ops():
+    """A dispatch mode (the traffic census of benchmarks/speed.py, FLOP counters) and fake tensors get the
+    custom ops, forward and backward, not the direct path's kernels."""
+    x = randn(2, 3, 7, 6).requires_grad_()
+    with SeeOps() as mode:
+        y = block(x, 'bilinear')
+        y.backward(torch.ones_like(y))
+    assert mode.seen == [f'timm_elastic::{op}' for op in ('avg_down2x', 'up2x_add', 'up2x_backward',
+                                                          'avg_down2x_backward')]
+    assert y.grad_fn.name() == 'GeneratedBackwardFor_timm_elastic_up2x_add_defaultBackward'
+    with FakeTensorMode() as fake:
+        y = block(fake.from_tensor(x), 'bilinear')
+    assert y.shape == (2, 3, 7, 6) and y.grad_fn.name().startswith('GeneratedBackwardFor_timm_elastic')
+
+
+@pytest.mark.parametrize('module', ['down', 'up'])
+def test_double_backward_is_refused_as_by_the_ops(module):
+    """The ops' gradients have no gradient: the direct path refuses a second backward as loudly."""
+    x = randn(2, 3, 6, 6).requires_grad_()
+    y = AvgDown()(x) if module == 'down' else InterpolateUp()(x[:, :, :3, :3], x)
+    (g,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match='once_differentiable'):
+        g.sum().backward()
+
+
+def test_the_profiler_reads_the_direct_path_as_the_ops():
+    """Under the profiler the direct path's kernels run in ranges named as the ops (what benchmarks/speed.py
+    counts as resampling): one of each per Elastic block and step."""
+    model = tiny()
+    blocks = sum(isinstance(m, AvgDown) for m in model.modules())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.profiler.profile() as prof:
+        model(x).sum().backward()
+    counts = {}
+    for e in prof.events():
+        if e.name.startswith('timm_elastic::'):
+            counts[e.name] = counts.get(e.name, 0) + 1
+    names = ['avg_down2x', 'up2x_add', 'up2x_backward', 'avg_down2x_backward']
+    assert blocks > 0 and counts == {f'timm_elastic::{n}': blocks for n in names}
+
+
 def tiny(name='resnext_tiny_elastic', **kwargs):
     torch.manual_seed(0)
     model = timm.create_model(name, num_classes=4, **kwargs)
@@ -474,3 +563,21 @@ def test_cuda_amp_channels_last(amp):
         with torch.autocast('cuda', dtype=amp):
             for fn in (model, compiled):
                 torch.testing.assert_close(fn(x).float(), expected, rtol=5e-2, atol=5e-2 * expected.abs().max().item())
+
+
+@cuda
+@pytest.mark.parametrize('layout', LAYOUTS)
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_cuda_direct_path_is_the_ops(dtype, layout):
+    """On CUDA the direct path runs the Triton kernels the ops run: the same values and gradients, bit for bit."""
+    x = randn(4, 16, 15, 14, layout=layout, device='cuda', dtype=dtype).requires_grad_()
+    g = torch.randn_like(x)
+    y = block(x, 'bilinear')
+    assert y.grad_fn.name() == '_DirectUpAddBackward'
+    (gx,) = torch.autograd.grad(y, x, g)
+    with SeeOps() as mode:
+        y_op = block(x, 'bilinear')
+        (gx_op,) = torch.autograd.grad(y_op, x, g)
+    assert len(mode.seen) == 4
+    assert torch.equal(y, y_op) and torch.equal(gx, gx_op)
+    assert_layout(y, layout) and assert_layout(gx, layout)

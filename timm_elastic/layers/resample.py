@@ -23,7 +23,8 @@ When training under torch.compile, the ops are called as they are: traced throug
 turns bilinear upsampling's gradient into a scatter-add (atomics on CUDA), which made a compiled
 ResNeXt50+Elastic training step 25% slower on the CPU. Compiled without autograd, the aten ops run,
 which inductor fuses with the sum. TorchScript and `torch.jit.trace` run the aten ops too, so that
-scripted and traced models do not need this package.
+scripted and traced models do not need this package. Run eagerly, the modules call the same kernels
+and gradients without the ops' dispatch (the direct path, below).
 """
 import functools
 from typing import Callable, Dict, Optional, Tuple
@@ -31,6 +32,7 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 from timm.models import register_notrace_module
 
 __all__ = ['RESAMPLE_MODES', 'make_resample', 'avg_down2x', 'up2x_add', 'AvgDown', 'InterpolateUp', 'FilterDown',
@@ -214,15 +216,29 @@ def _triton_kernels(device: torch.device):
     return resample_triton
 
 
+_GENERIC: Dict[str, Callable] = {}  # op name -> the function below: its kernel on every device but CUDA
+
+
+def _kernel(name: str, device: torch.device) -> Callable:
+    """The kernel of op `name` on `device`: the Triton kernel of that name on CUDA where Triton serves the
+    GPU, else the op's own function."""
+    if device.type == 'cuda':
+        kernels = _triton_kernels(device)
+        if kernels is not None:
+            return getattr(kernels, name)
+    return _GENERIC[name]
+
+
 def _op(fn):
     """`fn` as the custom op `timm_elastic::<its name>`: its kernel on every device but CUDA, where the
     Triton kernel of the same name runs (`fn` too where Triton does not serve the GPU)."""
+    _GENERIC[fn.__name__] = fn
     op = torch.library.custom_op(f'timm_elastic::{fn.__name__}', fn, mutates_args=())
 
     @op.register_kernel('cuda')
     def _(*args, **kwargs):
-        kernels = _triton_kernels(next(a.device for a in (*args, *kwargs.values()) if torch.is_tensor(a)))
-        return (fn if kernels is None else getattr(kernels, fn.__name__))(*args, **kwargs)
+        device = next(a.device for a in (*args, *kwargs.values()) if torch.is_tensor(a))
+        return _kernel(fn.__name__, device)(*args, **kwargs)
     return op
 
 
@@ -291,13 +307,13 @@ def _(grad: torch.Tensor, mode: str, height: int, width: int) -> torch.Tensor:
 
 
 # autograd saves the input's size and dtype only: saving the input itself would keep it alive where
-# nothing else needs it
+# nothing else needs it. `backward` is the gradient's op, or its kernel (the direct path below).
 def _down_context(ctx, inputs, output) -> None:
     ctx.size = inputs[0].shape[-2:]
 
 
-def _down_grad(ctx, grad: torch.Tensor):
-    return avg_down2x_backward(grad, *ctx.size)
+def _down_grad(ctx, grad: torch.Tensor, backward: Callable = None):
+    return (backward or avg_down2x_backward)(grad, *ctx.size)
 
 
 def _up_context(ctx, inputs, output) -> None:
@@ -305,20 +321,90 @@ def _up_context(ctx, inputs, output) -> None:
     ctx.size, ctx.low_dtype, ctx.out_dtype = low.shape[-2:], low.dtype, out.dtype
 
 
-def _up_grad(ctx, grad: torch.Tensor):
-    return up2x_backward(grad, ctx.mode, *ctx.size).to(ctx.low_dtype), grad.to(ctx.out_dtype), None
+def _up_grad(ctx, grad: torch.Tensor, backward: Callable = None):
+    return (backward or up2x_backward)(grad, ctx.mode, *ctx.size).to(ctx.low_dtype), grad.to(ctx.out_dtype), None
 
 
 avg_down2x.register_autograd(_down_grad, setup_context=_down_context)
 up2x_add.register_autograd(_up_grad, setup_context=_up_context)
 
 
+# ---- the direct path: the same kernels and gradients, called without the custom ops' dispatch ----
+# A custom op called through autograd runs Python layers of torch.library (dispatch, the generated autograd
+# function, argument handling) around its kernel. On a GPU that is host time that a step of many small
+# layers waits for: on an H200 (2026-11-27, `resample_ops.py --device cuda --timer host --batch-size 1`),
+# an Elastic block's D and U + sum, forward and backward, took the host 1.0 ms against 0.19 ms for
+# PyTorch's ops. Run eagerly on plain tensors, the modules call the kernels directly (on this 2-core CPU
+# that cut the block's host time on a tiny map from 99 to 66 us; PyTorch's ops: 23 us). Anything that must
+# see the ops (torch.compile, export, fake tensors, dispatch modes, functorch transforms, tensor
+# subclasses) gets the ops.
+
+def _direct(*tensors: torch.Tensor) -> bool:
+    """Whether the modules may call the kernels directly: plain tensors, run eagerly, nothing intercepting."""
+    return (not torch.compiler.is_compiling() and torch._C._len_torch_dispatch_stack() == 0
+            and not torch._C._are_functorch_transforms_active()
+            and all(type(t) is torch.Tensor for t in tensors))
+
+
+def _run(name: str, *args):
+    """Op `name`'s kernel on `args` (the first a tensor), called directly; under the profiler in a range named
+    as the op, so that its time reads as the op's."""
+    kernel = _kernel(name, args[0].device)
+    if torch.autograd._profiler_enabled():
+        with torch.profiler.record_function(f'timm_elastic::{name}'):
+            return kernel(*args)
+    return kernel(*args)
+
+
+class _DirectDown(torch.autograd.Function):
+    """`avg_down2x` on the direct path."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        _down_context(ctx, (x,), None)
+        return _run('avg_down2x', x)
+
+    @staticmethod
+    @once_differentiable  # as the op: its gradient has no gradient
+    def backward(ctx, grad: torch.Tensor):
+        return _down_grad(ctx, grad, functools.partial(_run, 'avg_down2x_backward'))
+
+
+class _DirectUpAdd(torch.autograd.Function):
+    """`up2x_add` on the direct path."""
+
+    @staticmethod
+    def forward(ctx, low: torch.Tensor, out: torch.Tensor, mode: str) -> torch.Tensor:
+        _up_context(ctx, (low, out, mode), None)
+        return _run('up2x_add', low, out, mode)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        return _up_grad(ctx, grad, functools.partial(_run, 'up2x_backward'))
+
+
+def _needs_grad(*tensors: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def _down(x: torch.Tensor) -> torch.Tensor:
+    if not _direct(x):
+        return avg_down2x(x)
+    return _DirectDown.apply(x) if _needs_grad(x) else _run('avg_down2x', x)
+
+
+def _up_add(low: torch.Tensor, out: torch.Tensor, mode: str) -> torch.Tensor:
+    if not _direct(low, out):
+        return up2x_add(low, out, mode)
+    return _DirectUpAdd.apply(low, out, mode) if _needs_grad(low, out) else _run('up2x_add', low, out, mode)
+
+
 def _traced_as_aten(*tensors: torch.Tensor) -> bool:
     """Where PyTorch's ops serve better than the custom ops: in `torch.jit.trace`, which records what
     runs (a traced model then needs nothing of this package), and in `torch.compile` without autograd,
     where inductor fuses them with the sum and the block's norm."""
-    no_grad = not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
-    return torch.jit.is_tracing() or (torch.compiler.is_compiling() and no_grad)
+    return torch.jit.is_tracing() or (torch.compiler.is_compiling() and not _needs_grad(*tensors))
 
 
 def _merge(up: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -346,7 +432,7 @@ class AvgDown(nn.Module):
 
     @torch.jit.unused
     def _resample(self, x: torch.Tensor) -> torch.Tensor:
-        return _aten_down(x) if _traced_as_aten(x) else avg_down2x(x)
+        return _aten_down(x) if _traced_as_aten(x) else _down(x)
 
 
 @register_notrace_module
@@ -367,7 +453,7 @@ class InterpolateUp(nn.Module):
 
     @torch.jit.unused
     def _up_add(self, low: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        return _aten_up_add(low, out, self.mode) if _traced_as_aten(low, out) else up2x_add(low, out, self.mode)
+        return _aten_up_add(low, out, self.mode) if _traced_as_aten(low, out) else _up_add(low, out, self.mode)
 
     def extra_repr(self) -> str:
         return f'mode={self.mode!r}'
