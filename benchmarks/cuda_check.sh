@@ -12,6 +12,8 @@
 #             and by events, fp32 NCHW), then ours at other tile sizes and warps (bf16 channels_last)
 #   models    the five pairs, eager bf16 channels_last, train and infer, resampling ours / aten (before)
 #   breakdown resnext50 and dla pairs, eager bf16 channels_last training: each model's 15 costliest kernels
+#   host      the host's time per call: one op's launch by layer (launch_overhead.py), then each op and an Elastic
+#             block's resampling through autograd, PyTorch's against ours (resample_ops.py --timer host, batch 1)
 #   gap       resnext101 and densenet201 pairs, eager bf16 channels_last training, ours, free and ours again in one
 #             process, with each model's 15 costliest kernels and the time its kernels ran (see "Speed")
 #   fp16      the five pairs, eager fp16 channels_last training (ours)
@@ -19,16 +21,16 @@
 #   compile   resnext50 pair under torch.compile, bf16 channels_last (COMPILE_MODES, default train,infer);
 #             then the Triton kernels inductor generated that use atomics (none expected)
 # ROUNDS (default 4) and MIN_TIME (default 0.5 s) set the speed runs' interleaved rounds and round length.
-# One 15-minute lease (a start takes 1-2 minutes of it) fits one call of about 590 s. Still open after the runs of
-# 2026-11-27 (README, "Speed"): why resnext101 and densenet201 run far below their floor (gap), fp16 after the
-# allocation fix, and the CUDA tests before the compiled ones after it:
-#   SECTIONS="versions gap:300 fp16:130 tests:100" ROUNDS=2 MIN_TIME=0.3 timeout 585 bash benchmarks/cuda_check.sh
-# Measured on an H200 (ROUNDS=2 MIN_TIME=0.3): versions 17 s; tests 72 in 143 s, then cut (the compiled training
-# test and the three after it did not run: give them 200 s); ops 31 s (graph), 16 s (events), 33 s (fp32), the tile sweep
-# over 21 s (cut after pooling); models 223 s; breakdown 50 s for two pairs; compile (train) 172 s; floor 51 s for
-# four pairs (densenet201 took 40 s more); fp16 over 110 s for three pairs. After the fix (2026-11-27, second
-# lease): versions 19 s; models 230 s, cut before densenet201's aten inference; floor 86 s; compile (train) 166 s;
-# the compiled training test, the AMP ones and the scale policy's (6 tests) 252 s.
+# One 15-minute lease (a start takes 1-2 minutes of it) fits one call of about 590 s, or two calls when the second
+# follows at once (the machine is given back after 30 s idle).
+# Measured on an H200 (ROUNDS=2 MIN_TIME=0.3): versions 17-19 s; tests 72-73 in 100-143 s, then the compiled ones
+# (the compiled backward's atomics, the compiled training test, AMP x2, the scale policy's: 5 tests, 138-252 s);
+# ops 31 s (graph), 16 s (events), 33 s (fp32), the tile sweep over 21 s; models 223-230 s (cut before
+# densenet201's aten inference); breakdown 50 s for two pairs; compile (train) 166-172 s; floor 86 s; gap 214 s;
+# fp16 127 s for the five pairs; the host timings of resample_ops.py about 40 s.
+# Still open after 2026-11-27 (README, "Speed"): the host's time per op after the direct path (host), and its
+# effect on the host-bound densenet201 (gap); the compiled tests are known to pass:
+#   SECTIONS="versions host gap:250 tests:150" ROUNDS=2 MIN_TIME=0.3 timeout 585 bash benchmarks/cuda_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/cuda_check}
@@ -102,6 +104,11 @@ EOF
         section breakdown "$PY" "${SPEED[@]}" --pairs resnext50,dla --settings eager-bf16-cl --modes train \
             --breakdown 15 --json "$OUT/breakdown.json"
         ;;
+    host)
+        section host "$PY" benchmarks/launch_overhead.py --json "$OUT/launch.json"
+        section host "$PY" benchmarks/resample_ops.py --device cuda --dtype bf16 --layout cl --timer host \
+            --batch-size 1 --json "$OUT/host_ops.json"
+        ;;
     gap)
         section gap "$PY" "${SPEED[@]}" --pairs resnext101,densenet --settings eager-bf16-cl --modes train \
             --resample ours,free,ours --breakdown 15 --json "$OUT/gap.json"
@@ -125,7 +132,7 @@ with atomic calls: $(grep -rlE "atomic_[a-z]+ *\(" "$0" | wc -l)"; grep -rlE "at
             "$TORCHINDUCTOR_CACHE_DIR"
         ;;
     *)
-        echo "unknown section $s (versions tests ops models breakdown gap fp16 floor compile)" >&2
+        echo "unknown section $s (versions tests ops models breakdown host gap fp16 floor compile)" >&2
         exit 2
         ;;
     esac

@@ -7,7 +7,11 @@ the op must move (each input read once, each output written once), and PyTorch's
 - `down grad`: its transpose: `aten::avg_pool2d_backward` / `timm_elastic::avg_down2x_backward`;
 - `up + sum`: `out + U(low)`, U bilinear 2x: `out + F.interpolate(low)` (two kernels) /
   `timm_elastic::up2x_add` (one);
-- `up grad`: U's transpose: `aten::upsample_bilinear2d_backward` / `timm_elastic::up2x_backward`.
+- `up grad`: U's transpose: `aten::upsample_bilinear2d_backward` / `timm_elastic::up2x_backward`;
+- `block`: an Elastic block's resampling as a training step runs it, through autograd: `out + U(D(x))`
+  (`out` = `x`), then its backward, x's gradient the result: PyTorch's ops / the package's modules
+  (`AvgDown`, `InterpolateUp`). Its bytes are the four ops' above. Not with `--timer graph` (autograd's
+  backward is not captured in a CUDA graph here).
 Each pair's outputs are compared first (relative error), so that a fast wrong kernel shows.
 
 On CUDA it times with `--timer graph` (default): `triton.testing.do_bench_cudagraph`, replays of a
@@ -15,7 +19,10 @@ captured CUDA graph, the GPU's time alone, median; or `--timer events`: `triton.
 events around each call with the L2 cache flushed before it, median. Events also count any time the GPU
 waits for the host to launch the op (a custom op and a Triton launch take the host longer than PyTorch's
 dispatch); in a model's step the host runs ahead of the GPU, so graph replay is the op's cost there. The
-two timers side by side show how much of a time is launching. On the CPU it times with
+two timers side by side show how much of a time is launching. `--timer host` times the host alone: the
+least wall time per call over 5 runs of 200 calls, on CUDA enqueued without waiting for the GPU (use a
+small `--batch-size`, so that the GPU keeps up and never holds the host back): what each call costs the
+CPU thread that launches a model's step (on the CPU, the whole call). Otherwise, on the CPU it times with
 `torch.utils.benchmark` (median of blocked runs), on `--threads` threads.
 
 `--tiles` and `--warps` (CUDA) time our kernels at other tile sizes (elements per program) and warps per
@@ -24,17 +31,20 @@ program than the package's (resample_triton.TILE, NUM_WARPS), one row per combin
     python benchmarks/resample_ops.py --device cuda --dtype bf16                 # batch 64, channels_last
     python benchmarks/resample_ops.py --device cuda --dtype fp32 --layout nchw
     python benchmarks/resample_ops.py --device cuda --tiles 1024,4096 --warps 4,8
+    python benchmarks/resample_ops.py --device cuda --timer host --batch-size 1
     python benchmarks/resample_ops.py                                           # CPU, fp32, batch 8
 """
 import argparse
 import contextlib
 import sys
+import time
 from typing import Callable, Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
 
 import timm_elastic  # noqa: F401  (registers the timm_elastic ops)
+from timm_elastic.layers.resample import AvgDown, InterpolateUp
 from timm_elastic._io import write_json
 
 SIZES: List[Tuple[int, int]] = [(256, 56), (512, 28), (1024, 14)]  # (channels, side)
@@ -42,8 +52,9 @@ DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 LAYOUTS = {'cl': torch.channels_last, 'nchw': torch.contiguous_format}
 
 
-def cases(n: int, c: int, side: int, dtype: torch.dtype, layout: torch.memory_format, device: str):
-    """(name, bytes moved at least, PyTorch's fn, ours) for one size."""
+def cases(n: int, c: int, side: int, dtype: torch.dtype, layout: torch.memory_format, device: str,
+          block: bool = True):
+    """(name, bytes moved at least, PyTorch's fn, ours) for one size (the `block` case if `block`)."""
     h = (side + 1) // 2
     ops = torch.ops.timm_elastic
 
@@ -54,7 +65,7 @@ def cases(n: int, c: int, side: int, dtype: torch.dtype, layout: torch.memory_fo
     full, quarter = x.numel() * x.element_size(), low.numel() * low.element_size()
     # PyTorch's U has a 2h x 2h output: at an odd side, the gradient of the cropped rows and columns is 0
     g_up = F.pad(g, (0, 2 * h - side, 0, 2 * h - side)).contiguous(memory_format=layout) if 2 * h != side else g
-    return [
+    ops_cases = [
         ('down', full + quarter, lambda: F.avg_pool2d(x, 2, stride=2, ceil_mode=True), lambda: ops.avg_down2x(x)),
         ('down grad', quarter + full,
          lambda: torch.ops.aten.avg_pool2d_backward(g_low, x, [2, 2], [2, 2], [0, 0], True, True, None),
@@ -66,9 +77,25 @@ def cases(n: int, c: int, side: int, dtype: torch.dtype, layout: torch.memory_fo
          lambda: torch.ops.aten.upsample_bilinear2d_backward(g_up, [2 * h, 2 * h], [n, c, h, h], False, 2., 2.),
          lambda: ops.up2x_backward(g, 'bilinear', h, h)),
     ]
+    if not block:
+        return ops_cases
+    xg = x.detach().requires_grad_()
+    down, up = AvgDown(), InterpolateUp('bilinear')
+
+    def step(forward):
+        def run():
+            xg.grad = None
+            forward().backward(g)
+            return xg.grad
+        return run
+    aten = step(lambda: xg + F.interpolate(F.avg_pool2d(xg, 2, stride=2, ceil_mode=True), scale_factor=2.,
+                                           mode='bilinear', align_corners=False)[..., :side, :side])
+    return ops_cases + [('block', 5 * full + 4 * quarter, aten, step(lambda: up(down(xg), xg)))]
 
 
 def median_ms(fn: Callable, device: str, timer: str = 'graph', min_time: float = 0.5) -> float:
+    if timer == 'host':
+        return host_ms(fn, device)
     if device == 'cuda':
         import triton.testing
         if timer == 'graph':  # (it runs `fn` once, to compile, before capturing it)
@@ -77,6 +104,22 @@ def median_ms(fn: Callable, device: str, timer: str = 'graph', min_time: float =
     from torch.utils.benchmark import Timer
     return Timer('fn()', globals={'fn': fn}, num_threads=torch.get_num_threads()).blocked_autorange(
         min_run_time=min_time).median * 1e3
+
+
+def host_ms(fn: Callable, device: str, calls: int = 200, runs: int = 5) -> float:
+    """The host's least wall time per call of `fn`, over `runs` runs of `calls` calls each; on CUDA enqueued
+    without waiting for the GPU, which finishes each run's work before the next run starts."""
+    sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
+    fn()
+    sync()
+    best = float('inf')
+    for _ in range(runs):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        best = min(best, time.perf_counter() - start)
+        sync()
+    return best / calls * 1e3
 
 
 def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -96,8 +139,9 @@ def main(argv=None) -> None:
                         help='feature maps CHANNELSxSIDE, comma separated (default: %(default)s)')
     parser.add_argument('--min-time', type=float, default=0.5,
                         help='CPU: seconds each op is timed for at least (default: 0.5)')
-    parser.add_argument('--timer', choices=('graph', 'events'), default='graph',
-                        help='CUDA: graph replays (the GPU\'s time) or events per call (default: graph)')
+    parser.add_argument('--timer', choices=('graph', 'events', 'host'), default=None,
+                        help='CUDA: graph replays (the GPU\'s time) or events per call; host: the host\'s time '
+                        'per call, on either device (default: graph on CUDA, torch.utils.benchmark on the CPU)')
     parser.add_argument('--tiles', help='CUDA: our kernels\' elements per program, comma separated '
                         '(default: the package\'s)')
     parser.add_argument('--warps', help='CUDA: our kernels\' warps per program, comma separated '
@@ -121,6 +165,9 @@ def main(argv=None) -> None:
         parser.error(f'--sizes takes CHANNELSxSIDE (positive integers), comma separated, e.g. 256x56, '
                      f'got {args.sizes!r}')
     args.sizes = sizes
+    if args.device == 'cpu' and args.timer in ('graph', 'events'):
+        parser.error(f'--timer {args.timer} times CUDA work: add --device cuda, or use --timer host on the CPU')
+    args.timer = args.timer or ('graph' if args.device == 'cuda' else 'torch.utils.benchmark')
     if args.device == 'cpu' and (args.tiles or args.warps):
         parser.error('--tiles and --warps set the Triton kernels, which run on CUDA: add --device cuda')
     variants = [(None, None)]
@@ -139,15 +186,15 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     n = args.batch_size or (64 if args.device == 'cuda' else 8)
     where = torch.cuda.get_device_name() if args.device == 'cuda' else f'CPU, {torch.get_num_threads()} threads'
-    timer = f', timed by {args.timer}' if args.device == 'cuda' else ''
     lines = [f'Resampling ops, PyTorch / timm-elastic ({where}; torch {torch.__version__}; batch {n}, '
-             f'{args.dtype}, {args.layout}{timer})', '',
+             f'{args.dtype}, {args.layout}, timed by {args.timer})', '',
              '| op | size | tile / warps | PyTorch ms | ours ms | PyTorch GB/s | ours GB/s | PyTorch / ours '
              '| rel. error |',
              '|---|---|---|---|---|---|---|---|---|']
     rows: List[Dict] = []
     for c, side in args.sizes:
-        for name, nbytes, aten, ours in cases(n, c, side, DTYPES[args.dtype], LAYOUTS[args.layout], args.device):
+        for name, nbytes, aten, ours in cases(n, c, side, DTYPES[args.dtype], LAYOUTS[args.layout], args.device,
+                                              block=args.timer != 'graph'):
             reference = aten()
             t_aten = median_ms(aten, args.device, args.timer, args.min_time)
             for tile, warps in variants:
@@ -166,7 +213,7 @@ def main(argv=None) -> None:
     print('\n'.join(lines))
     if args.json:
         write_json(args.json, dict(device=where, torch=torch.__version__, dtype=args.dtype, layout=args.layout,
-                                   timer=args.timer if args.device == 'cuda' else 'torch.utils.benchmark',
+                                   timer=args.timer,
                                    results=rows, markdown='\n'.join(lines)))
 
 

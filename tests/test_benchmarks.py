@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -39,21 +41,46 @@ def test_speed_self_check_smoke(tmp_path):
     assert result['markdown'] in proc.stdout and '| resnext_tiny_elastic | ours | resnext_tiny_elastic |' in proc.stdout
 
 
-def test_resample_ops_smoke(tmp_path):
-    """benchmarks/resample_ops.py on the CPU at an even and an odd side: every op timed on both sides, the
-    two implementations agreeing (the same function, PyTorch's gradient taken over U's uncropped output)."""
+@pytest.mark.parametrize('timer', [None, 'host'])
+def test_resample_ops_smoke(tmp_path, timer):
+    """benchmarks/resample_ops.py on the CPU at an even and an odd side, by torch.utils.benchmark and by the
+    host's wall time: every op and the block (through autograd) timed on both sides, the two implementations
+    agreeing (the same function, PyTorch's gradient taken over U's uncropped output)."""
     out = tmp_path / 'ops.json'
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, 'benchmarks', 'resample_ops.py'), '--sizes', '8x6,16x5',
-         '--batch-size', '2', '--min-time', '0.01', '--threads', '1', '--json', str(out)],
+         '--batch-size', '2', '--min-time', '0.01', '--threads', '1', '--json', str(out)]
+        + (['--timer', timer] if timer else []),
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
+    assert result['timer'] == (timer or 'torch.utils.benchmark')
     rows = result['results']
     assert [(r['op'], r['channels'], r['side']) for r in rows] == [
-        (op, c, side) for c, side in ((8, 6), (16, 5)) for op in ('down', 'down grad', 'up + sum', 'up grad')]
+        (op, c, side) for c, side in ((8, 6), (16, 5)) for op in ('down', 'down grad', 'up + sum', 'up grad', 'block')]
     for r in rows:
         assert r['aten_ms'] > 0 and r['ours_ms'] > 0 and r['rel_error'] < 1e-6, r
+    assert result['markdown'] in proc.stdout
+
+
+def test_resample_ops_cuda_timers_need_cuda():
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', 'resample_ops.py'), '--timer', 'graph'],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and '--timer graph times CUDA work' in proc.stderr, proc.stderr
+
+
+def test_launch_overhead_smoke(tmp_path):
+    """benchmarks/launch_overhead.py through Triton's interpreter on the CPU: every layer of one op's call
+    timed (the numbers mean nothing here), the table printed and written."""
+    out = tmp_path / 'launch.json'
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, 'benchmarks', 'launch_overhead.py'), '--device', 'cpu', '--size', '4x6',
+         '--json', str(out)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, 'TRITON_INTERPRET': '1'})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert list(result['host_us']) == ['op', 'direct', 'prelude', 'launch', 'pytorch']
+    assert all(v > 0 for v in result['host_us'].values()), result
     assert result['markdown'] in proc.stdout
 
 
