@@ -16,6 +16,7 @@
 #             block's resampling through autograd, PyTorch's against ours (resample_ops.py --timer host, batch 1)
 #   gap       resnext101 and densenet201 pairs, eager bf16 channels_last training, ours, free and ours again in one
 #             process, with each model's 15 costliest kernels and the time its kernels ran (see "Speed")
+#   infer     the five pairs, eager bf16 channels_last inference, ours and free (the floor) in one process
 #   fp16      the five pairs, eager fp16 channels_last training (ours)
 #   floor     the five pairs, eager bf16 channels_last training, resampling free (the floor)
 #   compile   resnext50 pair under torch.compile, bf16 channels_last (COMPILE_MODES, default train,infer);
@@ -28,9 +29,10 @@
 # ops 31 s (graph), 16 s (events), 33 s (fp32), the tile sweep over 21 s; models 223-230 s (cut before
 # densenet201's aten inference); breakdown 50 s for two pairs; compile (train) 166-172 s; floor 86 s; gap 214 s;
 # fp16 127 s for the five pairs; the host timings of resample_ops.py about 40 s.
-# Still open after 2026-11-27 (README, "Speed"): the host's time per op after the direct path (host), and its
-# effect on the host-bound densenet201 (gap); the compiled tests are known to pass:
-#   SECTIONS="versions host gap:250 tests:150" ROUNDS=2 MIN_TIME=0.3 timeout 585 bash benchmarks/cuda_check.sh
+# Still open after 2026-11-27 (README, "Speed"): the host's time per op after the direct path (host), the
+# inference floor (infer), the direct path's effect on the host-bound densenet201 (gap), the direct path's CUDA
+# test (in tests before the compiled ones, which are known to pass):
+#   SECTIONS="versions host:90 infer:120 gap:220 tests:120" ROUNDS=2 MIN_TIME=0.3 timeout 585 bash benchmarks/cuda_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/cuda_check}
@@ -113,6 +115,10 @@ EOF
         section gap "$PY" "${SPEED[@]}" --pairs resnext101,densenet --settings eager-bf16-cl --modes train \
             --resample ours,free,ours --breakdown 15 --json "$OUT/gap.json"
         ;;
+    infer)
+        section infer "$PY" "${SPEED[@]}" --settings eager-bf16-cl --modes infer --resample ours,free \
+            --json "$OUT/infer.json"
+        ;;
     fp16)
         section fp16 "$PY" "${SPEED[@]}" --settings eager-fp16-cl --modes train --json "$OUT/models_fp16.json"
         ;;
@@ -132,7 +138,7 @@ with atomic calls: $(grep -rlE "atomic_[a-z]+ *\(" "$0" | wc -l)"; grep -rlE "at
             "$TORCHINDUCTOR_CACHE_DIR"
         ;;
     *)
-        echo "unknown section $s (versions tests ops models breakdown host gap fp16 floor compile)" >&2
+        echo "unknown section $s (versions tests ops models breakdown host gap infer fp16 floor compile)" >&2
         exit 2
         ;;
     esac
