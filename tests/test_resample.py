@@ -132,12 +132,15 @@ def test_bfloat16(mode):
     torch.testing.assert_close(up2x_add(low, out, mode), ref_up_add(low, out, mode), rtol=2e-2, atol=2e-2)
 
 
-def test_mixed_dtypes_promote_as_the_sum_does():
-    # out + U(low) has the dtype PyTorch's sum would have; each input gets its gradient in its own dtype
+@pytest.mark.parametrize('path', ['op', 'module'])
+def test_mixed_dtypes_promote_as_the_sum_does(path):
+    # out + U(low) has the dtype PyTorch's sum would have; each input gets its gradient in its own dtype (through
+    # the op, and through the module run eagerly: the direct path)
     low = torch.randn(1, 2, 3, 3, requires_grad=True)
     out = torch.randn(1, 2, 5, 6, dtype=torch.bfloat16, requires_grad=True)
-    y = up2x_add(low, out, 'bilinear')
+    y = up2x_add(low, out, 'bilinear') if path == 'op' else InterpolateUp()(low, out)
     assert y.dtype == torch.float32
+    assert (y.grad_fn.name() == '_DirectUpAddBackward') == (path == 'module')
     g_low, g_out = torch.autograd.grad(y.sum(), (low, out))
     assert (g_low.dtype, g_out.dtype) == (torch.float32, torch.bfloat16)
 
