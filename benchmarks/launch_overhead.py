@@ -10,6 +10,9 @@ the GPU):
 - `direct`: `resample._run('avg_down2x', x)`, what the modules call when run eagerly (the launcher);
 - `prelude`: the launcher with the launch itself left out (allocation, layout, grid, index width);
 - `launch`: Triton's `kernel[grid](*args)` alone, with the launcher's arguments;
+- `compiled launch`: the compiled kernel that call returns, launched through its own runner
+  (`CompiledKernel[grid](*args)`, Triton 3.x): the launch without the JIT's argument binding,
+  specialization and cache lookup, what a launcher that cached its compiled kernels would pay;
 - `device guard`: entering and leaving `torch.cuda.device(x.device)`, which the launcher does once a call;
 - `pytorch`: `F.avg_pool2d(x, 2, 2, ceil_mode=True)`, for comparison.
 `op - direct` is the custom op's cost, `direct - prelude` about the launch with its guard.
@@ -58,12 +61,41 @@ def measure(x: torch.Tensor, device: str) -> Dict[str, float]:
     kernel, grid, args, meta = launches[0]
     rows['launch'] = us(lambda: kernel[grid](*args, **meta))
     if device == 'cuda':
-        def guard():
-            with torch.cuda.device(x.device):
-                pass
-        rows['device guard'] = us(guard)
+        compiled = compiled_launch(kernel, grid, args, meta)
+        if compiled is not None:
+            rows['compiled launch'] = us(compiled)
+        rows['device guard'] = us(_guard(x.device))
     rows['pytorch'] = us(lambda: F.avg_pool2d(x, 2, stride=2, ceil_mode=True))
     return rows
+
+
+def _guard(device: torch.device):
+    def guard():
+        with torch.cuda.device(device):
+            pass
+    return guard
+
+
+def compiled_launch(kernel, grid, args, meta):
+    """A call launching the compiled kernel that `kernel[grid](*args, **meta)` returns through its own runner,
+    with every parameter in the kernel's order (constexprs included, as Triton's JIT passes them), checked to
+    compute what the JIT's launch computed (`args[1]` is the result); None, with the reason printed, where
+    this Triton's objects differ."""
+    import inspect
+    try:
+        compiled = kernel[grid](*args, **meta)
+        sig = inspect.signature(kernel.fn)
+        values = list(sig.bind(*args, **{k: v for k, v in meta.items() if k in sig.parameters}).arguments.values())
+        runner = compiled[grid]
+        expected = args[1].clone()
+        args[1].zero_()
+        runner(*values)
+        if not torch.equal(args[1], expected):
+            raise RuntimeError('its result differs from the JIT launch\'s')
+    except Exception as e:  # an API of Triton's internals: report, do not fail the other rows
+        print(f'compiled launch: not measured ({type(e).__name__}: {e})', file=sys.stderr)
+        return None
+    return lambda: runner(*values)
 
 
 def main(argv=None) -> None:
