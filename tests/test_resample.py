@@ -435,7 +435,15 @@ def test_cuda_direct_path_is_the_ops(dtype, layout):
         (gx_op,) = torch.autograd.grad(y_op, x, g)
     assert len(mode.seen) == 4
     assert torch.equal(y, y_op) and torch.equal(gx, gx_op)
-    assert_layout(y, layout) and assert_layout(gx, layout)
+    assert_layout(y, layout)
+    assert_layout(gx, layout)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        torch.autograd.grad(block(x, 'bilinear'), x, g)
+        torch.cuda.synchronize()
+    names = {e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA}
+    for kernel in ('_up2x_add_kernel', '_up2x_backward_kernel', '_avg_down2x_kernel', '_avg_down2x_backward_kernel'):
+        assert any(kernel in n for n in names), (kernel, names)
+    assert not any('upsample' in n or 'avg_pool' in n for n in names), names
 
 
 def tiny(name='resnext_tiny_elastic', **kwargs):
