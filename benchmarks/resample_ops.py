@@ -44,8 +44,8 @@ import torch
 import torch.nn.functional as F
 
 import timm_elastic  # noqa: F401  (registers the timm_elastic ops)
-from timm_elastic.layers.resample import AvgDown, InterpolateUp
 from timm_elastic._io import write_json
+from timm_elastic.layers.resample import AvgDown, InterpolateUp
 
 SIZES: List[Tuple[int, int]] = [(256, 56), (512, 28), (1024, 14)]  # (channels, side)
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
