@@ -65,14 +65,19 @@ def cases(n: int, c: int, side: int, dtype: torch.dtype, layout: torch.memory_fo
     full, quarter = x.numel() * x.element_size(), low.numel() * low.element_size()
     # PyTorch's U has a 2h x 2h output: at an odd side, the gradient of the cropped rows and columns is 0
     g_up = F.pad(g, (0, 2 * h - side, 0, 2 * h - side)).contiguous(memory_format=layout) if 2 * h != side else g
+
+    def aten_down(t):
+        return F.avg_pool2d(t, 2, stride=2, ceil_mode=True)
+
+    def aten_up_add(lo, o):
+        return o + F.interpolate(lo, scale_factor=2., mode='bilinear', align_corners=False)[..., :side, :side]
     ops_cases = [
-        ('down', full + quarter, lambda: F.avg_pool2d(x, 2, stride=2, ceil_mode=True), lambda: ops.avg_down2x(x)),
+        ('down', full + quarter, lambda: aten_down(x), lambda: ops.avg_down2x(x)),
         ('down grad', quarter + full,
          lambda: torch.ops.aten.avg_pool2d_backward(g_low, x, [2, 2], [2, 2], [0, 0], True, True, None),
          lambda: ops.avg_down2x_backward(g_low, side, side)),
         ('up + sum', quarter + 2 * full,
-         lambda: out + F.interpolate(low, scale_factor=2., mode='bilinear', align_corners=False)[..., :side, :side],
-         lambda: ops.up2x_add(low, out, 'bilinear')),
+         lambda: aten_up_add(low, out), lambda: ops.up2x_add(low, out, 'bilinear')),
         ('up grad', full + quarter,
          lambda: torch.ops.aten.upsample_bilinear2d_backward(g_up, [2 * h, 2 * h], [n, c, h, h], False, 2., 2.),
          lambda: ops.up2x_backward(g, 'bilinear', h, h)),
@@ -88,9 +93,8 @@ def cases(n: int, c: int, side: int, dtype: torch.dtype, layout: torch.memory_fo
             forward().backward(g)
             return xg.grad
         return run
-    aten = step(lambda: xg + F.interpolate(F.avg_pool2d(xg, 2, stride=2, ceil_mode=True), scale_factor=2.,
-                                           mode='bilinear', align_corners=False)[..., :side, :side])
-    return ops_cases + [('block', 5 * full + 4 * quarter, aten, step(lambda: up(down(xg), xg)))]
+    return ops_cases + [('block', 5 * full + 4 * quarter, step(lambda: aten_up_add(aten_down(xg), xg)),
+                         step(lambda: up(down(xg), xg)))]
 
 
 def median_ms(fn: Callable, device: str, timer: str = 'graph', min_time: float = 0.5) -> float:
