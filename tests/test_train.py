@@ -221,7 +221,7 @@ def test_ddp_two_cpu_processes(tmp_path):
     """torchrun with two gloo processes trains; evaluation counts each image once (113 images over 2
     ranks: the sampler pads one rank with a duplicate), so the summary's top-1 is what a single-process
     validate of its checkpoint gives; and --dist-bn reduce (the default) leaves both processes with the
-    same BatchNorm statistics before evaluating."""
+    same BatchNorm statistics before evaluating; each process ends its process group."""
     torchrun = os.path.join(os.path.dirname(sys.executable), 'torchrun')
     dump = tmp_path / 'bn'
     dump.mkdir()
@@ -248,6 +248,8 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert ranks[0].keys() == ranks[1].keys() and any('running_var' in k for k in ranks[0])
     for k in ranks[0]:
         torch.testing.assert_close(ranks[0][k], ranks[1][k], rtol=1e-6, atol=1e-7, msg=k)
+    # each process ended its process group before exiting (left up, gloo's threads could abort it at exit)
+    assert [(dump / f'group{r}.txt').read_text() for r in (0, 1)] == ['False', 'False']
 
     # SyncBatchNorm is CUDA-only in torch: a clear error from every process, not a traceback
     proc = subprocess.run([torchrun, '--standalone', '--nproc-per-node', '2', '-m', 'timm_elastic', 'train',

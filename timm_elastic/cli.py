@@ -646,7 +646,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     if (getattr(args, 'img_size', None) or 224) < 32:
         print(f'timm-elastic: --img-size must be at least 32, got {args.img_size}', file=sys.stderr)
         return 2
-    return args.func(args)
+    import torch.distributed as dist
+    had_group = dist.is_available() and dist.is_initialized()
+    code = args.func(args)
+    # a process group left to the interpreter's exit can abort the process (gloo: "terminate called without an
+    # active exception", pytorch/pytorch#190489): end the one this command started, once it has succeeded (after
+    # an error on one rank, ending it could wait on the others)
+    if not had_group and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    return code
 
 
 if __name__ == '__main__':
