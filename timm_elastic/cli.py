@@ -652,7 +652,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     # a process group left to the interpreter's exit can abort the process (gloo: "terminate called without an
     # active exception", pytorch/pytorch#190489): end the one this command started, once it has succeeded (after
     # an error on one rank, ending it could wait on the others)
-    if not had_group and dist.is_available() and dist.is_initialized():
+    if code == 0 and not had_group and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
     return code
 
