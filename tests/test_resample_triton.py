@@ -15,10 +15,42 @@ from timm_elastic.layers.resample import avg_down2x, up2x_add
 
 CUDA = torch.cuda.is_available()
 INTERPRETED = not CUDA and os.environ.get('TRITON_INTERPRET') == '1'
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec('triton') is None or not (CUDA or INTERPRETED),
-    reason='needs Triton, and a CUDA device or TRITON_INTERPRET=1')
+HAS_TRITON = importlib.util.find_spec('triton') is not None
 DEVICE = 'cuda' if CUDA else 'cpu'
+
+
+if INTERPRETED and HAS_TRITON:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _copy(src, dst, n, BLOCK: tl.constexpr):
+        i = tl.arange(0, BLOCK)
+        tl.store(dst + i, tl.load(src + i, mask=i < n), mask=i < n)
+
+
+def _interpreter_fault() -> str:
+    """Why Triton's interpreter cannot be trusted here ('' where it can): it must copy a tensor right. The
+    interpreter of Triton 3.0 and 3.1 (torch 2.4's and 2.5's) reads memory wrongly under NumPy 2: every
+    kernel, this copy too, returns garbage (triton-lang/triton#5387); with NumPy 1.26, or from Triton 3.2
+    on, it runs these tests right."""
+    if not (INTERPRETED and HAS_TRITON):
+        return ''
+    import numpy
+    x = torch.arange(1., 9.)
+    y = torch.zeros_like(x)
+    _copy[(1,)](x, y, 8, BLOCK=8)
+    if torch.equal(x, y):
+        return ''
+    return f"Triton {triton.__version__}'s interpreter fails to copy a tensor with NumPy {numpy.__version__}"
+
+
+INTERPRETER_FAULT = _interpreter_fault()
+pytestmark = [
+    pytest.mark.skipif(not HAS_TRITON or not (CUDA or INTERPRETED),
+                       reason='needs Triton, and a CUDA device or TRITON_INTERPRET=1'),
+    pytest.mark.skipif(bool(INTERPRETER_FAULT), reason=INTERPRETER_FAULT),
+]
 
 LAYOUTS = {'nchw': torch.contiguous_format, 'channels_last': torch.channels_last}
 SIZES = [(1, 1), (1, 4), (2, 5), (4, 4), (7, 3), (6, 8), (5, 5)]
@@ -155,41 +187,6 @@ def test_launchers_only_allocate_their_result(layout, monkeypatch):
         assert len(seen) == 1 and seen[0].startswith(('aten.empty', 'aten.new_empty')), (fn.__name__, seen)
         assert y.is_contiguous(memory_format=LAYOUTS[layout]), fn.__name__
     assert len(launched) == len(calls)
-
-
-def _nvidia_backend() -> bool:
-    """Whether Triton can compile for NVIDIA GPUs here (its wheel ships ptxas and cuobjdump)."""
-    try:
-        import triton.backends.nvidia as nvidia
-    except ImportError:
-        return False
-    return all(os.path.exists(os.path.join(os.path.dirname(nvidia.__file__), 'bin', t)) for t in ('ptxas', 'cuobjdump'))
-
-
-@pytest.mark.skipif(not _nvidia_backend(), reason="needs Triton's NVIDIA backend (ptxas)")
-def test_kernels_compile_for_a_hopper_gpu():
-    """Triton's compiler, not its interpreter: every launch of the four ops (float16 to float64, both layouts,
-    bilinear and nearest, 32- and 64-bit offsets) compiles to a cubin for sm_90 with the arguments' own
-    specialization, without spilling in the training dtypes; channels_last moves 16 bytes per access.
-    (A float64 kernel once passed the interpreted tests and failed to compile on an H200.)"""
-    import json
-    import subprocess
-    import sys
-    env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
-    script = os.path.join(os.path.dirname(__file__), 'triton_compile.py')
-    run = subprocess.run([sys.executable, script, '--arch', '90'], env=env, capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr[-3000:]
-    reports = [json.loads(line) for line in run.stdout.splitlines()]
-    # 6 launches (down, its gradient, U + sum and U's gradient for 2 modes) per dtype and layout, and for
-    # the 64-bit float32 kernels in both layouts
-    assert len(reports) == 6 * (4 * 2 + 2)
-    seen = {(r['kernel'], r['dtype'], r['layout'], r['bilinear'], r['int64']) for r in reports}
-    assert len(seen) == len(reports)
-    for r in reports:
-        if r['dtype'] != 'fp64':
-            assert r['stack'] == 0, r
-        if r['layout'] == 'channels_last':
-            assert r['widest_load'] == r['widest_store'] == 16, r
 
 
 @pytest.mark.parametrize('dtype,tol', [(torch.float32, 1e-6), (torch.bfloat16, 1e-2), (torch.float16, 2e-3)])

@@ -3,10 +3,13 @@ machine that has none: Triton's whole compiler (Python to Triton IR, LLVM, PTX, 
 wheel ships) runs on the CPU. The interpreter that tests/test_resample_triton.py uses without a GPU runs
 the kernels as Python and accepts code the compiler rejects; this catches that.
 
-The launches are the launchers' own: `_run`, the one place that launches, records (kernel, arguments,
-constexprs) instead of launching, for every op in every dtype and layout on small CPU tensors; each is
-then compiled with the specialization Triton's JIT gives those arguments (an integer equal to 1 becomes
-a constant, pointers and integers divisible by 16 are marked so).
+The launches are the launchers' own: `_run`, the one place that launches, records (kernel, grid, arguments,
+constexprs) instead of launching, for every op in every dtype and layout on small CPU tensors. Each is then
+compiled by Triton's JIT itself, as a launch would compile it (`run(..., warmup=True)`: the same argument
+specialization, nothing launched), with a stand-in for Triton's CUDA driver that names the target GPU: the
+JIT asks the driver only for the device, the stream and the target. Through the JIT, rather than by building
+its compiler's input by hand, the check works with every Triton from 3.0 (torch 2.4's) on, whose compiler
+APIs differ.
 
     python tests/triton_compile.py --arch 90          # JSON lines: kernel, dtype, layout, registers, stack,
                                                       # and the widest global loads and stores in its PTX
@@ -27,7 +30,7 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 import triton.backends.nvidia  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
+from triton.runtime.driver import driver  # noqa: E402
 
 from timm_elastic.layers import resample_triton  # noqa: E402
 
@@ -36,11 +39,11 @@ LAYOUTS = {'nchw': torch.contiguous_format, 'channels_last': torch.channels_last
 
 
 def launches(dtype: torch.dtype, layout: str, int64: bool = False):
-    """(kernel, args, meta) of every launch the four ops make for `dtype` / `layout` tensors (bilinear and
+    """(kernel, grid, args, meta) of every launch the four ops make for `dtype` / `layout` tensors (bilinear and
     nearest U); with `int64`, as for tensors spanning 2^31 elements."""
     recorded = []
     run, limit = resample_triton._run, resample_triton.INT32_LIMIT
-    resample_triton._run = lambda kernel, grid, args, meta: recorded.append((kernel, args, meta))
+    resample_triton._run = lambda kernel, grid, args, meta: recorded.append((kernel, grid, args, meta))
     resample_triton.INT32_LIMIT = 0 if int64 else limit
     try:
         # 256 channels: the tile of a channels_last launch is as wide as in the models (128 channels)
@@ -55,24 +58,21 @@ def launches(dtype: torch.dtype, layout: str, int64: bool = False):
     return recorded
 
 
-def source(kernel, args, meta) -> ASTSource:
-    """The kernel specialized as Triton's JIT specializes it for `args` (see the module docstring)."""
-    names = kernel.arg_names
-    signature, constexprs, attrs = {}, {}, {}
-    for i, (name, a) in enumerate(zip(names, args)):
-        if torch.is_tensor(a):
-            signature[name] = '*' + TRITON_TYPES[a.dtype]
-            aligned = a.data_ptr() % 16 == 0
-        elif a == 1:
-            signature[name], constexprs[name], aligned = 'constexpr', 1, False
-        else:
-            signature[name] = 'i32' if -2 ** 31 <= a < 2 ** 31 else 'i64'
-            aligned = a % 16 == 0
-        if aligned:
-            attrs[(i,)] = [['tt.divisibility', 16]]
-    for name in names[len(args):]:
-        signature[name], constexprs[name] = 'constexpr', meta[name]
-    return ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
+class TargetDriver:
+    """What Triton's JIT asks of the active driver before it compiles: the device and stream (never used:
+    nothing is launched) and the GPU to compile for."""
+
+    def __init__(self, arch: int):
+        self.target = GPUTarget('cuda', arch, 32)
+
+    def get_current_device(self) -> int:
+        return 0
+
+    def get_current_stream(self, device=None) -> int:
+        return 0
+
+    def get_current_target(self) -> GPUTarget:
+        return self.target
 
 
 def widest(ptx: str, op: str) -> int:
@@ -97,18 +97,23 @@ def resources(cubin: bytes) -> dict:
 
 def compile_all(arch: int, dtypes=tuple(TRITON_TYPES)):
     """Compile every launch for sm_`arch`; yield one report per compiled kernel."""
-    target = GPUTarget('cuda', arch, 32)
     cases = [(d, layout, False) for d in dtypes for layout in LAYOUTS]
     cases += [(torch.float32, layout, True) for layout in LAYOUTS]
+    # for the rest of this process, which is the script's own: without a GPU, Triton's own driver cannot
+    # be created to be restored
+    driver.set_active(TargetDriver(arch))
     for dtype, layout, int64 in cases:
-        for kernel, args, meta in launches(dtype, layout, int64):
-            compiled = triton.compile(source(kernel, args, meta), target=target,
-                                      options=dict(num_warps=meta['num_warps']))
-            ptx = compiled.asm['ptx']
-            yield dict(kernel=kernel.fn.__name__, dtype=TRITON_TYPES[dtype], layout=layout, int64=int64,
-                       bilinear=meta.get('BILINEAR'), block=[meta['BLOCK_R'], meta['BLOCK_C']],
-                       **resources(compiled.asm['cubin']),
-                       widest_load=widest(ptx, 'ld.global'), widest_store=widest(ptx, 'st.global'))
+        for kernel, grid, args, meta in launches(dtype, layout, int64):
+            yield report(kernel.run(*args, grid=grid, warmup=True, **meta), kernel, dtype, layout, int64, meta)
+
+
+def report(compiled, kernel, dtype: torch.dtype, layout: str, int64: bool, meta: dict) -> dict:
+    """One line of the output: the launch, and what its compiled kernel uses."""
+    ptx = compiled.asm['ptx']
+    return dict(kernel=kernel.fn.__name__, dtype=TRITON_TYPES[dtype], layout=layout, int64=int64,
+                bilinear=meta.get('BILINEAR'), block=[meta['BLOCK_R'], meta['BLOCK_C']],
+                **resources(compiled.asm['cubin']),
+                widest_load=widest(ptx, 'ld.global'), widest_store=widest(ptx, 'st.global'))
 
 
 def main(argv=None) -> None:
