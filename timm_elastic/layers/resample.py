@@ -465,12 +465,15 @@ class FilterDown(nn.Module):
 
     def __init__(self, channels: int, device=None, dtype=None):
         super().__init__()
+        # an int, not read from the weight's shape in forward: torch.fx traces that read as a Proxy, which
+        # torch 2.4's `conv2d` does not take for `groups`
+        self.channels = channels
         self.weight = nn.Parameter(torch.full((channels, 1, 2, 2), 0.25, device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # replicate-pad odd sizes on the bottom / right, as the original implementation does
         x = F.pad(x, (0, x.shape[-1] % 2, 0, x.shape[-2] % 2), mode='replicate')
-        return F.conv2d(x, self.weight, stride=2, groups=self.weight.shape[0])
+        return F.conv2d(x, self.weight, stride=2, groups=self.channels)
 
 
 @register_notrace_module  # compares sizes in _merge
