@@ -229,7 +229,9 @@ def _load_checkpoint_dict(path: str, flag: str) -> Dict[str, Any]:
     if not os.path.isfile(path):
         raise UsageError(f'{flag} {path!r} does not exist')
     try:
-        allow = getattr(torch.serialization, 'safe_globals', None)  # torch >= 2.5
+        allow = getattr(torch.serialization, 'safe_globals', None)  # a context manager from torch 2.5 on
+        if allow is None:  # torch 2.4: allowed for the rest of the process
+            torch.serialization.add_safe_globals([argparse.Namespace])
         with allow([argparse.Namespace]) if allow else nullcontext():
             ckpt = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
