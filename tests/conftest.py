@@ -1,6 +1,7 @@
 import os
 
 import pytest
+import timm
 import torch
 
 # The Triton kernels of the CUDA path (timm_elastic/layers/resample_triton.py) run on CPU tensors through
@@ -13,3 +14,16 @@ if not torch.cuda.is_available():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def intermediates():
+    """`intermediates(model, x)`: the eval-mode model's `forward_intermediates(x, intermediates_only=True)`
+    without autograd; skips the test where timm is too old to give the model one (timm's DLA and DenseNet,
+    which ours inherit it from, have it from timm 1.0.31 on)."""
+    def run(model, x):
+        if not hasattr(model, 'forward_intermediates'):
+            pytest.skip(f'timm {timm.__version__} has no forward_intermediates for {type(model).__mro__[1].__name__}')
+        with torch.no_grad():
+            return model.eval().forward_intermediates(x, intermediates_only=True)
+    return run

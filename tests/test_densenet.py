@@ -125,16 +125,13 @@ def densenet_and_dilated():
     return ref, dilated
 
 
-def test_output_stride_dilates_with_the_same_weights(densenet_and_dilated):
+def test_output_stride_dilates_with_the_same_weights(densenet_and_dilated, intermediates):
     """Before the first dilated block the features are the stride model's; at 16 the dilated block is the plain
     last one, so at every other position its features are the stride model's too (a trous); at 8 the dilated
     block 3 is Elastic, whose low branch pools the full-resolution map: no longer equal there."""
     ref, dilated = densenet_and_dilated
     x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        want = ref.forward_intermediates(x, intermediates_only=True)
-        at16 = dilated[16].forward_intermediates(x, intermediates_only=True)
-        at8 = dilated[8].forward_intermediates(x, intermediates_only=True)
+    want, at16, at8 = intermediates(ref, x), intermediates(dilated[16], x), intermediates(dilated[8], x)
     assert [tuple(f.shape[-2:]) for f in at16] == [(32, 32), (16, 16), (8, 8), (4, 4), (4, 4)]
     assert [tuple(f.shape[-2:]) for f in at8] == [(32, 32), (16, 16), (8, 8), (8, 8), (8, 8)]
     for a, b in zip(want[:4], at16[:4]):
@@ -150,7 +147,7 @@ def test_output_stride_dilates_with_the_same_weights(densenet_and_dilated):
 
 
 @pytest.mark.parametrize('output_stride', [16, 8])
-def test_output_stride_is_exact_without_elastic_layers(output_stride):
+def test_output_stride_is_exact_without_elastic_layers(output_stride, intermediates):
     """With no Elastic layer (elastic_blocks all False) every feature of the dilated model equals the stride
     model's at the positions it computes: the transitions' 2x2 averages over taps 1 and then 2 apart."""
     from timm_elastic.models.densenet import ElasticDenseNet
@@ -160,9 +157,7 @@ def test_output_stride_is_exact_without_elastic_layers(output_stride):
     dilated = ElasticDenseNet(output_stride=output_stride, **kw).eval()
     dilated.load_state_dict(ref.state_dict())
     x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        want = ref.forward_intermediates(x, intermediates_only=True)
-        got = dilated.forward_intermediates(x, intermediates_only=True)
+    want, got = intermediates(ref, x), intermediates(dilated, x)
     assert [64 // f.shape[-1] for f in got] == [2, 4, 8, min(16, output_stride), output_stride]
     for a, b in zip(want, got):
         step = b.shape[-1] // a.shape[-1]

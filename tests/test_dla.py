@@ -125,13 +125,8 @@ def test_unused_original_projections():
         (128 * 256 * 32 ** 2 + 2 * 256 * 512 * 16 ** 2) / 1e9)
 
 
-def _features(model, x):
-    with torch.no_grad():
-        return model.eval().forward_intermediates(x, intermediates_only=True)
-
-
 @pytest.mark.parametrize('output_stride', [16, 8])
-def test_output_stride_dilates_with_the_same_weights(output_stride):
+def test_output_stride_dilates_with_the_same_weights(output_stride, intermediates):
     """Dilation instead of stride (the algorithme a trous), the same weights: the plain baseline's features equal
     the stride model's at the positions it computes (every 2nd / 4th), through the 2x2 max pools and the
     strided convolutions now at every position; the Elastic model's up to its first dilated level (an Elastic
@@ -142,7 +137,7 @@ def test_output_stride_dilates_with_the_same_weights(output_stride):
         ref = timm.create_model(name)
         dilated = timm.create_model(name, output_stride=output_stride)
         dilated.load_state_dict(ref.state_dict())
-        want, got = _features(ref, x), _features(dilated, x)
+        want, got = intermediates(ref, x), intermediates(dilated, x)
         assert [i['reduction'] for i in dilated.feature_info] == [1, 2, 4, 8, min(16, output_stride), output_stride]
         assert [64 // f.shape[-1] for f in got] == [i['reduction'] for i in dilated.feature_info]
         first = 6 - {16: 1, 8: 2}[output_stride]  # the first dilated level

@@ -187,7 +187,13 @@ class DLASeg(nn.Module):
         self.name = f'dlaup_{base.pretrained_cfg["architecture"]}'
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        levels = self.base.forward_intermediates(x, intermediates_only=True)
+        # the outputs of the modules that `feature_info` names (DLA's level0-5, strides 1-32), what timm's
+        # `forward_intermediates` returns; DLA has that from timm 1.0.31 on
+        x = self.base.base_layer(x)
+        levels = []
+        for info in self.base.feature_info:
+            x = self.base.get_submodule(info['module'])(x)
+            levels.append(x)
         y = self.up(self.fc(self.dla_up(levels[self.first_level:])))
         return F.log_softmax(y, dim=1)[:, :, :-1, :-1]
 
