@@ -1,7 +1,6 @@
 import os
 
 import pytest
-import timm
 import torch
 
 # The Triton kernels of the CUDA path (timm_elastic/layers/resample_triton.py) run on CPU tensors through
@@ -22,6 +21,7 @@ def intermediates():
     without autograd; skips the test where timm is too old to give the model one (timm's DLA and DenseNet,
     which ours inherit it from, have it from timm 1.0.31 on)."""
     def run(model, x):
+        import timm  # here: conftest sets TRITON_INTERPRET before anything can import the kernels
         if not hasattr(model, 'forward_intermediates'):
             pytest.skip(f'timm {timm.__version__} has no forward_intermediates for {type(model).__mro__[1].__name__}')
         with torch.no_grad():
