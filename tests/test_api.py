@@ -164,13 +164,11 @@ def test_train_and_eval_modes(name):
 
 
 @pytest.mark.parametrize('name', FAMILY)
-def test_head_and_features_api(name):
+def test_head_and_features_api(name, intermediates):
     model = timm.create_model(name, num_classes=11).eval()
-    if not hasattr(model, 'forward_intermediates'):
-        # inherited from timm's own class: DLA and DenseNet have it from timm 1.0.31 on
-        pytest.skip(f'timm {timm.__version__} has no forward_intermediates for {type(model).__mro__[1].__name__}')
     width = model.num_features
     x = torch.randn(2, 3, 96, 96)
+    levels = intermediates(model, x)  # skips where timm gives the model no forward_intermediates
     with torch.no_grad():
         feats = model.forward_features(x)
         assert feats.shape[:2] == (2, width)
@@ -182,6 +180,9 @@ def test_head_and_features_api(name):
         assert [t.shape[1] for t in inter] == [f['num_chs'] for f in model.feature_info]
         only = model.forward_intermediates(x, indices=[2], intermediates_only=True)
         torch.testing.assert_close(only[0], inter[2])
+        assert len(levels) == len(inter)
+        for a, b in zip(levels, inter):
+            torch.testing.assert_close(a, b)
     assert model.num_classes == 11
     model.reset_classifier(4)
     assert model(x).shape == (2, 4)
