@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch._C import DispatchKey, DispatchKeySet
+from torch._dynamo.exc import BackendCompilerFailed
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -462,6 +463,10 @@ def tiny(name='resnext_tiny_elastic', **kwargs):
     return model
 
 
+# torch 2.7.0 and 2.7.1's inductor cannot compile the CPU backward of this model, nor of timm's own resnet18 (same
+# InductorError, KeyError 'opN' in Scheduler.decide_inplace_update); 2.8.0 compiles both (seen 2026-11-27)
+@pytest.mark.xfail(torch.__version__.startswith('2.7.'), raises=BackendCompilerFailed, strict=True,
+                   reason="torch 2.7's inductor fails on the backward of timm's resnet18 too; fixed in 2.8")
 def test_compiled_model_matches_eager():
     # inference compiles the aten ops, training the custom op (see timm_elastic.layers.resample)
     model = tiny()
