@@ -87,9 +87,9 @@ print('resnext50_elastic Elastic block outputs under bf16 autocast:', {str(d): s
 EOF
         ;;
     tests)
-        # the sm_90 compile check is the CPU's (CI runs it); the rest are the CUDA tests
+        # the CUDA tests (the sm_90 compile check, tests/test_triton_compile.py, is the CPU's: CI runs it)
         section tests "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_resample_triton.py tests/test_resample.py \
-            tests/test_policy.py -k '(cuda or triton) and not hopper'
+            tests/test_policy.py -k 'cuda or triton'
         ;;
     ops)
         section ops "$PY" benchmarks/resample_ops.py --device cuda --dtype bf16 --layout cl
