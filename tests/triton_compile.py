@@ -13,6 +13,9 @@ APIs differ.
 
     python tests/triton_compile.py --arch 90          # JSON lines: kernel, dtype, layout, registers, stack,
                                                       # and the widest global loads and stores in its PTX
+A launch that the ops send to PyTorch's kernels on that GPU instead (`resample._triton_compiles_bf16`:
+bfloat16 before Ampere with an older Triton) is compiled too, to show why: its line says `served: false` and
+whether it compiled, and its error. A served launch that fails to compile fails the script.
 Run it as a separate process: TRITON_INTERPRET must not be set when Triton defines the kernels.
 """
 import argparse
@@ -32,7 +35,7 @@ import triton.backends.nvidia  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.runtime.driver import driver  # noqa: E402
 
-from timm_elastic.layers import resample_triton  # noqa: E402
+from timm_elastic.layers import resample, resample_triton  # noqa: E402
 
 TRITON_TYPES = {torch.float16: 'fp16', torch.bfloat16: 'bf16', torch.float32: 'fp32', torch.float64: 'fp64'}
 LAYOUTS = {'nchw': torch.contiguous_format, 'channels_last': torch.channels_last}
@@ -96,24 +99,33 @@ def resources(cubin: bytes) -> dict:
 
 
 def compile_all(arch: int, dtypes=tuple(TRITON_TYPES)):
-    """Compile every launch for sm_`arch`; yield one report per compiled kernel."""
+    """Compile every launch for sm_`arch`; yield one line of the output per launch."""
     cases = [(d, layout, False) for d in dtypes for layout in LAYOUTS]
     cases += [(torch.float32, layout, True) for layout in LAYOUTS]
     # for the rest of this process, which is the script's own: without a GPU, Triton's own driver cannot
     # be created to be restored
     driver.set_active(TargetDriver(arch))
+    bf16 = resample._triton_compiles_bf16(divmod(arch, 10), triton.__version__)
     for dtype, layout, int64 in cases:
+        served = bf16 or dtype != torch.bfloat16
         for kernel, grid, args, meta in launches(dtype, layout, int64):
-            yield report(kernel.run(*args, grid=grid, warmup=True, **meta), kernel, dtype, layout, int64, meta)
+            line = dict(kernel=kernel.fn.__name__, dtype=TRITON_TYPES[dtype], layout=layout, int64=int64,
+                        bilinear=meta.get('BILINEAR'), block=[meta['BLOCK_R'], meta['BLOCK_C']], served=served)
+            if served:
+                yield dict(line, **used(kernel.run(*args, grid=grid, warmup=True, **meta)))
+                continue
+            try:
+                line.update(used(kernel.run(*args, grid=grid, warmup=True, **meta)), compiled=True)
+            except Exception as e:  # noqa: BLE001 (what the compiler says, reported)
+                line.update(compiled=False, error=f'{type(e).__name__}: {e}'[:1000])
+            yield line
 
 
-def report(compiled, kernel, dtype: torch.dtype, layout: str, int64: bool, meta: dict) -> dict:
-    """One line of the output: the launch, and what its compiled kernel uses."""
+def used(compiled) -> dict:
+    """What a compiled kernel uses: registers, stack, and the widest global load and store in its PTX."""
     ptx = compiled.asm['ptx']
-    return dict(kernel=kernel.fn.__name__, dtype=TRITON_TYPES[dtype], layout=layout, int64=int64,
-                bilinear=meta.get('BILINEAR'), block=[meta['BLOCK_R'], meta['BLOCK_C']],
-                **resources(compiled.asm['cubin']),
-                widest_load=widest(ptx, 'ld.global'), widest_store=widest(ptx, 'st.global'))
+    return dict(**resources(compiled.asm['cubin']), widest_load=widest(ptx, 'ld.global'),
+                widest_store=widest(ptx, 'st.global'))
 
 
 def main(argv=None) -> None:
@@ -124,8 +136,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     by_name = {v: k for k, v in TRITON_TYPES.items()}
     dtypes = [by_name[d] for d in args.dtypes.split(',')]
-    for report in compile_all(args.arch, dtypes):
-        print(json.dumps(report), flush=True)
+    for line in compile_all(args.arch, dtypes):
+        print(json.dumps(line), flush=True)
 
 
 if __name__ == '__main__':

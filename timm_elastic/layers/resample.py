@@ -15,7 +15,9 @@ one op. Their kernels:
   data). PyTorch's own kernels are slow there: on a (8, 256, 56, 56) tensor with 2 threads,
   avg_pool2d takes 6 ms in NCHW against 0.5 ms in channels_last, bilinear upsampling 13 ms against
   1 ms, their backward passes 7 and 12 ms. Same values up to fp32 rounding (the order of the sums);
-- elsewhere (channels_last on the CPU, CUDA without Triton, other devices): PyTorch's aten kernels.
+- elsewhere (channels_last on the CPU, CUDA without Triton, other devices): PyTorch's aten kernels; so
+  are bfloat16 tensors on GPUs older than Ampere (T4, V100) with a Triton older than 3.3, which cannot
+  compile bfloat16 for them.
 Every kernel returns the dtype of its inputs: CUDA's autocast would run aten's upsampling in float32
 (it is on autocast's fp32 list), and the sum, the block's norm and everything up to the next
 convolution with it.
@@ -27,7 +29,8 @@ scripted and traced models do not need this package. Run eagerly, the modules ca
 and gradients without the ops' dispatch (the direct path, below).
 """
 import functools
-from typing import Callable, Dict, Optional, Tuple
+import re
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -203,42 +206,58 @@ def _even(height: int, width: int) -> bool:
     return height % 2 == 0 and width % 2 == 0
 
 
+def _triton_compiles_bf16(capability: Tuple[int, int], triton_version: str) -> bool:
+    """Whether Triton compiles bfloat16 kernels for an NVIDIA GPU of compute `capability`: always from 8.0
+    (Ampere) on; below it (T4, V100) from Triton 3.3 on. Triton 3.0-3.2 (torch 2.4-2.6's) convert to bfloat16
+    with `cvt.bf16.f32`, an sm_80 instruction that ptxas refuses for older GPUs (tests/triton_compile.py
+    checks this against the installed Triton's compiler)."""
+    if capability >= (8, 0):
+        return True
+    release = re.match(r'(\d+)\.(\d+)', triton_version)
+    return release is not None and tuple(int(v) for v in release.groups()) >= (3, 3)
+
+
 @functools.lru_cache(maxsize=None)
 def _triton_kernels(device: torch.device):
-    """`resample_triton` (the CUDA kernels, imported on first use) if Triton serves `device`, else None:
-    Triton is missing, or the GPU predates what Triton compiles for (NVIDIA compute capability 7.0)."""
-    if torch.version.hip is None and torch.cuda.get_device_capability(device) < (7, 0):
-        return None
+    """(`resample_triton`, the CUDA kernels, imported on first use; whether they serve bfloat16 tensors) if
+    Triton serves `device`, else (None, False): Triton is missing, or the GPU predates what Triton compiles
+    for (NVIDIA compute capability 7.0)."""
+    capability = None if torch.version.hip is not None else torch.cuda.get_device_capability(device)
+    if capability is not None and capability < (7, 0):
+        return None, False
     try:
+        import triton
+
         from . import resample_triton
     except ImportError:
-        return None
-    return resample_triton
+        return None, False
+    return resample_triton, capability is None or _triton_compiles_bf16(capability, triton.__version__)
 
 
 _GENERIC: Dict[str, Callable] = {}  # op name -> the function below: its kernel on every device but CUDA
 
 
-def _kernel(name: str, device: torch.device) -> Callable:
-    """The kernel of op `name` on `device`: the Triton kernel of that name on CUDA where Triton serves the
-    GPU, else the op's own function."""
+def _kernel(name: str, args: Sequence) -> Callable:
+    """The kernel of op `name` for its arguments `args` (the first a tensor): the Triton kernel of that name on
+    CUDA where Triton serves the GPU and the arguments' dtypes, else the op's own function."""
+    device = args[0].device
     if device.type == 'cuda':
-        kernels = _triton_kernels(device)
-        if kernels is not None:
+        kernels, bf16 = _triton_kernels(device)
+        if kernels is not None and (bf16 or not any(torch.is_tensor(a) and a.dtype == torch.bfloat16 for a in args)):
             return getattr(kernels, name)
     return _GENERIC[name]
 
 
 def _op(fn):
     """`fn` as the custom op `timm_elastic::<its name>`: its kernel on every device but CUDA, where the
-    Triton kernel of the same name runs (`fn` too where Triton does not serve the GPU)."""
+    Triton kernel of the same name runs (`fn` too where Triton does not serve the GPU or the dtype)."""
     _GENERIC[fn.__name__] = fn
     op = torch.library.custom_op(f'timm_elastic::{fn.__name__}', fn, mutates_args=())
 
     @op.register_kernel('cuda')
     def _(*args, **kwargs):
-        device = next(a.device for a in (*args, *kwargs.values()) if torch.is_tensor(a))
-        return _kernel(fn.__name__, device)(*args, **kwargs)
+        tensors = [a for a in (*args, *kwargs.values()) if torch.is_tensor(a)]
+        return _kernel(fn.__name__, tensors)(*args, **kwargs)
     return op
 
 
@@ -349,7 +368,7 @@ def _direct(*tensors: torch.Tensor) -> bool:
 def _run(name: str, *args):
     """Op `name`'s kernel on `args` (the first a tensor), called directly; under the profiler in a range named
     as the op, so that its time reads as the op's."""
-    kernel = _kernel(name, args[0].device)
+    kernel = _kernel(name, args)
     if torch.autograd._profiler_enabled():
         with torch.profiler.record_function(f'timm_elastic::{name}'):
             return kernel(*args)
