@@ -96,7 +96,7 @@ def test_kernels_compile_for_the_gpus_people_train_on(arch):
 @pytest.mark.parametrize('capability, triton_version, compiles', [
     ((7, 5), '3.2.0', False), ((7, 0), '3.0.0', False), ((7, 5), '3.3.0', True), ((7, 0), '3.8.0+git1234', True),
     ((8, 0), '3.0.0', True), ((9, 0), '3.1.0', True), ((12, 0), '3.3.1', True), ((7, 5), '3.10.0', True),
-    ((7, 5), '4.0.0', True), ((6, 1), '3.2.0', False)])
+    ((7, 5), '4.0.0', True)])
 def test_triton_bf16_rule(capability, triton_version, compiles):
     """The rule the ops dispatch by (from compiling with Triton 3.0.0, 3.1.0, 3.2.0, 3.3.0, 3.3.1 and 3.4.0-3.8.0
     for sm_70 and sm_75, 2026-11-27): bfloat16 before Ampere from Triton 3.3 on."""

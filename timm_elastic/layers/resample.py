@@ -207,10 +207,10 @@ def _even(height: int, width: int) -> bool:
 
 
 def _triton_compiles_bf16(capability: Tuple[int, int], triton_version: str) -> bool:
-    """Whether Triton compiles bfloat16 kernels for an NVIDIA GPU of compute `capability`: always from 8.0
-    (Ampere) on; below it (T4, V100) from Triton 3.3 on. Triton 3.0-3.2 (torch 2.4-2.6's) convert to bfloat16
-    with `cvt.bf16.f32`, an sm_80 instruction that ptxas refuses for older GPUs (tests/triton_compile.py
-    checks this against the installed Triton's compiler)."""
+    """Whether Triton compiles bfloat16 kernels for an NVIDIA GPU of compute `capability` (7.0 or more: older
+    GPUs are not served at all): always from 8.0 (Ampere) on; below it (V100, T4) from Triton 3.3 on. Triton
+    3.0-3.2 (torch 2.4-2.6's) convert to bfloat16 with `cvt.bf16.f32`, an sm_80 instruction that ptxas refuses
+    for sm_70 and sm_75 (tests/triton_compile.py checks this against the installed Triton's compiler)."""
     if capability >= (8, 0):
         return True
     release = re.match(r'(\d+)\.(\d+)', triton_version)
