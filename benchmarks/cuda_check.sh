@@ -87,7 +87,7 @@ print('resnext50_elastic Elastic block outputs under bf16 autocast:', {str(d): s
 EOF
         ;;
     tests)
-        # the CUDA tests (the sm_90 compile check, tests/test_triton_compile.py, is the CPU's: CI runs it)
+        # the CUDA tests (test_triton_compile.py's checks for sm_70 to sm_120 are the CPU's: CI runs them)
         section tests "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_resample_triton.py tests/test_resample.py \
             tests/test_policy.py -k 'cuda or triton'
         ;;
