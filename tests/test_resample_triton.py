@@ -261,3 +261,24 @@ def test_cuda_gradcheck_and_registration(layout):
         torch.library.opcheck(up2x_add, (low.float(), out.float(), mode))
     assert torch.autograd.gradcheck(avg_down2x, (out,))
     torch.library.opcheck(avg_down2x, (out.detach().float().requires_grad_(),))
+
+
+@pytest.mark.parametrize('mode', UP_MODES)
+@pytest.mark.parametrize('layout', LAYOUTS)
+def test_second_derivatives_through_the_direct_path(layout, mode, monkeypatch):
+    """Run eagerly, the modules call these kernels directly, forward and backward (on a CPU tensor here: they
+    are interpreted); the kernels record no gradient of their own, so with `create_graph` the backward passes
+    run the gradient ops, whose gradients are registered: gradgradcheck of D and U + sum passes. On CUDA also
+    through the ops, whose second derivatives run these kernels too."""
+    from timm_elastic.layers import resample
+    if not CUDA:
+        from timm_elastic.layers import resample_triton
+        monkeypatch.setattr(resample, '_kernel', lambda name, args: getattr(resample_triton, name))
+    x = randn(1, 2, 3, 4, layout=layout).requires_grad_()
+
+    def block(x):
+        return resample.InterpolateUp(mode)(resample.AvgDown()(x), x)
+    assert block(x).grad_fn.name() == '_DirectUpAddBackward'
+    assert torch.autograd.gradgradcheck(block, (x,))
+    if CUDA:
+        assert torch.autograd.gradgradcheck(lambda x: up2x_add(avg_down2x(x), x, mode), (x,))

@@ -27,15 +27,18 @@ ResNeXt50+Elastic training step 25% slower on the CPU. Compiled without autograd
 which inductor fuses with the sum. TorchScript and `torch.jit.trace` run the aten ops too, so that
 scripted and traced models do not need this package. Run eagerly, the modules call the same kernels
 and gradients without the ops' dispatch (the direct path, below).
+The gradients are differentiable in turn (each op's gradient is its transpose, whose gradient is the op),
+to any order, as PyTorch's pooling and upsampling are. Under torch.func's transforms and in forward-mode
+AD, where PyTorch's custom ops fail, the modules run PyTorch's ops (`_route` decides what runs).
 """
 import functools
 import re
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
+import torch.autograd.forward_ad as _forward_ad
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 from timm.models import register_notrace_module
 
 __all__ = ['RESAMPLE_MODES', 'make_resample', 'avg_down2x', 'up2x_add', 'AvgDown', 'InterpolateUp', 'FilterDown',
@@ -348,21 +351,59 @@ avg_down2x.register_autograd(_down_grad, setup_context=_down_context)
 up2x_add.register_autograd(_up_grad, setup_context=_up_context)
 
 
+# The gradients are linear in the incoming gradient (each is its op's transpose), so their own gradients are the
+# forward ops: the ops are differentiable to any order, as PyTorch's pooling and upsampling are (timm's second-order
+# optimiser AdaHessian, gradient penalties, Hessian-vector products, torch.autograd.functional.hessian).
+def _down_grad_grad(ctx, gg: torch.Tensor):
+    return avg_down2x(gg), None, None
+
+
+def _up_grad_context(ctx, inputs, output) -> None:
+    grad, ctx.mode = inputs[:2]
+    ctx.size, ctx.dtype = grad.shape, grad.dtype
+
+
+def _up_grad_grad(ctx, gg: torch.Tensor):
+    # U's output cropped to the incoming gradient's size: the sum with zeros, in the op that computes it
+    return up2x_add(gg, _like(gg, ctx.size, ctx.dtype).zero_(), ctx.mode), None, None, None
+
+
+avg_down2x_backward.register_autograd(_down_grad_grad)
+up2x_backward.register_autograd(_up_grad_grad, setup_context=_up_grad_context)
+
+
 # ---- the direct path: the same kernels and gradients, called without the custom ops' dispatch ----
 # A custom op called through autograd runs Python layers of torch.library (dispatch, the generated autograd
 # function, argument handling) around its kernel. On a GPU that is host time that a step of many small
 # layers waits for: on an H200 (2026-11-27, `resample_ops.py --device cuda --timer host --batch-size 1`),
 # an Elastic block's D and U + sum, forward and backward, took the host 1.0 ms against 0.19 ms for
 # PyTorch's ops. Run eagerly on plain tensors, the modules call the kernels directly (on this 2-core CPU
-# that cut the block's host time on a tiny map from 99 to 66 us; PyTorch's ops: 23 us). Anything that must
-# see the ops (torch.compile, export, fake tensors, dispatch modes, functorch transforms, tensor
-# subclasses) gets the ops.
+# that cut the block's host time on a tiny map from 99 to 66 us; PyTorch's ops: 23 us).
 
-def _direct(*tensors: torch.Tensor) -> bool:
-    """Whether the modules may call the kernels directly: plain tensors, run eagerly, nothing intercepting."""
-    return (not torch.compiler.is_compiling() and torch._C._len_torch_dispatch_stack() == 0
-            and not torch._C._are_functorch_transforms_active()
-            and all(type(t) is torch.Tensor for t in tensors))
+def _route(*tensors: torch.Tensor) -> str:
+    """What the modules run on `tensors`: 'direct' (the ops' kernels and gradients, called directly), 'op' (the
+    custom ops) or 'aten' (PyTorch's ops).
+    - 'aten' in `torch.jit.trace`, which records what runs (a traced model then needs nothing of this package);
+      in `torch.compile` without autograd, where inductor fuses them with the sum and the block's norm; under
+      functorch's transforms (`torch.func.grad`, `vmap`, `jvp`, `hessian`), which fail on a custom op with a
+      registered gradient (pytorch/pytorch#168393); in forward-mode AD (dual tensors), for which a custom op
+      has no formula;
+    - 'op' where anything else must see the ops: compiled training, export, fake tensors, dispatch modes, tensor
+      subclasses;
+    - 'direct' run eagerly on plain tensors."""
+    if torch.jit.is_tracing():
+        return 'aten'
+    if torch.compiler.is_compiling():
+        return 'op' if _needs_grad(*tensors) else 'aten'
+    if torch._C._are_functorch_transforms_active() or _forward_ad._current_level >= 0:
+        return 'aten'
+    if torch._C._len_torch_dispatch_stack() or any(type(t) is not torch.Tensor for t in tensors):
+        return 'op'
+    return 'direct'
+
+
+def _needs_grad(*tensors: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def _run(name: str, *args):
@@ -375,6 +416,13 @@ def _run(name: str, *args):
     return kernel(*args)
 
 
+def _grad_kernel(name: str) -> Optional[Callable]:
+    """What a direct path's backward pass calls: the kernel of gradient op `name`, directly; but with
+    `create_graph` (grad mode on in a backward pass), where the gradient is differentiated in turn, None: the
+    op, whose gradient is registered."""
+    return None if torch.is_grad_enabled() else functools.partial(_run, name)
+
+
 class _DirectDown(torch.autograd.Function):
     """`avg_down2x` on the direct path."""
 
@@ -384,9 +432,8 @@ class _DirectDown(torch.autograd.Function):
         return _run('avg_down2x', x)
 
     @staticmethod
-    @once_differentiable  # as the op: its gradient has no gradient
     def backward(ctx, grad: torch.Tensor):
-        return _down_grad(ctx, grad, functools.partial(_run, 'avg_down2x_backward'))
+        return _down_grad(ctx, grad, _grad_kernel('avg_down2x_backward'))
 
 
 class _DirectUpAdd(torch.autograd.Function):
@@ -398,32 +445,8 @@ class _DirectUpAdd(torch.autograd.Function):
         return _run('up2x_add', low, out, mode)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        return _up_grad(ctx, grad, functools.partial(_run, 'up2x_backward'))
-
-
-def _needs_grad(*tensors: torch.Tensor) -> bool:
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-
-
-def _down(x: torch.Tensor) -> torch.Tensor:
-    if not _direct(x):
-        return avg_down2x(x)
-    return _DirectDown.apply(x) if _needs_grad(x) else _run('avg_down2x', x)
-
-
-def _up_add(low: torch.Tensor, out: torch.Tensor, mode: str) -> torch.Tensor:
-    if not _direct(low, out):
-        return up2x_add(low, out, mode)
-    return _DirectUpAdd.apply(low, out, mode) if _needs_grad(low, out) else _run('up2x_add', low, out, mode)
-
-
-def _traced_as_aten(*tensors: torch.Tensor) -> bool:
-    """Where PyTorch's ops serve better than the custom ops: in `torch.jit.trace`, which records what
-    runs (a traced model then needs nothing of this package), and in `torch.compile` without autograd,
-    where inductor fuses them with the sum and the block's norm."""
-    return torch.jit.is_tracing() or (torch.compiler.is_compiling() and not _needs_grad(*tensors))
+        return _up_grad(ctx, grad, _grad_kernel('up2x_backward'))
 
 
 def _merge(up: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -451,7 +474,10 @@ class AvgDown(nn.Module):
 
     @torch.jit.unused
     def _resample(self, x: torch.Tensor) -> torch.Tensor:
-        return _aten_down(x) if _traced_as_aten(x) else _down(x)
+        route = _route(x)
+        if route == 'direct':
+            return _DirectDown.apply(x) if _needs_grad(x) else _run('avg_down2x', x)
+        return avg_down2x(x) if route == 'op' else _aten_down(x)
 
 
 @register_notrace_module
@@ -472,7 +498,12 @@ class InterpolateUp(nn.Module):
 
     @torch.jit.unused
     def _up_add(self, low: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        return _aten_up_add(low, out, self.mode) if _traced_as_aten(low, out) else _up_add(low, out, self.mode)
+        route = _route(low, out)
+        if route == 'direct':
+            if _needs_grad(low, out):
+                return _DirectUpAdd.apply(low, out, self.mode)
+            return _run('up2x_add', low, out, self.mode)
+        return up2x_add(low, out, self.mode) if route == 'op' else _aten_up_add(low, out, self.mode)
 
     def extra_repr(self) -> str:
         return f'mode={self.mode!r}'
