@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+import timm
 import torch
 
 import timm_elastic  # noqa: F401
@@ -312,6 +313,26 @@ def test_training_learns(tmp_path):
     losses = [float(r[1]) for r in rows[1:]]
     assert len(losses) == 6 and losses[-1] < 0.5 * losses[0], losses
     assert metrics['top1'] >= 50., metrics
+
+
+def test_second_order_optimizer(tmp_path):
+    """--opt adahessian, timm's second-order optimiser: the loss is backpropagated with create_graph, as timm's
+    train.py does, and AdaHessian's Hessian estimate, taken through the gradients of every layer, the Elastic
+    resampling's included (tests/test_resample.py checks their second derivatives), is in the checkpoint.
+    Resume stays exact: AdaHessian's own generator (its probes) is reseeded every epoch too."""
+    flags = ['-j', '0', '--opt', 'adahessian', '--lr', '0.1', '--seed', '3', '--output', str(tmp_path),
+             '--train-num-samples', '32', '--val-num-samples', '16', '-b', '16', '--no-progress', '--log-interval', '0']
+    for args in (('--epochs', '2', '--experiment', 'straight'), ('--epochs', '1', '--experiment', 'cut'),
+                 ('--epochs', '2', '--experiment', 'cut', '--resume', str(tmp_path / 'cut' / 'last.pth.tar'))):
+        proc = cli('train', *flags, *args)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = torch.load(tmp_path / 'straight' / 'last.pth.tar', map_location='cpu', weights_only=False)
+    hessians = [s['exp_hessian_diag_sq'] for s in ckpt['optimizer']['state'].values()]
+    assert len(hessians) == len(list(timm.create_model('resnext_tiny_elastic').parameters()))
+    assert all(torch.isfinite(h).all() and h.sum() > 0 for h in hessians)
+    assert summary(tmp_path / 'straight' / 'summary.csv') == summary(tmp_path / 'cut' / 'summary.csv')
+    resumed = state(tmp_path / 'cut' / 'last.pth.tar')
+    assert all(torch.equal(t, resumed[k]) for k, t in ckpt['state_dict'].items())
 
 
 @pytest.mark.slow

@@ -16,8 +16,8 @@ What it adds to timm's script:
   (its PASCAL VOC experiment: mIoU); the task object supplies the data reader, the loss, the per-image
   records and metrics, and the printed line (and may supply its own models and loaders: segment's take
   image / mask pairs), and everything else here is shared;
-- exact resume: every epoch reseeds every random generator from (`--seed`, epoch, rank) and data
-  workers are recreated each epoch, so a run killed at any point and resumed from its last
+- exact resume: every epoch reseeds every random generator from (`--seed`, epoch, rank), the optimiser's
+  own too (AdaHessian's), and data workers are recreated each epoch, so a run killed at any point and resumed from its last
   checkpoint computes the same losses as one that never stopped; checkpoints are replaced
   atomically (`AtomicCheckpointSaver`);
 - bad arguments raise `UsageError`, which the command prints as one line.
@@ -292,6 +292,13 @@ def reseed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def reseed_optimizer(optimizer: torch.optim.Optimizer, seed: int) -> None:
+    """An optimiser that draws from a generator of its own (timm's AdaHessian, for its Hessian probes) gets it
+    anew from `seed`, on its parameters' device (where AdaHessian would move it, reseeded from its fixed seed)."""
+    if isinstance(getattr(optimizer, 'generator', None), torch.Generator):
+        optimizer.generator = torch.Generator(optimizer.param_groups[0]['params'][0].device).manual_seed(seed)
+
+
 def amp_context(args: argparse.Namespace, device: torch.device):
     """(autocast context factory, NativeScaler or None): float16 on CUDA takes a loss scaler;
     bfloat16 (CPU or CUDA) does not need one."""
@@ -534,6 +541,7 @@ def train(args: argparse.Namespace, datasets=None) -> Dict[str, Any]:
     eval_metrics: Dict[str, Any] = {}
     for epoch in range(start_epoch, num_epochs):
         reseed(epoch_seed(args.seed, epoch, args.rank))
+        reseed_optimizer(optimizer, epoch_seed(args.seed, epoch, 0))  # AdaHessian draws the same on every rank
         if args.distributed and hasattr(loader_train.sampler, 'set_epoch'):
             loader_train.sampler.set_epoch(epoch)
         # one bar per epoch (counted from 1; summary.csv counts from 0): its training batches, then evaluation's
@@ -577,6 +585,8 @@ def _data_summary(data_config: Dict[str, Any]) -> str:
 def _train_one_epoch(epoch, num_epochs, model, loader, optimizer, loss_fn, args, device, lr_scheduler,
                      amp_autocast, loss_scaler, model_ema, mixup_fn, progress: Progress) -> Dict[str, float]:
     model.train()
+    # a second-order optimiser (timm's AdaHessian) differentiates the gradients: as timm's train.py
+    second_order = getattr(optimizer, 'is_second_order', False)
     updates = len(loader)
     num_updates = epoch * updates
     loss_sum = torch.zeros((), dtype=torch.float64)
@@ -591,9 +601,10 @@ def _train_one_epoch(epoch, num_epochs, model, loader, optimizer, loss_fn, args,
             loss = loss_fn(model(x), y)
         optimizer.zero_grad()
         if loss_scaler is not None:
-            loss_scaler(loss, optimizer, clip_grad=args.clip_grad, parameters=model.parameters())
+            loss_scaler(loss, optimizer, clip_grad=args.clip_grad, parameters=model.parameters(),
+                        create_graph=second_order)
         else:
-            loss.backward()
+            loss.backward(create_graph=second_order)
             if args.clip_grad is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
             optimizer.step()
