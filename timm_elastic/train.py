@@ -17,9 +17,9 @@ What it adds to timm's script:
   records and metrics, and the printed line (and may supply its own models and loaders: segment's take
   image / mask pairs), and everything else here is shared;
 - exact resume: every epoch reseeds every random generator from (`--seed`, epoch, rank), the optimiser's
-  own too (AdaHessian's), and data workers are recreated each epoch, so a run killed at any point and resumed from its last
-  checkpoint computes the same losses as one that never stopped; checkpoints are replaced
-  atomically (`AtomicCheckpointSaver`);
+  own too (AdaHessian's), and data workers are recreated each epoch, so a run killed at any point and
+  resumed from its last checkpoint computes the same losses as one that never stopped; checkpoints are
+  replaced atomically (`AtomicCheckpointSaver`);
 - bad arguments raise `UsageError`, which the command prints as one line.
 Multi-process training runs under `torchrun` (DDP; gloo on CPU, NCCL on CUDA).
 """

@@ -385,9 +385,9 @@ def _route(*tensors: torch.Tensor) -> str:
     custom ops) or 'aten' (PyTorch's ops).
     - 'aten' in `torch.jit.trace`, which records what runs (a traced model then needs nothing of this package);
       in `torch.compile` without autograd, where inductor fuses them with the sum and the block's norm; under
-      functorch's transforms (`torch.func.grad`, `vmap`, `jvp`, `hessian`), which fail on a custom op with a
-      registered gradient (pytorch/pytorch#168393); in forward-mode AD (dual tensors), for which a custom op
-      has no formula;
+      functorch's transforms (`torch.func.grad`, `hessian`, `vmap`, `jvp`): `grad` fails on a custom op with a
+      registered gradient (pytorch/pytorch#168393), and `vmap` has no batching rule for one (it loops); in
+      forward-mode AD (dual tensors), for which a custom op has no formula;
     - 'op' where anything else must see the ops: compiled training, export, fake tensors, dispatch modes, tensor
       subclasses;
     - 'direct' run eagerly on plain tensors."""
