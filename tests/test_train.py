@@ -336,6 +336,20 @@ def test_second_order_optimizer(tmp_path):
 
 
 @pytest.mark.slow
+def test_second_order_optimizer_under_ddp_is_refused(tmp_path):
+    """Under torchrun, --opt adahessian ends with one line that says why (PyTorch's DistributedDataParallel does not
+    support backward with create_graph: it would fail inside its gradient reduction), before anything is written."""
+    proc = torchrun('train', '--epochs', '1', '-j', '0', '--opt', 'adahessian', '--output', str(tmp_path),
+                    '--experiment', 'ddp', '--train-num-samples', '32', '--val-num-samples', '16', '-b', '8',
+                    '--no-progress', '--log-interval', '0')
+    assert proc.returncode != 0
+    assert proc.stderr.count("timm-elastic train: error: --opt adahessian is a second-order optimiser: it "
+                             "differentiates the gradients (backward with create_graph), which PyTorch's "
+                             "DistributedDataParallel does not support; train it in one process") == 2, proc.stderr
+    assert not (tmp_path / 'ddp').exists()
+
+
+@pytest.mark.slow
 def test_summary_rows_after_the_checkpoint_are_dropped_on_resume(tmp_path):
     """A run killed after writing epoch 1's summary row but before its checkpoint resumes from epoch 0's
     checkpoint: epoch 1's row is written once, and equals the uninterrupted run's (deterministically, by

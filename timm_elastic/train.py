@@ -476,6 +476,10 @@ def train(args: argparse.Namespace, datasets=None) -> Dict[str, Any]:
     data_config = task.data_config(resolve_data_config(vars(args), model=model), args, model)  # in the info line
     optimizer = create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
                                     momentum=args.momentum)
+    if args.distributed and getattr(optimizer, 'is_second_order', False):
+        raise UsageError(f"--opt {args.opt} is a second-order optimiser: it differentiates the gradients (backward "
+                         "with create_graph), which PyTorch's DistributedDataParallel does not support; train it in "
+                         "one process")
     start_epoch = 0
     if resume is not None:
         start_epoch = resume_checkpoint(model, args.resume, optimizer=optimizer, loss_scaler=loss_scaler,
