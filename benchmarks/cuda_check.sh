@@ -6,8 +6,8 @@
 # (and $OUT holds 6 files at most). Pick sections with SECTIONS, in the order given; NAME:SECONDS stops a
 # section after that many seconds (the rest still run):
 #   versions  torch / triton / timm / GPU; what CUDA's autocast does to upsampling and to the Elastic blocks
-#   tests     the CUDA tests: the Triton kernels through the ops, autocast dtypes, compiled training, the
-#             scale policy's scores under CUDA autocast
+#   tests     the CUDA tests: the Triton kernels through the ops, their second derivatives, autocast dtypes,
+#             compiled training, the scale policy's scores under CUDA autocast
 #   ops       each resampling op, PyTorch's kernels against ours (bf16 channels_last timed by graph replay
 #             and by events, fp32 NCHW), then ours at other tile sizes and warps (bf16 channels_last)
 #   models    the five pairs, eager bf16 channels_last, train and infer, resampling ours / aten (before)
