@@ -326,9 +326,12 @@ class Sigmoid(nn.Sequential):
 @pytest.mark.parametrize('size', [(8, 8), (7, 9)])
 @pytest.mark.parametrize('mode', timm_elastic.RESAMPLE_MODES)
 def test_gradients_through_the_sum(mode, size, layout):
+    """An Elastic block's gradients, and theirs (second derivatives: AdaHessian, gradient penalties), in every
+    resampling mode."""
     m = Elastic(lambda n, d: Sigmoid(4, 3, n, d), 4, 4, 3, elastic_resample=mode).double()
     x = torch.randn(2, 4, *size, dtype=torch.float64).contiguous(memory_format=LAYOUTS[layout]).requires_grad_()
     assert torch.autograd.gradcheck(m, (x,))
+    assert torch.autograd.gradgradcheck(m, (x[:1].detach().requires_grad_(),))
 
 
 def test_up_mode_is_checked():
