@@ -21,6 +21,8 @@ from timm_elastic.tasks.detection import fpn_backbone
     ('resnext_tiny_elastic', 100, dict(out_indices=(2, 3, 4), extra_blocks='p6p7'),
      {'0': 13, '1': 7, '2': 4, 'p6': 2, 'p7': 1}),
     ('resnext_tiny_elastic', 128, dict(extra_blocks=None), {'0': 32, '1': 16, '2': 8, '3': 4}),
+    # p6p7's default: the last three levels (strides 8, 16, 32), then 64 and 128, as torchvision's RetinaNet
+    ('resnext_tiny_elastic', 128, dict(extra_blocks='p6p7'), {'0': 16, '1': 8, '2': 4, 'p6': 2, 'p7': 1}),
 ])
 def test_levels_have_out_channels_at_expected_strides(name, size, kwargs, expected):
     backbone = fpn_backbone(name, out_channels=24, **kwargs).eval()
@@ -70,6 +72,23 @@ def test_faster_rcnn_trains_the_elastic_branches_and_detects():
     for d in detections:
         assert set(d) == {'boxes', 'labels', 'scores'}
         assert d['boxes'].shape[1:] == (4,) and len(d['labels']) == len(d['scores']) == len(d['boxes'])
+
+
+@pytest.mark.parametrize('detector', ['RetinaNet', 'FCOS'])
+def test_retinanet_and_fcos_train_on_the_p6p7_default(detector):
+    # their default anchor generators have five sizes, one per map: 'p6p7' has to give five maps
+    import torchvision.models.detection as detection
+    backbone = fpn_backbone('resnext_tiny_elastic', out_channels=32, extra_blocks='p6p7')
+    # 256 px: p7 (stride 128) is 2x2, as FCOS's GroupNorm needs more than one value per group
+    model = getattr(detection, detector)(backbone, num_classes=3, min_size=256, max_size=256).train()
+    targets = [dict(boxes=torch.tensor([[10., 10., 60., 70.]]), labels=torch.tensor([1]))]
+    losses = model([torch.rand(3, 256, 256)], targets)
+    loss = sum(losses.values())
+    assert torch.isfinite(loss)
+    loss.backward()
+    model.eval()
+    with torch.no_grad():
+        assert set(model([torch.rand(3, 256, 256)])[0]) == {'boxes', 'labels', 'scores'}
 
 
 @pytest.mark.parametrize('args,kwargs,error,words', [

@@ -19,12 +19,14 @@ from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxP
 
 __all__ = ['EXTRA_BLOCKS', 'FPNBackbone', 'fpn_backbone']
 
-# extra_blocks name -> (output names it appends, a builder taking out_channels); each extra map
-# halves the last one, so its stride doubles. 'pool' is the subsampled fifth level FasterRCNN's and
-# MaskRCNN's default anchor generator expects; 'p6p7' is RetinaNet's and FCOS's (two 3x3/2 convs).
+# extra_blocks name -> (output names it appends, a builder taking out_channels, the default number
+# of backbone levels); each extra map halves the last one, so its stride doubles. The detectors'
+# default anchor generators expect five maps: 'pool' is the subsampled fifth level of FasterRCNN and
+# MaskRCNN (on strides 4-32); 'p6p7' RetinaNet's and FCOS's two 3x3/2 convs (on strides 8-32, as
+# torchvision's retinanet_resnet50_fpn takes layers 2-4).
 EXTRA_BLOCKS = {
-    'pool': (('pool',), lambda channels: LastLevelMaxPool()),
-    'p6p7': (('p6', 'p7'), lambda channels: LastLevelP6P7(channels, channels)),
+    'pool': (('pool',), lambda channels: LastLevelMaxPool(), 4),
+    'p6p7': (('p6', 'p7'), lambda channels: LastLevelP6P7(channels, channels), 3),
 }
 
 
@@ -52,7 +54,7 @@ class FPNBackbone(nn.Module):
 def fpn_backbone(
         model_name: str,
         out_channels: int = 256,
-        out_indices: Union[int, Sequence[int]] = 4,
+        out_indices: Optional[Union[int, Sequence[int]]] = None,
         pretrained: bool = False,
         extra_blocks: Optional[str] = 'pool',
         **create_kwargs,
@@ -67,9 +69,10 @@ def fpn_backbone(
             `pretrained=True, pretrained_cfg_overlay=dict(file='model.pth')`.
         out_channels: channels of every output map (torchvision's detectors use 256).
         out_indices: the feature levels fed to the FPN, as timm's `out_indices`: an int n takes the
-            last n levels of the model's `feature_info` (the default 4 gives strides 4, 8, 16, 32
-            for every Elastic model and most timm CNNs), a sequence picks levels by index. The
-            levels must be of increasing stride.
+            last n levels of the model's `feature_info` (4 gives strides 4, 8, 16, 32 for every
+            Elastic model and most timm CNNs), a sequence picks levels by index. The levels must be
+            of increasing stride. None (default): 4 levels, or 3 with `extra_blocks='p6p7'`, so the
+            default anchors of the detectors named there find their five maps.
         pretrained: load the model's pretrained weights (timm's `pretrained`).
         extra_blocks: coarser levels appended after the last one: 'pool' (default; a stride-2
             subsampling, named 'pool', the fifth level FasterRCNN/MaskRCNN's default anchors
@@ -79,7 +82,8 @@ def fpn_backbone(
     Returns:
         An `FPNBackbone`: (N, 3, H, W) images -> `OrderedDict` of (N, out_channels, H/s, W/s) maps;
         with the defaults the keys are '0', '1', '2', '3', 'pool' at strides s = 4, 8, 16, 32, 64
-        (`backbone.strides`). It has the `out_channels` attribute the detectors require.
+        (`backbone.strides`), with `extra_blocks='p6p7'` '0', '1', '2', 'p6', 'p7' at 8 ... 128.
+        It has the `out_channels` attribute the detectors require.
 
     Raises:
         ValueError: an unknown model name, `out_indices` outside the model's feature levels or not
@@ -98,9 +102,11 @@ def fpn_backbone(
     _check_model_name(model_name)
     if not isinstance(out_channels, int) or isinstance(out_channels, bool) or out_channels <= 0:
         raise ValueError(f'out_channels must be a positive int, got {out_channels!r}')
-    out_indices = _check_out_indices(out_indices)
     if extra_blocks is not None and extra_blocks not in EXTRA_BLOCKS:
         raise ValueError(f"extra_blocks must be one of {sorted(EXTRA_BLOCKS)} or None, got {extra_blocks!r}")
+    if out_indices is None:
+        out_indices = EXTRA_BLOCKS[extra_blocks][2] if extra_blocks is not None else 4
+    out_indices = _check_out_indices(out_indices)
     taken = sorted({'features_only', 'out_indices'} & set(create_kwargs))
     if taken:
         raise ValueError(f'fpn_backbone sets {taken} itself; pass the levels as its out_indices argument')
@@ -121,7 +127,7 @@ def fpn_backbone(
     strides = {str(i): r for i, r in enumerate(reductions)}
     extra: Optional[ExtraFPNBlock] = None
     if extra_blocks is not None:
-        names, build = EXTRA_BLOCKS[extra_blocks]
+        names, build, _ = EXTRA_BLOCKS[extra_blocks]
         extra = build(out_channels)
         for k, name in enumerate(names, 1):
             strides[name] = reductions[-1] * 2 ** k
