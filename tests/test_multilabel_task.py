@@ -253,7 +253,11 @@ def test_compare_multilabel_prints_tables_3_4_and_fig_7(tmp_path):
     ('image_folder', 'is single-label data: --task classify'),
     ('missing_image', "1 of the 21 images of split 'val2014' are missing, e.g. "),
     ('wrong_classes', 'has 8 classes, but the multi-label data has 3: one output per class is needed'),
-    ('classify_checkpoint', 'was trained with --task classify; evaluate it with --task classify'),
+    ('classify_checkpoint', 'was trained with --task classify; use it with --task classify'),
+    # each split numbers the categories its file lists: output 0 would be trained as one and scored as another
+    ('other_order', "number their classes differently (class 0 is 'person' in one, 'car' in the other)"),
+    ('other_classes', "have different classes: 1 only in 'train' (e.g. 'bus'); both need the same classes"),
+    ('empty_val', "split 'validation' of --data-dir"),
     ('mixup', '--mixup make single-label soft targets; --task multilabel trains on its 0/1 targets'),
     ('metric', '--eval-metric top1 is not a metric of --task multilabel; use one of map, f1_o, f1_c, loss'),
     ('stress_sizes', '--stress-sizes must be at least 32 pixels, got 16'),
@@ -274,12 +278,22 @@ def test_bad_inputs_are_one_line_errors(coco, tmp_path, case, message):
         proc = cli('data', '--out', str(tmp_path / 'folder'), '--train-num-samples', '8', '--val-num-samples', '8')
         assert proc.returncode == 0, proc.stderr
         root = tmp_path / 'folder'
+    elif case in ('other_order', 'other_classes', 'empty_val'):
+        root = tmp_path / case
+        cats = ((1, 'person'), (3, 'car'), (90, 'toothbrush')) if case == 'other_order' else \
+            ((3, 'car'), (1, 'person'), (90, 'toothbrush'), (6, 'bus'))
+        write_coco(root, 'train2014', 8, categories=cats if case != 'empty_val' else cats[:3])
+        write_coco(root, 'val2014', 0 if case == 'empty_val' else 4, seed=1)
     elif case == 'missing_image':
         import shutil
         root = tmp_path / 'coco'
         shutil.copytree(coco, root)
         os.remove(root / 'val2014' / '0005.png')
-    if case in ('mixup', 'metric'):
+    if case in ('other_order', 'other_classes', 'empty_val'):
+        proc = cli('train', '--task', 'multilabel', '--data-dir', str(root), '-b', '4', '--output', str(tmp_path),
+                   '--experiment', 'x', *QUICK)
+        assert not (tmp_path / 'x').exists()
+    elif case in ('mixup', 'metric'):
         flag = ['--mixup', '0.2'] if case == 'mixup' else ['--eval-metric', 'top1']
         proc = cli('train', '--task', 'multilabel', *flag, '--output', str(tmp_path), *QUICK)
     elif case == 'stress_sizes':

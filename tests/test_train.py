@@ -550,6 +550,9 @@ def test_progress_bar_in_a_terminal_only(tmp_path):
     (['validate', '--pretrained'], '--model is needed with --pretrained'),
     (['compare', '--model', 'resnext50_elastic'], "--model 'resnext50_elastic' has no registered non-Elastic twin"),
     (['compare', '--seeds', '1', '1'], '--seeds must be distinct integers of 0 or more, got 1 1'),
+    # known before the evaluation, not after it
+    (['validate', '--model', 'resnext_tiny_elastic', '--pretrained', '--results-file', '/no/such/dir/r.json'],
+     "--results-file '/no/such/dir/r.json': its folder does not exist"),
 ])
 def test_bad_arguments_are_one_line_errors(tmp_path, args, message):
     proc = cli(*args, '--output', str(tmp_path), *SMALL) if args[0] != 'validate' else cli(*args)
@@ -557,6 +560,70 @@ def test_bad_arguments_are_one_line_errors(tmp_path, args, message):
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and 'Traceback' not in proc.stderr, proc.stderr
     assert err[0].startswith(f'timm-elastic {args[0]}: error: ') and message in err[0], err[0]
+
+
+def test_a_run_in_the_experiment_folder_is_kept(tmp_path):
+    """A second run with the same --experiment is refused before anything is written (timm's saver would replace
+    model_best and last, and summary.csv was emptied); --resume continues it."""
+    flags = ['--epochs', '1', '-j', '0', '--output', str(tmp_path), '--experiment', 'a', *SMALL]
+    assert cli('train', *flags).returncode == 0
+    run = tmp_path / 'a'
+    files = {p.name: p.read_bytes() for p in run.iterdir()}
+    proc = cli('train', *flags, '--lr', '0.5')
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"timm-elastic train: error: --experiment 'a': {run} holds a run already (checkpoint-0.pth.tar, "
+        f"last.pth.tar, model_best.pth.tar, ...); --resume {run / 'last.pth.tar'} continues it, another "
+        "--experiment (or --output) starts a new one"], proc.stderr
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == files
+    proc = cli('train', *flags, '--epochs', '2', '--resume', str(run / 'last.pth.tar'))
+    assert proc.returncode == 0, proc.stderr
+    assert [r[0] for r in summary(run / 'summary.csv')] == ['epoch', '0', '1']
+
+
+@pytest.mark.parametrize('task', ['multilabel', 'segment'])
+def test_resume_of_another_tasks_checkpoint_is_refused(tmp_path, task):
+    proc = cli('train', '--epochs', '1', '-j', '0', '--output', str(tmp_path), '--experiment', 'a', *SMALL)
+    assert proc.returncode == 0, proc.stderr
+    last = tmp_path / 'a' / 'last.pth.tar'
+    proc = cli('train', '--task', task, '--resume', str(last), '--output', str(tmp_path), '--experiment', 'b', *SMALL)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"timm-elastic train: error: --resume '{last}' was trained with --task classify; use it with --task "
+        "classify"], proc.stderr
+    assert not (tmp_path / 'b').exists()
+
+
+def test_a_batch_larger_than_the_training_data_is_refused(tmp_path):
+    # the training loader drops an incomplete last batch: 24 images at -b 32 would make no step at all
+    proc = cli('train', '--train-num-samples', '24', '--val-num-samples', '16', '-b', '32', '-j', '0', '--no-progress',
+               '--output', str(tmp_path), '--experiment', 'a')
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        'timm-elastic train: error: -b/--batch-size 32 is more than the 24 training images: training drops an '
+        'incomplete last batch, so no step would be made; lower -b'], proc.stderr
+    assert not (tmp_path / 'a').exists()
+
+
+def test_plateau_schedule_on_the_loss_waits_for_the_loss_to_stop_falling(tmp_path, monkeypatch):
+    """--sched plateau --eval-metric loss lowers the rate when the loss stops falling (timm's train.py: mode
+    'min' for a loss), not while it falls."""
+    import timm.scheduler
+    made = []
+
+    def create_and_keep(*args, **kwargs):
+        made.append(create_scheduler_v2(*args, **kwargs))
+        return made[-1]
+    create_scheduler_v2 = timm.scheduler.create_scheduler_v2
+    monkeypatch.setattr(timm.scheduler, 'create_scheduler_v2', create_and_keep)
+    args = build_parser().parse_args(['train', '--epochs', '1', '-j', '0', '--sched', 'plateau', '--eval-metric',
+                                      'loss', '--lr', '0.1', '--output', str(tmp_path), '--experiment', 'p', *SMALL])
+    train(args)
+    (scheduler, _), = made
+    optimizer = scheduler.optimizer
+    for epoch, loss in enumerate([2.0 - 0.1 * i for i in range(15)], 2):  # timm's patience is 10 epochs
+        scheduler.step(epoch, loss)
+    assert optimizer.param_groups[0]['lr'] == 0.1
+    for epoch in range(17, 30):  # then the loss stays: the rate drops
+        scheduler.step(epoch, 0.6)
+    assert optimizer.param_groups[0]['lr'] < 0.1
 
 
 @pytest.mark.slow

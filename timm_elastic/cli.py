@@ -646,6 +646,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if (getattr(args, 'img_size', None) or 224) < 32:
         print(f'timm-elastic: --img-size must be at least 32, got {args.img_size}', file=sys.stderr)
         return 2
+    results = getattr(args, 'results_file', '')
+    if results and not os.path.isdir(os.path.dirname(os.path.abspath(results))):  # known before hours of work
+        return _fail(args.command, ValueError(f'--results-file {results!r}: its folder does not exist'))
     import torch.distributed as dist
     had_group = dist.is_available() and dist.is_initialized()
     code = args.func(args)

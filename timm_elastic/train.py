@@ -132,9 +132,31 @@ def create_datasets(args: argparse.Namespace, training: bool = True):
 
     train_ds = make(args.train_split, True) if training else None
     eval_ds = make(args.val_split, False)
+    for split, dataset in ((getattr(args, 'train_split', None), train_ds), (args.val_split, eval_ds)):
+        if dataset is not None and len(dataset) == 0:
+            raise UsageError(f'split {split!r} of --data-dir {args.data_dir!r} has no images')
     classes = _class_names(eval_ds)
+    if train_ds is not None:
+        _check_same_classes(_class_names(train_ds), classes, args)
     task.classes = classes
     return train_ds, eval_ds, len(classes) if classes else None
+
+
+def _check_same_classes(train: Optional[List[str]], val: Optional[List[str]], args: argparse.Namespace) -> None:
+    """Refuse splits that number their classes differently: each split's reader numbers the classes it
+    finds (an image folder's subfolders sorted, a COCO file's categories in its order), and output i would
+    be trained as one class and scored as another."""
+    if train is None or val is None or train == val:
+        return
+    where = f'splits {args.train_split!r} and {args.val_split!r} of --data-dir {args.data_dir!r}'
+    only = [c for c in train if c not in val], [c for c in val if c not in train]
+    if any(only):
+        said = [f'{len(o)} only in {s!r} (e.g. {o[0]!r})' for o, s in zip(only, (args.train_split, args.val_split))
+                if o]
+        raise UsageError(f'the {where} have different classes: {"; ".join(said)}; both need the same classes')
+    i = next(i for i, (a, b) in enumerate(zip(train, val)) if a != b)
+    raise UsageError(f'the {where} number their classes differently (class {i} is {train[i]!r} in one, {val[i]!r} '
+                     'in the other): both need them in the same order')
 
 
 def _class_names(dataset) -> Optional[List[str]]:
@@ -446,6 +468,7 @@ def train(args: argparse.Namespace, datasets=None) -> Dict[str, Any]:
     task = task_of(args)
     _check_train_args(args)
     task.check_train_args(args)
+    _check_new_experiment(args)
     eval_metric = _eval_metric(args, task)
     device = _init_device(args)
     primary = _is_primary(args)
@@ -453,6 +476,8 @@ def train(args: argparse.Namespace, datasets=None) -> Dict[str, Any]:
 
     train_ds, eval_ds, data_classes = datasets or create_datasets(args)
     resume = _load_checkpoint_dict(args.resume, '--resume') if args.resume else None
+    if resume is not None:
+        _check_checkpoint_task(resume, args.resume, '--resume', task.name)
     num_classes = args.num_classes or data_classes
     if num_classes is None:
         raise UsageError('--num-classes is needed: the classes of --data-dir could not be read')
@@ -511,11 +536,15 @@ def train(args: argparse.Namespace, datasets=None) -> Dict[str, Any]:
     combinations = combinations_of(eval_ds, args.data_dir, args.val_split)
 
     updates_per_epoch = len(loader_train)
+    if updates_per_epoch == 0:
+        per = f' shared by {args.world_size} processes' if args.distributed else ''
+        raise UsageError(f'-b/--batch-size {args.batch_size} is more than the {len(train_ds)} training images{per}: '
+                         'training drops an incomplete last batch, so no step would be made; lower -b')
     lr_scheduler, num_epochs = create_scheduler_v2(
         optimizer, sched=args.sched, num_epochs=args.epochs, decay_epochs=args.decay_epochs,
         decay_milestones=args.decay_milestones, decay_rate=args.decay_rate, min_lr=args.min_lr,
         warmup_lr=args.warmup_lr, warmup_epochs=args.warmup_epochs, step_on_epochs=not args.sched_on_updates,
-        updates_per_epoch=updates_per_epoch)
+        updates_per_epoch=updates_per_epoch, plateau_mode='min' if eval_metric == 'loss' else 'max')
     if start_epoch > 0:
         if args.sched_on_updates:
             lr_scheduler.step_update(start_epoch * updates_per_epoch)
@@ -651,6 +680,21 @@ def _check_train_args(args: argparse.Namespace) -> None:
         raise UsageError(f'--initial-checkpoint {args.initial_checkpoint!r} does not exist')
 
 
+def _check_new_experiment(args: argparse.Namespace) -> None:
+    """Refuse to start a run in an `--experiment` folder that holds another's results: its summary.csv
+    would be emptied and its checkpoints replaced (timm's saver overwrites model_best and last)."""
+    if args.resume or not args.experiment:  # timm's default names are new folders (date and time)
+        return
+    folder = os.path.join(args.output or './output/train', args.experiment)
+    if not os.path.isdir(folder):
+        return
+    held = sorted(f for f in os.listdir(folder) if f == 'summary.csv' or f.endswith('.pth.tar'))
+    if held:
+        raise UsageError(f'--experiment {args.experiment!r}: {folder} holds a run already ({", ".join(held[:3])}'
+                         f'{", ..." if len(held) > 3 else ""}); --resume {os.path.join(folder, "last.pth.tar")} '
+                         'continues it, another --experiment (or --output) starts a new one')
+
+
 def _plain_args(args: argparse.Namespace) -> argparse.Namespace:
     """The arguments as saved in checkpoints: plain values only, so `torch.load(weights_only=True)`
     (with timm's allowance for argparse.Namespace) reads them back."""
@@ -726,7 +770,7 @@ def _check_checkpoint_task(ckpt: Dict[str, Any], path: str, flag: str, task: str
     else); checkpoints of other scripts record no task and pass."""
     saved = getattr(ckpt.get('args'), 'task', None)
     if saved and saved != task:
-        raise UsageError(f'{flag} {path!r} was trained with --task {saved}; evaluate it with --task {saved}')
+        raise UsageError(f'{flag} {path!r} was trained with --task {saved}; use it with --task {saved}')
 
 
 def baseline_args(args: argparse.Namespace) -> argparse.Namespace:
