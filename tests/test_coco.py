@@ -51,6 +51,19 @@ def test_split_names_resolve_to_the_year_present(tmp_path):
         CocoMultiLabel(str(tmp_path), 'train')
 
 
+def test_train_and_val_resolve_to_one_year(tmp_path):
+    # train2017 holds most of val2014's images: a folder with both years' val files and train2017 only must
+    # give train2017 and val2017, not val2014 (the paper's year, taken where nothing pairs)
+    write_coco(tmp_path, 'val2014')
+    assert CocoMultiLabel(str(tmp_path), 'val').split == 'val2014'
+    ann = tmp_path / 'annotations'
+    for split in ('val2017', 'train2017'):
+        (ann / f'instances_{split}.json').write_text((ann / 'instances_val2014.json').read_text())
+    assert CocoMultiLabel(str(tmp_path), 'train').split == 'train2017'
+    assert [CocoMultiLabel(str(tmp_path), s).split for s in ('val', 'validation')] == ['val2017', 'val2017']
+    assert CocoMultiLabel(str(tmp_path), 'val2014').split == 'val2014'  # a named year stays
+
+
 def test_object_size_thresholds():
     assert object_size(1023.9) == 'small' and object_size(1024) == 'medium' and object_size(9216) == 'large'
     assert len(COCO_CLASSES) == 80

@@ -50,7 +50,8 @@ class CocoMultiLabel(torch.utils.data.Dataset):
     Args:
         root: the COCO folder (holding `annotations/` and the image folders).
         split: `train2014`, `val2014`, `train2017`, `val2017`; or `train`, `val` / `validation`
-            for whichever year is present (2014 first, the paper's).
+            for whichever year is present (2014 first, the paper's; a year with both splits before
+            one with only this one, so that `train` and `val` name the same year).
         transform: applied to the RGB PIL image (timm's loaders set it).
         target_transform: applied to the target.
 
@@ -85,10 +86,19 @@ class CocoMultiLabel(torch.utils.data.Dataset):
 
     @staticmethod
     def _resolve(root: str, split: str) -> str:
-        names = [f'{split}{y}' for y in _YEARS] if split in ('train', 'val') else \
-            [f'val{y}' for y in _YEARS] if split == 'validation' else [split]
+        def present(name: str) -> bool:
+            return os.path.isfile(os.path.join(root, 'annotations', f'instances_{name}.json'))
+
+        kind = 'val' if split == 'validation' else split
+        if kind not in ('train', 'val'):
+            names = [split]
+        else:
+            # a year whose train and val files are both there first: train2017 holds most of val2014's images,
+            # so a folder with train2017, val2017 and val2014 must not pair train2017 with val2014
+            names = [f'{kind}{y}' for y in _YEARS if present(f'train{y}') and present(f'val{y}')]
+            names += [f'{kind}{y}' for y in _YEARS if f'{kind}{y}' not in names]
         for name in names:
-            if os.path.isfile(os.path.join(root, 'annotations', f'instances_{name}.json')):
+            if present(name):
                 return name
         looked = ', '.join(os.path.join(root, 'annotations', f'instances_{n}.json') for n in names)
         raise FileNotFoundError(f'no COCO annotations for split {split!r}: looked for {looked}')
