@@ -51,6 +51,17 @@ def test_average_precision_with_ties_by_hand_and_against_scikit_learn():
             metrics.average_precision_score(positive.numpy(), scores.numpy()), abs=1e-12)
 
 
+def test_nan_scores_rank_last():
+    # a diverged model's NaN is a negative label at the F1 threshold, and ranks below every score: 2 (neg),
+    # 1 (pos), 0 (neg), NaN (pos) -> P 1/2 at R 1/2, P 2/4 at R 1 -> AP 1/2 (a NaN ranked first would give 5/6)
+    nan = float('nan')
+    positive = torch.tensor([True, False, True, False])
+    assert average_precision(torch.tensor([nan, 2., 1., 0.]), positive) == pytest.approx(0.5)
+    # NaN everywhere carries no ranking: the same metrics as logits all equal and negative
+    targets = torch.tensor([[1, 0], [0, 0], [1, 1], [0, 1], [0, 0]])
+    assert multilabel_metrics(torch.full((5, 2), nan), targets) == multilabel_metrics(-torch.ones(5, 2), targets)
+
+
 @pytest.mark.parametrize('logits, targets, message', [
     (torch.zeros(2, 3), torch.zeros(2, 4), 'must both be (N, C), got (2, 3) and (2, 4)'),
     (torch.zeros(3), torch.zeros(3), 'must both be (N, C)'),

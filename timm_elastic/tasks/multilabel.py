@@ -50,10 +50,14 @@ def average_precision(scores: torch.Tensor, positive: torch.Tensor) -> float:
     """Average precision of one class: scores (N,), positive (N,) bools with at least one True.
 
     AP = sum over distinct score thresholds t (highest first) of (R_t - R_prev) * P_t, where P_t and
-    R_t are the precision and recall of calling every image with a score >= t positive.
+    R_t are the precision and recall of calling every image with a score >= t positive. A NaN score
+    counts as the lowest.
     """
-    order = torch.argsort(scores.double(), descending=True, stable=True)
-    s, pos = scores.double()[order], positive[order].double()
+    # NaN (a diverged model) ranks below every score, as it is a negative label at the F1 threshold: else
+    # each NaN would be a threshold of its own and the images' order would rank them
+    scores = scores.double().nan_to_num(nan=-float('inf'))
+    order = torch.argsort(scores, descending=True, stable=True)
+    s, pos = scores[order], positive[order].double()
     tp, fp = pos.cumsum(0), (1 - pos).cumsum(0)
     # the last index of each run of equal scores: one threshold per distinct score
     last = torch.ones_like(s, dtype=torch.bool)
