@@ -435,6 +435,13 @@ def test_compare_table4_over_seeds_is_repeatable(tmp_path):
     assert proc.returncode == 0, proc.stderr
     again = cli(*flags, '--output', str(tmp_path), '--experiment', 'again')
     assert again.returncode == 0, again.stderr
+    # another seed into the same --experiment is refused: it replaced compare.json with its own seed's results
+    before = (tmp_path / 'cmp' / 'compare.json').read_bytes()
+    more = cli(*flags, '--seeds', '5', '--output', str(tmp_path), '--experiment', 'cmp')
+    assert more.returncode == 2 and more.stderr.strip().splitlines() == [
+        f"timm-elastic compare: error: --experiment 'cmp': {tmp_path / 'cmp'} holds a comparison already "
+        "(compare.json); another --experiment (or --output) starts a new one"], more.stderr
+    assert (tmp_path / 'cmp' / 'compare.json').read_bytes() == before and not (tmp_path / 'cmp' / 'seed5').exists()
     table = _table(proc.stdout)
     assert table[:-3] == _table(again.stdout)[:-3]  # the last lines: training time and the folder
     for seed in (3, 4):

@@ -81,6 +81,10 @@ def compare(args: argparse.Namespace) -> Dict[str, List[Dict[str, Any]]]:
         if small:
             raise UsageError(f'--stress-sizes must be at least {MIN_SIZE} pixels, got {" ".join(map(str, small))}')
     experiment = args.experiment or 'compare-' + time.strftime('%Y%m%d-%H%M%S')
+    folder = os.path.join(args.output or './output/train', experiment)
+    if os.path.exists(os.path.join(folder, 'compare.json')):  # its runs' folders are refused one by one, later
+        raise UsageError(f'--experiment {experiment!r}: {folder} holds a comparison already (compare.json); '
+                         'another --experiment (or --output) starts a new one')
     primary = os.environ.get('RANK', '0') == '0'  # torchrun's first process
     datasets = create_datasets(args)  # one dataset for every run: the seed varies training, not the data
     for ds in datasets[:2]:  # rendered now, not inside the first run's time
