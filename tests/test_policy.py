@@ -169,8 +169,16 @@ def test_images_tensors_datasets_and_loaders_give_the_same_scores():
     assert expected.shape == (5, 5)
     loader = torch.utils.data.DataLoader(ScaleShapes(split='validation', num_samples=5, transform=transform),
                                          batch_size=2)
-    for images in (data, [data[i][0] for i in range(5)], tensors, loader, iter(tensors)):
+
+    class Stream(torch.utils.data.IterableDataset):  # has a __getitem__ that raises, and no len()
+        def __iter__(self):
+            return (data[i] for i in range(5))
+    # the RGB images as RGBA: timm's transforms need RGB, as its datasets convert every image to it
+    rgba = [data[i][0].convert('RGBA') for i in range(5)]
+    for images in (data, [data[i][0] for i in range(5)], tensors, loader, iter(tensors), Stream(), rgba):
         torch.testing.assert_close(scale_policy(model, images, batch_size=3), expected, rtol=1e-4, atol=1e-5)
+    grey = [data[i][0].convert('L') for i in range(5)]
+    torch.testing.assert_close(scale_policy(model, grey), scale_policy(model, [g.convert('RGB') for g in grey]))
     # a different image gives a different policy
     assert not torch.allclose(expected[0], expected[1])
 
@@ -246,8 +254,22 @@ def test_embedding_separates_distinct_policies_and_is_repeatable():
     np.testing.assert_array_equal(e, policy_embedding(scores, seed=3))
     d = np.linalg.norm(e[:, None] - e[None], axis=-1)
     assert d[:12, 12:].min() > max(d[:12, :12].max(), d[12:, 12:].max())
-    with pytest.raises(ValueError, match='at least 2 images, got 1'):
+    with pytest.raises(ValueError, match='at least 2 different policies, got 1 images with 1'):
         policy_embedding(scores[:1])
+
+
+def test_embedding_of_degenerate_scores():
+    # identical rows: scikit-learn's t-SNE divided by their zero spread and crashed the process; NaN: it refuses
+    with pytest.raises(ValueError, match='at least 2 different policies, got 5 images with 1'):
+        policy_embedding(np.tile(np.arange(4.), (5, 1)))
+    nan = np.ones((5, 3))
+    nan[2, 1] = np.nan
+    with pytest.raises(ValueError, match='needs finite scores'):
+        policy_embedding(nan)
+    # one block (one column): PCA to 2 dimensions cannot start it; a random start does
+    one = np.array([[0.], [0.1], [1.], [1.1]])
+    e = policy_embedding(one, seed=0)
+    assert e.shape == (4, 2) and np.isfinite(e).all()
 
 
 def test_missing_analysis_extra_is_named(monkeypatch):

@@ -3,6 +3,7 @@ import base64
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -88,6 +89,10 @@ def test_page_sorts_filters_and_shows_details(browser, tmp_path):
         page.select_option('#direction', 'desc')
     page.select_option('#sort', 'mean')
     assert grid_order(page) == sorted(range(12), key=lambda i: (-scores[i].mean(), i))
+    assert not page.is_disabled('#direction')
+    page.select_option('#sort', 'class')  # classes in their order: no direction to choose
+    assert page.is_disabled('#direction') and page.is_disabled('#block')
+    page.select_option('#sort', 'mean')
     # filter: 'dog' matches dog and hot dog, 'hot' only hot dog
     page.fill('#filter', 'hot')
     assert grid_order(page) == [i for i in grid_order(page, False) if i % 3 == 2]
@@ -123,11 +128,47 @@ def test_page_without_baseline_hides_its_top5(browser, tmp_path):
 
 
 def test_script_in_class_names_is_text(browser, tmp_path):
-    # names end up in the page as JSON inside <script>: '</script>' must not end it
-    path = write_page(str(tmp_path / 'p.html'), page_data(n=3, classes=('</script><b>x', 'a', 'b')))
+    # names end up in the page as JSON inside <script>: '</script>' must not end it, '<!--<script>' must not
+    # turn the rest of the page into the script's text (a blank page)
+    names = ('</script><b>x', '<!--<script>', 'a & b')
+    path = write_page(str(tmp_path / 'p.html'), page_data(n=3, classes=names))
     page, errors, _ = open_page(browser, path)
     assert page.locator('#grid .card').count() == 3 and errors == []
-    assert page.get_attribute('#grid .card[data-index="0"]', 'data-class') == '</script><b>x'
+    assert [page.get_attribute(f'#grid .card[data-index="{i}"]', 'data-class') for i in range(3)] == list(names)
+
+
+def test_nan_scores_and_probabilities_show_as_nan(browser, tmp_path):
+    # a diverged model: JSON has no NaN (the page stayed blank), the page shows it, sorts it last, greys it
+    nan = float('nan')
+    data = page_data(n=5)
+    data['images'][1]['scores'][2] = nan
+    data['images'][3]['scores'] = [nan] * 4
+    data['images'][3]['top5'][0][1] = nan
+    page, errors, _ = open_page(browser, write_page(str(tmp_path / 'p.html'), data))
+    assert page.locator('#grid .card').count() == 5
+    page.select_option('#sort', 'score')
+    page.select_option('#block', '2')
+    finite = [i for i in range(5) if i not in (1, 3)]
+    s = {i: data['images'][i]['scores'][2] for i in finite}
+    assert grid_order(page) == sorted(finite, key=lambda i: (-s[i], i)) + [1, 3]
+    page.select_option('#direction', 'asc')
+    assert grid_order(page) == sorted(finite, key=lambda i: (s[i], i)) + [1, 3]
+    strips = [page.eval_on_selector(f'#grid .card[data-index="{i}"] .strip', 'e => e.style.background')
+              for i in (0, 3)]
+    colours = [set(re.findall(r'rgb\([^)]*\)', strip)) for strip in strips]
+    assert 'rgb(160, 160, 160)' not in colours[0] and colours[1] == {'rgb(160, 160, 160)'}
+    page.click('#grid .card[data-index="3"]')
+    rows = page.eval_on_selector_all('#detail-scores tr', 'rs => rs.map(r => r.cells[2].textContent)')
+    assert rows == ['NaN'] * 4
+    assert page.eval_on_selector_all('#detail-top5 li', 'ls => ls[0].textContent').endswith(' NaN%')
+    assert errors == []
+
+
+def test_a_page_of_many_images_and_blocks_loads(browser, tmp_path):
+    # 2000 images x 70 blocks (DenseNet201+Elastic): 140,000 scores, more than one call's arguments can hold
+    data = page_data(n=2000, blocks=70)
+    page, errors, _ = open_page(browser, write_page(str(tmp_path / 'p.html'), data))
+    assert page.locator('#grid .card').count() == 2000 and errors == []
 
 
 def test_bad_page_data_is_refused():
@@ -213,6 +254,8 @@ def test_policy_baseline_checkpoint_is_not_also_pretrained(tmp_path):
     (['--checkpoint', 'E', '--baseline-checkpoint', 'T'], '--baseline-checkpoint needs --baseline NAME'),
     (['--checkpoint', 'E', '--baseline', 'resnext_tiny'], 'no weights to evaluate: pass --baseline-checkpoint PATH'),
     (['--checkpoint', 'E', '--out', 'E'], 'is a file; name a folder'),
+    (['--checkpoint', 'E', '--thumb-size', '0'], '--thumb-size must be positive, got 0'),
+    (['--checkpoint', 'E', '--perplexity', '0'], '--perplexity must be positive, got 0.0'),
 ])
 def test_policy_command_errors(tmp_path, extra, message):
     checkpoint(tmp_path / 'e.pth.tar', 'resnext_tiny_elastic', 1)
@@ -222,6 +265,61 @@ def test_policy_command_errors(tmp_path, extra, message):
     assert proc.returncode == 2
     assert proc.stderr.startswith('timm-elastic policy: error: ') and message in proc.stderr
     assert proc.stderr.count('\n') == 1
+
+
+def image_folder(root, classes, image=lambda c: Image.new('RGB', (40, 40), (30 * c, 90, 200))):
+    for c in range(classes):
+        (root / 'validation' / f'c{c}').mkdir(parents=True)
+        image(c).save(root / 'validation' / f'c{c}' / '1.png')
+    return root
+
+
+def test_policy_of_identical_images_has_no_embedding(browser, tmp_path):
+    # one image in each of the 8 classes, the same image: one policy, which t-SNE cannot spread (scikit-learn
+    # crashed the process there); the page and the other files are written and the output says why
+    checkpoint(tmp_path / 'e.pth.tar', 'resnext_tiny_elastic', 1)
+    data = image_folder(tmp_path / 'data', 8, image=lambda c: Image.new('RGB', (40, 40), (120, 90, 200)))
+    out = tmp_path / 'out'
+    proc = cli('policy', '--checkpoint', str(tmp_path / 'e.pth.tar'), '--data-dir', str(data), '--out', str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(os.listdir(out)) == ['class_ranking.png', 'policy.html', 'policy.json']
+    assert ('no t-SNE plots (embedding_*.png, strip.png, improvement.png): an embedding needs at least 2 different '
+            'policies, got 8 images with 1') in proc.stdout
+    page, errors, _ = open_page(browser, out / 'policy.html')
+    assert page.locator('#grid .card').count() == 8 and errors == []
+
+
+def test_policy_of_a_diverged_model(browser, tmp_path):
+    # NaN weights: NaN scores and probabilities. policy.json is standard JSON (null), the page loads and shows them
+    torch.manual_seed(1)
+    model = timm.create_model('resnext_tiny_elastic')
+    with torch.no_grad():
+        model.layer2[1].elastic.low.conv2.weight[0, 0, 0, 0] = float('nan')
+    torch.save({'state_dict': model.state_dict(), 'arch': 'resnext_tiny_elastic'}, tmp_path / 'nan.pth.tar')
+    out = tmp_path / 'out'
+    proc = cli('policy', '--checkpoint', str(tmp_path / 'nan.pth.tar'), '--val-num-samples', '6', '--out', str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert 'no t-SNE plots' in proc.stdout and 'these have NaN or infinite ones' in proc.stdout
+
+    def refuse(constant):
+        raise ValueError(f'not JSON: {constant}')
+    result = json.loads((out / 'policy.json').read_text(), parse_constant=refuse)
+    assert all(row[2] is None for row in result['scores']) and all(row[0] is not None for row in result['scores'])
+    page, errors, _ = open_page(browser, out / 'policy.html')
+    assert page.locator('#grid .card').count() == 6 and errors == []
+
+
+def test_policy_of_fewer_classes_than_outputs_is_refused(tmp_path):
+    # 7 class folders for a model of 8 outputs: output 7's name is missing, and a folder left out shifts the rest
+    checkpoint(tmp_path / 'e.pth.tar', 'resnext_tiny_elastic', 1)
+    data = image_folder(tmp_path / 'data', 7)
+    proc = cli('policy', '--checkpoint', str(tmp_path / 'e.pth.tar'), '--data-dir', str(data),
+               '--out', str(tmp_path / 'out'))
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        'timm-elastic policy: error: the data has 7 classes but --model resnext_tiny_elastic has 8 outputs; the page '
+        'names each output by its class in the data, so the data needs one class (an image folder: one subfolder) '
+        'per output, as the model was trained'], proc.stderr
+    assert not (tmp_path / 'out').exists()
 
 
 def test_page_benchmark_runs(browser):

@@ -1,11 +1,12 @@
 """Writing outputs so that a kill or a full disk never leaves a half-written one behind."""
 import json
+import math
 import os
 import shutil
 import tempfile
 from typing import Any
 
-__all__ = ['OutputExistsError', 'replace_dir', 'write_text', 'write_json', 'fsync_dir']
+__all__ = ['OutputExistsError', 'replace_dir', 'write_text', 'write_json', 'json_finite', 'fsync_dir']
 
 
 class OutputExistsError(FileExistsError):
@@ -57,8 +58,21 @@ def write_text(path: str, text: str) -> None:
     write_bytes(path, text.encode('utf-8'))
 
 
+def json_finite(obj: Any) -> Any:
+    """`obj` (dicts, lists, tuples, numbers, strings) with every NaN or infinite float as None: JSON has no NaN
+    (Python writes a bare `NaN` that JSON.parse and most other readers refuse), null is how JSON says it."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_finite(v) for v in obj]
+    return obj
+
+
 def write_json(path: str, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2) + '\n')
+    """Write `obj` as standard JSON (a NaN or infinity as null, `json_finite`) to `path` atomically."""
+    write_text(path, json.dumps(json_finite(obj), indent=2, allow_nan=False) + '\n')
 
 
 def fsync_dir(path: str) -> None:

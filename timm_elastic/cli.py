@@ -226,6 +226,8 @@ def _policy(args: argparse.Namespace) -> int:
           f'{done["blocks"]} Elastic blocks' + (f'; {done["baseline"]}: top-1 {done["baseline_top1"]:.2f}%'
                                                 if done['baseline'] else ''))
     print(f'wrote {done["folder"]}: {", ".join(done["files"])}')
+    if done['no_embedding']:
+        print(f'no t-SNE plots (embedding_*.png, strip.png, improvement.png): {done["no_embedding"]}')
     print(f'open {os.path.join(done["folder"], "policy.html")} in a browser')
     return 0
 

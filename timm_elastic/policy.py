@@ -41,8 +41,8 @@ import torch.nn.functional as F
 from .layers import Elastic
 
 __all__ = [
-    'ScalePolicy', 'scale_policy', 'policy_blocks', 'class_ranking', 'policy_embedding', 'embedding_order',
-    'improvement_density', 'require',
+    'ScalePolicy', 'scale_policy', 'policy_blocks', 'class_ranking', 'policy_embedding', 'embedding_problem',
+    'embedding_order', 'improvement_density', 'require',
 ]
 
 
@@ -156,15 +156,17 @@ def _batches(images, batch_size: int, model: nn.Module) -> Iterable[torch.Tensor
     from PIL import Image
     transform = None
     batch: List[torch.Tensor] = []
-    # a map-style Dataset need not be iterable: index it
-    items = (images[i] for i in range(len(images))) if hasattr(images, '__getitem__') else images
+    # a map-style Dataset need not be iterable: index it (an IterableDataset has a __getitem__ that raises)
+    indexed = hasattr(images, '__getitem__') and not isinstance(images, torch.utils.data.IterableDataset)
+    items = (images[i] for i in range(len(images))) if indexed else images
     for item in items:
         if isinstance(item, (tuple, list)):  # a dataset's (image, target)
             item = item[0]
         if isinstance(item, Image.Image):
             if transform is None:
                 transform = _eval_transform(model)
-            item = transform(item)
+            # timm's transforms expect RGB, as its datasets read every image (greyscale, RGBA, palette ...)
+            item = transform(item if item.mode == 'RGB' else item.convert('RGB'))
         elif not isinstance(item, torch.Tensor):
             raise ValueError(
                 f'images must be PIL images or (C, H, W) tensors, got an item of type {type(item).__name__}')
@@ -259,15 +261,28 @@ def policy_embedding(scores, perplexity: float = 30., seed: int = 0) -> np.ndarr
 
     scikit-learn's `TSNE` (PCA initialisation, automatic learning rate, `random_state=seed`: the same
     scores give the same embedding). The perplexity is capped at (N - 1) / 3 for small N, which
-    t-SNE needs (perplexity < N). Needs N >= 2.
+    t-SNE needs (perplexity < N). Needs finite scores and at least 2 different rows (ValueError).
     """
-    scores = _matrix(scores)
-    if scores.shape[0] < 2:
-        raise ValueError(f'an embedding needs at least 2 images, got {scores.shape[0]}')
     manifold = require('sklearn.manifold', 't-SNE of the scale policy')
+    scores = _matrix(scores)
+    problem = embedding_problem(scores)
+    if problem:
+        raise ValueError(problem)
     perplexity = float(min(perplexity, max(1., (scores.shape[0] - 1) / 3.)))
-    tsne = manifold.TSNE(2, perplexity=perplexity, init='pca', learning_rate='auto', random_state=seed)
+    init = 'pca' if scores.shape[1] >= 2 else 'random'  # PCA to 2 dimensions needs 2 of them
+    tsne = manifold.TSNE(2, perplexity=perplexity, init=init, learning_rate='auto', random_state=seed)
     return tsne.fit_transform(scores).astype(np.float64)
+
+
+def embedding_problem(scores) -> Optional[str]:
+    """Why `policy_embedding` cannot embed `scores` (N, B), in a sentence, or None where it can."""
+    scores = _matrix(scores)
+    if not np.isfinite(scores).all():
+        return 'an embedding needs finite scores; these have NaN or infinite ones (a diverged model?)'
+    distinct = len(np.unique(scores, axis=0))
+    if distinct < 2:  # scikit-learn's t-SNE divides by a zero spread there: NaNs, then a crash of the process
+        return f'an embedding needs at least 2 different policies, got {scores.shape[0]} images with {distinct}'
+    return None
 
 
 def embedding_order(embedding: np.ndarray) -> np.ndarray:

@@ -69,13 +69,17 @@ def _top5(probs: torch.Tensor) -> List[List[List[float]]]:
 def run(args: argparse.Namespace) -> Dict[str, Any]:
     """Score, plot and write the page for `args` (the options of `timm-elastic policy`); returns
     what was written: `{'folder', 'files', 'images', 'blocks', 'model', 'baseline', 'top1',
-    'baseline_top1'}`."""
+    'baseline_top1', 'no_embedding'}` (the last: why the t-SNE plots are missing, or None)."""
     from ..train import UsageError, _class_names, _init_device, amp_context, baseline_args, create_datasets, \
         load_for_eval
     if args.baseline_checkpoint and not args.baseline:
         raise UsageError('--baseline-checkpoint needs --baseline NAME (the model it holds)')
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UsageError(f'--out {args.out!r} is a file; name a folder (it is created if missing)')
+    for flag, value in (('--thumb-size', args.thumb_size), ('-b/--batch-size', args.batch_size),
+                        ('--perplexity', args.perplexity)):
+        if not value > 0:
+            raise UsageError(f'{flag} must be positive, got {value}')
     policy.require('sklearn.manifold', 'timm-elastic policy (t-SNE)')
     policy.require('matplotlib', 'timm-elastic policy (plots)')
     device = _init_device(args)
@@ -84,6 +88,11 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     if not len(dataset):
         raise UsageError('the data has no images to score')
     model = load_for_eval(args, data_classes, device)
+    if data_classes is not None and data_classes != model.num_classes:
+        # the page names output i by the data's class i: fewer class folders than outputs shift every later name
+        raise UsageError(f'the data has {data_classes} classes but --model {args.model} has {model.num_classes} '
+                         'outputs; the page names each output by its class in the data, so the data needs one '
+                         'class (an image folder: one subfolder) per output, as the model was trained')
     try:
         recorder = policy.ScalePolicy(model)
     except ValueError as e:
@@ -112,7 +121,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     correct = pred == t
     base_correct = base_pred == t if base_pred is not None else None
     plots.plot_class_ranking(policy.class_ranking(s, t, classes), out('class_ranking.png'))
-    if len(s) >= 2:
+    no_embedding = policy.embedding_problem(s)
+    if not no_embedding:
         embedding = policy.policy_embedding(s, perplexity=args.perplexity, seed=args.seed)
         plots.plot_embedding(embedding, out('embedding_class.png'), labels=t, class_names=classes)
         plots.plot_embedding(embedding, out('embedding_score.png'), values=s.mean(1))
@@ -131,5 +141,6 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         predictions=pred.tolist(), baseline_predictions=base_pred.tolist() if base_pred is not None else None,
         scores=[[round(float(v), 6) for v in row] for row in s]))
     return dict(folder=args.out, files=files, images=len(t), blocks=len(names), model=args.model,
+                no_embedding=no_embedding,
                 baseline=args.baseline or None, top1=100. * float(correct.mean()),
                 baseline_top1=100. * float(base_correct.mean()) if base_correct is not None else None)

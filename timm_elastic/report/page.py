@@ -17,7 +17,7 @@ import html
 import json
 from typing import Any, Dict
 
-from .._io import write_text
+from .._io import json_finite, write_text
 
 __all__ = ['render_page', 'write_page', 'check_page_data', 'CHROMIUM', 'CHROMIUM_ARGS']
 
@@ -45,8 +45,10 @@ def render_page(data: Dict[str, Any]) -> str:
     """The page as one HTML string (see the module docstring for `data`)."""
     check_page_data(data)
     title = f'Scale policy of {data["model"]}'
-    # JSON inside <script>: '</' would end the element early
-    payload = json.dumps(data, separators=(',', ':')).replace('</', '<\\/')
+    # JSON inside <script>: '</' would end the element early and '<!--' change how it is parsed, so no '<' (nor
+    # '>' or '&') is written as itself; they occur only inside strings, where the escapes mean the same
+    payload = json.dumps(json_finite(data), separators=(',', ':'), allow_nan=False)
+    payload = payload.replace('<', '\\u003c').replace('>', '\\u003e').replace('&', '\\u0026')
     return _TEMPLATE.replace('__TITLE__', html.escape(title)).replace('__DATA__', payload)
 
 
@@ -115,9 +117,17 @@ header label { margin-right: 12px; }
 "use strict";
 const DATA = JSON.parse(document.getElementById('policy-data').textContent);
 const IMAGES = DATA.images, CLASSES = DATA.classes, BLOCKS = DATA.blocks;
-const LIMIT = Math.max(1e-12, ...IMAGES.flatMap(im => im.scores.map(Math.abs)));
+// JSON's null is a NaN of the model (a diverged one): shown as NaN, sorted last, grey in the strips
+const num = x => x === null ? NaN : x;
+for (const im of IMAGES) {
+  im.scores = im.scores.map(num);
+  for (const list of [im.top5, im.base_top5 || []]) for (const e of list) e[1] = num(e[1]);
+}
+let LIMIT = 1e-12;  // a loop: a spread of every score overflows the call stack past ~100k scores
+for (const im of IMAGES) for (const s of im.scores) if (Math.abs(s) > LIMIT) LIMIT = Math.abs(s);
 
 function colour(s) {  // S > 0 red (high resolution), S < 0 blue (low)
+  if (Number.isNaN(s)) return 'rgb(160,160,160)';
   const t = Math.min(1, Math.abs(s) / LIMIT), v = Math.round(255 * (1 - t));
   return s >= 0 ? `rgb(255,${v},${v})` : `rgb(${v},${v},255)`;
 }
@@ -155,7 +165,7 @@ const cards = IMAGES.map((im, i) => {
   card.addEventListener('click', () => show(i));
   return card;
 });
-grid.append(...cards);
+for (const card of cards) grid.appendChild(card);
 
 function order() {
   const how = document.getElementById('sort').value, b = Number(blockSelect.value);
@@ -163,8 +173,9 @@ function order() {
   const key = how === 'class' ? (i => IMAGES[i].target) : how === 'mean' ? (i => IMAGES[i].mean)
     : (i => IMAGES[i].scores[b]);
   const idx = IMAGES.map((_, i) => i);
+  const nan = i => Number.isNaN(key(i));  // last in either direction
   if (how === 'class') idx.sort((a, c) => key(a) - key(c) || a - c);
-  else idx.sort((a, c) => sign * (key(a) - key(c)) || a - c);
+  else idx.sort((a, c) => nan(a) - nan(c) || (nan(a) ? 0 : sign * (key(a) - key(c))) || a - c);
   return idx;
 }
 function update() {
@@ -181,6 +192,7 @@ function update() {
   grid.appendChild(frag);
   document.getElementById('count').textContent = `${shown} of ${IMAGES.length} images`;
   blockSelect.disabled = document.getElementById('sort').value !== 'score';
+  document.getElementById('direction').disabled = document.getElementById('sort').value === 'class';
 }
 function top5(list, target, el) {
   el.replaceChildren(...list.map(([c, p]) => {
