@@ -116,6 +116,16 @@ def test_existing_folder_needs_force(release, tmp_path):
     proc = convert(str(out / 'dla60x_elastic.pth.tar'), '--out', str(out), '--force')
     assert proc.returncode == 2 and 'is inside the output folder' in proc.stderr
     assert (out / 'dla60x_elastic.pth.tar').exists()
+    # ... also when the path to it goes through a symbolic link to the folder
+    (tmp_path / 'link').symlink_to(out)
+    proc = convert(str(tmp_path / 'link' / 'dla60x_elastic.pth.tar'), '--out', str(out), '--force')
+    assert proc.returncode == 2 and 'is inside the output folder' in proc.stderr
+    assert (out / 'dla60x_elastic.pth.tar').exists()
+    # a link as --out is named as one
+    proc = convert(str(release['ckpt']), '--out', str(tmp_path / 'link'), '--force')
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        f"timm-elastic convert: error: {tmp_path / 'link'} is a symbolic link; name the folder itself, or another "
+        "--out"), proc.stderr
 
 
 def test_coco_export(tmp_path):

@@ -77,10 +77,14 @@ def export_original(
 
     out_dir = os.path.abspath(os.fspath(out_dir))
     source = os.path.abspath(os.fspath(checkpoint)) if isinstance(checkpoint, (str, os.PathLike)) else None
-    if source is not None and (source == out_dir or source.startswith(out_dir + os.sep)):
+    # the real paths: through a symbolic link the checkpoint can lie inside the folder that replacing deletes
+    if source is not None and os.path.commonpath([os.path.realpath(source), os.path.realpath(out_dir)]) == \
+            os.path.realpath(out_dir):
         raise ValueError(f'the checkpoint {source} is inside the output folder {out_dir}; choose another --out')
     if os.path.lexists(out_dir):
-        if not os.path.isdir(out_dir) or os.path.islink(out_dir):
+        if os.path.islink(out_dir):
+            raise FileExistsError(f'{out_dir} is a symbolic link; name the folder itself, or another --out')
+        if not os.path.isdir(out_dir):
             raise FileExistsError(f'{out_dir} exists and is not a folder; choose another --out')
         if not force:
             raise OutputExistsError(f'{out_dir} already exists; pass {{force}} to replace it')
