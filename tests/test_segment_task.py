@@ -345,7 +345,7 @@ def test_the_original_recipe_is_the_default_of_train_task_segment():
     args = build_parser().parse_args(['train', '--task', 'segment'])
     assert (args.model, args.opt, args.lr, args.momentum, args.weight_decay, args.sched, args.decay_rate,
             args.sched_on_updates, args.epochs, args.batch_size) == \
-        ('deeplabv3_resnext_tiny_elastic', 'sgd', 0.007, 0.9, 5e-4, 'poly', 0.9, True, 50, 16)
+        ('deeplabv3_resnext_tiny_elastic', 'momentum', 0.007, 0.9, 5e-4, 'poly', 0.9, True, 50, 16)
     args = build_parser().parse_args(['train', '--task', 'segment', '--model', 'dlaup_dla_x60', '--lr', '0.01'])
     assert (args.weight_decay, args.lr) == (1e-4, 0.01)
     assert args.bn_momentum is None  # the model's own: the original's

@@ -426,8 +426,8 @@ def _add_train_args(p: argparse.ArgumentParser, compare: bool = False) -> None:
         g.add_argument('--seed', type=int, metavar='N', default=42, help='random seed (default: 42)')
     g = p.add_argument_group('optimizer and schedule (timm create_optimizer_v2 / create_scheduler_v2)')
     g.add_argument('--opt', metavar='NAME', default=None,
-                   help=f"optimizer (default: adamw{seg and seg + 'sgd'}; the paper's ImageNet recipe: --opt sgd --lr "
-                        "0.1 --weight-decay 1e-4)")
+                   help=f"optimizer (default: adamw{seg and seg + 'momentum'}; the paper's ImageNet recipe: --opt "
+                        "momentum --lr 0.1 --weight-decay 1e-4; timm's sgd is SGD with Nesterov momentum)")
     g.add_argument('--lr', type=float, metavar='LR', default=None,
                    help=f'learning rate (default: {lr:g}{seg and seg + "0.007"})')
     g.add_argument('--momentum', type=float, metavar='M', default=0.9, help='SGD momentum (default: 0.9)')

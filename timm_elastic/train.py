@@ -5,8 +5,8 @@ Mixup / CutMix, `create_optimizer_v2`, `create_scheduler_v2`, autocast with `Nat
 on CUDA), `ModelEmaV3`, `CheckpointSaver`, `distribute_bn`, and `update_summary` for the per-epoch
 `summary.csv`; the flags have the names of timm's `train.py`. The paper's ImageNet recipe (Sec. 4,
 "Implementation details") is SGD, lr 0.1 divided by 10 at epochs 30, 60, 90, random crops and no
-colour augmentation: `--opt sgd --lr 0.1 --sched multistep --decay-milestones 30 60 90 --epochs 120
---color-jitter 0`.
+colour augmentation: `--opt momentum --lr 0.1 --sched multistep --decay-milestones 30 60 90 --epochs 120
+--color-jitter 0` (timm's `sgd` is SGD with Nesterov momentum, `momentum` without).
 
 What it adds to timm's script:
 - without `--data-dir` it trains on the built-in scale-challenging dataset (`timm_elastic.data`),

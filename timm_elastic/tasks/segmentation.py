@@ -382,9 +382,10 @@ class Segment(Task):
 
 def original_recipe(model: str) -> Dict[str, Any]:
     """The training flags of the original's PASCAL VOC recipe (`segment.py` in allenai/elastic): SGD with
-    momentum 0.9, base lr 0.007 decayed every iteration by the poly rule lr (1 - iter / max_iter)^0.9, weight
-    decay 5e-4 (1e-4 for the DLA models), batch 16, 50 epochs (its crop, 513, is `Segment.data_config`'s)."""
-    return dict(opt='sgd', lr=0.007, weight_decay=1e-4 if model.startswith('dlaup_') else 5e-4, sched='poly',
+    momentum 0.9 (timm's 'momentum'; its 'sgd' is Nesterov's, which the original does not use), base lr 0.007
+    decayed every iteration by the poly rule lr (1 - iter / max_iter)^0.9, weight decay 5e-4 (1e-4 for the DLA
+    models), batch 16, 50 epochs (its crop, 513, is `Segment.data_config`'s)."""
+    return dict(opt='momentum', lr=0.007, weight_decay=1e-4 if model.startswith('dlaup_') else 5e-4, sched='poly',
                 decay_rate=0.9, sched_on_updates=True, epochs=50, batch_size=16)
 
 
