@@ -389,7 +389,10 @@ def test_the_poly_schedule_is_the_originals():
                    'stride 32, so the crop must be larger than 32 pixels'),
     ('classifier', '--task segment trains the segmentation models: deeplabv3_<backbone>'),
     ('mixup', '--mixup do not apply to --task segment'),
-    ('classify_checkpoint', 'was trained with --task classify; evaluate it with --task classify'),
+    ('classify_checkpoint', 'was trained with --task classify; use it with --task classify'),
+    # an RGB mask with grey labels (0..20 pass the label check) and a mask of another size than its image
+    ('rgb_mask', "is a RGB image; a mask holds one label per pixel: a palette (P, as PASCAL VOC's) or greyscale"),
+    ('mask_size', 'is 30x40 pixels, its image 40x30: a mask labels each pixel of its image'),
     ('wrong_classes', 'has 9 classes, but the masks have 21: one output per class is needed'),
 ])
 def test_bad_inputs_are_one_line_errors(tmp_path, case, message):
@@ -399,10 +402,15 @@ def test_bad_inputs_are_one_line_errors(tmp_path, case, message):
         labels = np.zeros((30, 40), dtype=np.uint8)
         labels[3, 3] = 30
         _palette_png(voc / 'SegmentationClass' / f'{ids[1]}.png', labels)
+    elif case in ('rgb_mask', 'mask_size'):
+        labels = np.zeros((30, 40) if case == 'rgb_mask' else (40, 30), dtype=np.uint8)
+        labels[3:9, 3:9] = 15
+        mask = Image.fromarray(labels).convert('RGB') if case == 'rgb_mask' else Image.fromarray(labels, mode='L')
+        mask.save(voc / 'SegmentationClass' / f'{ids[1]}.png')
     if case == 'missing_list':
         proc = cli('train', '--task', 'segment', *data, '--train-split', 'test', '--output', str(tmp_path),
                    *QUICK)
-    elif case.startswith('bad_mask'):
+    elif case.startswith('bad_mask') or case in ('rgb_mask', 'mask_size'):
         workers = ['-j', '1'] if case == 'bad_mask_worker' else ['-j', '0']
         proc = cli('train', '--task', 'segment', *data, '--output', str(tmp_path), *workers, *QUICK[2:])
     elif case == 'small_crop':
@@ -427,7 +435,8 @@ def test_bad_inputs_are_one_line_errors(tmp_path, case, message):
     lines = proc.stderr.strip().splitlines()
     errors = [ln for ln in lines if ln.startswith('timm-elastic ')]
     assert errors == lines[-1:] and 'Traceback' not in proc.stderr, proc.stderr[-2000:]
-    assert len(lines) == (2 if case.startswith('bad_mask') else 1), proc.stderr[-2000:]
+    in_training = case.startswith('bad_mask') or case in ('rgb_mask', 'mask_size')
+    assert len(lines) == (2 if in_training else 1), proc.stderr[-2000:]
     assert message in errors[0], errors[0]
-    if case.startswith('bad_mask'):
+    if in_training:
         assert f'SegmentationClass/{ids[1]}.png' in errors[0]

@@ -120,6 +120,8 @@ def test_voc_reader_layouts_and_lists(tmp_path):
     assert np.array_equal(np.asarray(mask), masks['2007_000039'])
     val = VOCSegmentationData(str(voc), 'val')  # the VOC2012 folder itself
     assert np.array_equal(np.asarray(val[0][1]), masks['2008_000001'])
+    # 'validation', the commands' default evaluation split (timm's name), is VOC's 'val'
+    assert [VOCSegmentationData(r, 'validation').split for r in (str(voc), str(tmp_path))] == ['val', 'val']
     aug = VOCSegmentationData(str(tmp_path), 'train_aug')
     assert len(aug) == 3 and aug.masks[2].endswith('SegmentationClassAug/2011_000002.png')
     assert aug.masks[0].endswith('SegmentationClassAug/2007_000032.png')  # the Aug masks for every id
@@ -319,3 +321,7 @@ def test_convert_writes_a_folder_that_rebuilds_the_model(tmp_path):
         torch.testing.assert_close(rebuilt(x), from_original(as_release(state))(x), rtol=0, atol=0)
     with pytest.raises(ValueError, match='config.json does not exist'):
         create_model(f'local-dir:{tmp_path}')
+    # its classifier has 21 outputs: another number is refused (it was ignored: 21 outputs scored on 9 classes)
+    assert create_model(f'local-dir:{tmp_path / "out"}', num_classes=21).num_classes == 21
+    with pytest.raises(ValueError, match=r'has 21 classes \(its config.json\), not 9: a converted release keeps'):
+        create_model(f'local-dir:{tmp_path / "out"}', num_classes=9)

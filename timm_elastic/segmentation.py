@@ -198,7 +198,7 @@ class DLASeg(nn.Module):
         return F.log_softmax(y, dim=1)[:, :, :-1, :-1]
 
 
-def create_model(name: str, num_classes: int = 21, pretrained_backbone: bool = False,
+def create_model(name: str, num_classes: Optional[int] = None, pretrained_backbone: bool = False,
                  backbone_kwargs: Optional[Dict[str, Any]] = None, bn_momentum: Optional[float] = None) -> nn.Module:
     """A segmentation model by name: `deeplabv3_<backbone>` (any timm ResNet-family model name, tag allowed,
     e.g. `deeplabv3_resnext50_elastic`, `deeplabv3_resnext101_32x4d.a1h_in1k`) or `dlaup_<backbone>` (one of the
@@ -206,7 +206,8 @@ def create_model(name: str, num_classes: int = 21, pretrained_backbone: bool = F
 
     Args:
         name: the model's name.
-        num_classes: output classes (21 for PASCAL VOC).
+        num_classes: output classes (default 21, PASCAL VOC's; a converted release's own: another number is refused,
+            as its classifier holds that many).
         pretrained_backbone: initialise the backbone with its ImageNet weights (timm's `pretrained=True`).
         backbone_kwargs: more keyword arguments for `timm.create_model` of the backbone.
         bn_momentum: the momentum of every BatchNorm's running statistics; None keeps the original's (DeepLabV3:
@@ -224,13 +225,19 @@ def create_model(name: str, num_classes: int = 21, pretrained_backbone: bool = F
     return model
 
 
-def _create(name: str, num_classes: int, pretrained_backbone: bool,
+def _create(name: str, num_classes: Optional[int], pretrained_backbone: bool,
             backbone_kwargs: Optional[Dict[str, Any]]) -> nn.Module:
     import timm
 
     import timm_elastic  # noqa: F401  (registers the Elastic backbones)
     if name.startswith(('local-dir:', 'hf-hub:')):
-        return _from_folder(name, backbone_kwargs)
+        model = _from_folder(name, backbone_kwargs)
+        if num_classes is not None and num_classes != model.num_classes:
+            raise ValueError(f'{name!r} has {model.num_classes} classes (its config.json), not {num_classes}: a '
+                             'converted release keeps its classifier; for other classes train deeplabv3_<backbone> '
+                             'or dlaup_<backbone>, with pretrained_backbone')
+        return model
+    num_classes = 21 if num_classes is None else num_classes
     prefix = next((p for p in ('deeplabv3_', 'dlaup_') if name.startswith(p)), None)
     if prefix is None:
         raise ValueError(f'unknown segmentation model {name!r}: the names are deeplabv3_<backbone> (a ResNeXt-family '

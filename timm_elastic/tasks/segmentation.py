@@ -99,7 +99,8 @@ class VOCSegmentationData(VOCSegmentation):
 
     Args:
         root: the VOC2012 folder (holding `JPEGImages/`), or a folder holding `VOCdevkit/VOC2012/`.
-        split: the name of a list in `ImageSets/Segmentation/` (`train`, `val`, `trainval`, `train_aug`...).
+        split: the name of a list in `ImageSets/Segmentation/` (`train`, `val`, `trainval`, `train_aug`...);
+            `validation` (timm's name) is `val` where no `validation.txt` exists.
         transforms: applied to the (image, mask) pair.
 
     `classes` are `VOC_CLASSES`; `images` / `masks` the files, in the list's order. A missing list or file
@@ -112,6 +113,8 @@ class VOCSegmentationData(VOCSegmentation):
         nested = os.path.join(root, 'VOCdevkit', 'VOC2012')
         voc_root = nested if os.path.isdir(nested) else root
         lists = os.path.join(voc_root, 'ImageSets', 'Segmentation')
+        if split == 'validation' and not os.path.isfile(os.path.join(lists, 'validation.txt')):
+            split = 'val'  # timm's name of the evaluation split (the commands' default), PASCAL VOC's list
         list_file = os.path.join(lists, f'{split}.txt')
         if not os.path.isfile(list_file):
             there = sorted(f[:-4] for f in os.listdir(lists) if f.endswith('.txt')) if os.path.isdir(lists) else []
@@ -162,6 +165,17 @@ def _check_mask_labels(mask: torch.Tensor, num_classes: int, where: str) -> None
                          f'0..{num_classes - 1} (one per class) and {IGNORE_INDEX} (ignored)')
 
 
+def _check_pair(image, mask, where: str) -> None:
+    """Refuse a mask that is not one label per pixel of its image (PIL images)."""
+    from ..train import UsageError
+    if len(mask.getbands()) != 1:
+        raise UsageError(f'{where} is a {mask.mode} image; a mask holds one label per pixel: a palette (P, as PASCAL '
+                         'VOC\'s) or greyscale (L) PNG')
+    if mask.size != image.size:
+        raise UsageError(f'{where} is {mask.size[0]}x{mask.size[1]} pixels, its image {image.size[0]}x'
+                         f'{image.size[1]}: a mask labels each pixel of its image')
+
+
 class SegmentationTransform:
     """The original's preprocessing of an (image, mask) pair (`preprocess` in allenai/elastic's `utils.py`),
     with torch's random generator (reseeded by the loop every epoch, in workers too).
@@ -189,6 +203,7 @@ class SegmentationTransform:
         import numpy as np
         from PIL import Image
         from torchvision.transforms import functional as TF
+        _check_pair(image, mask, where)
         if self.num_classes is not None:  # before the rescale, which may drop a pixel
             _check_mask_labels(torch.from_numpy(np.array(mask, dtype=np.int64)), self.num_classes, where)
         if self.training and self.hflip and float(torch.rand(())) < self.hflip:
@@ -295,7 +310,7 @@ class Segment(Task):
         """`segmentation.create_model(name)`: `pretrained` gives the backbone its ImageNet weights, the other
         timm arguments (`in_chans`, `drop_rate`, the Elastic options...) go to the backbone."""
         from ..segmentation import create_model
-        model = create_model(name, num_classes=num_classes or 21, pretrained_backbone=pretrained,
+        model = create_model(name, num_classes=num_classes, pretrained_backbone=pretrained,
                              backbone_kwargs=backbone_kwargs or None, bn_momentum=bn_momentum)
         if checkpoint_path:
             from timm.models import load_checkpoint
