@@ -291,6 +291,24 @@ def test_transposed_upsampling_starts_bilinear():
     assert not create_model('dlaup_dla_x60', num_classes=3).up.weight.requires_grad
 
 
+def test_dlaup_decoder_starts_as_the_originals():
+    """models/dla_up.py draws every convolution of its decoder (IDA projections and nodes, the classifier) from a
+    normal of std sqrt(2 / (k x k x out channels)); the transposed ones start bilinear (above)."""
+    import math
+
+    from timm_elastic.segmentation import create_model
+    torch.manual_seed(0)
+    model = create_model('dlaup_dla_x60', num_classes=21)
+    convs = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)
+             and (n.startswith('dla_up.') or n.startswith('fc.'))]
+    assert len(convs) > 10 and any(n.startswith('fc.') for n, _ in convs)
+    for name, m in convs:
+        w = m.weight.detach().double()
+        want = math.sqrt(2. / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels))
+        # PyTorch's default (uniform, std 1 / sqrt(3 fan_in)) is 3 to 8 times smaller here
+        assert abs(float(w.std()) / want - 1) < 0.1 and abs(float(w.mean())) < 0.1 * want, name
+
+
 @pytest.mark.slow
 def test_convert_writes_a_folder_that_rebuilds_the_model(tmp_path):
     """`timm-elastic convert` on a segmentation release (the seg_dla60x stand-in, as a file): config.json,

@@ -114,6 +114,14 @@ def _depthwise_up(channels: int, factor: int) -> nn.ConvTranspose2d:
                                          groups=channels, bias=False))
 
 
+def _init_convs_(module: nn.Module) -> None:
+    """The original decoder's initialisation of its convolutions (not the transposed ones, kept bilinear):
+    normal with std sqrt(2 / (k x k x out channels)); BatchNorm keeps PyTorch's weight 1, bias 0."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.normal_(m.weight, 0., math.sqrt(2. / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels)))
+
+
 def _conv_bn_relu(in_chs: int, out_chs: int, kernel: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(in_chs, out_chs, kernel, padding=kernel // 2, bias=False),
                          nn.BatchNorm2d(out_chs), nn.ReLU(inplace=True))
@@ -131,6 +139,7 @@ class IDAUp(nn.Module):
         for i in range(1, len(channels)):
             setattr(self, f'node_{i}', _conv_bn_relu(2 * out_chs, out_chs, node_kernel))
         self.num_inputs = len(channels)
+        _init_convs_(self)
 
     def forward(self, maps: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, List[torch.Tensor]]:
         maps = [getattr(self, f'up_{i}')(getattr(self, f'proj_{i}')(m)) for i, m in enumerate(maps)]
@@ -181,6 +190,7 @@ class DLASeg(nn.Module):
         self.first_level = first_level
         self.dla_up = DLAUp(channels, [2 ** i for i in range(len(channels))])
         self.fc = nn.Sequential(nn.Conv2d(channels[0], num_classes, 1))
+        _init_convs_(self.fc)  # its bias keeps PyTorch's initialisation, as the original's
         self.up = _depthwise_up(num_classes, 2 ** first_level)
         self.up.weight.requires_grad_(False)  # the original keeps the last upsampling bilinear
         self.num_classes = num_classes
