@@ -287,6 +287,18 @@ def test_policy_of_identical_images_has_no_embedding(browser, tmp_path):
             'policies, got 8 images with 1') in proc.stdout
     page, errors, _ = open_page(browser, out / 'policy.html')
     assert page.locator('#grid .card').count() == 8 and errors == []
+    # a second run into the folder: refused, then with --force the folder is the new run's alone (an earlier
+    # run's plots left there would be read as this one's)
+    (out / 'strip.png').write_bytes(b'an earlier run')
+    again = ['policy', '--checkpoint', str(tmp_path / 'e.pth.tar'), '--data-dir', str(data), '--out', str(out)]
+    proc = cli(*again)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"timm-elastic policy: error: --out '{out}' holds files already; pass --force to replace the folder"]
+    assert (out / 'strip.png').read_bytes() == b'an earlier run'
+    proc = cli(*again, '--force')
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(os.listdir(out)) == ['class_ranking.png', 'policy.html', 'policy.json']
+    assert sorted(os.listdir(tmp_path)) == ['data', 'e.pth.tar', 'out']  # no staging folder left behind
 
 
 def test_policy_of_a_diverged_model(browser, tmp_path):

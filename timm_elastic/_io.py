@@ -1,4 +1,5 @@
 """Writing outputs so that a kill or a full disk never leaves a half-written one behind."""
+import contextlib
 import json
 import math
 import os
@@ -6,7 +7,7 @@ import shutil
 import tempfile
 from typing import Any
 
-__all__ = ['OutputExistsError', 'replace_dir', 'write_text', 'write_json', 'json_finite', 'fsync_dir']
+__all__ = ['OutputExistsError', 'replace_dir', 'staged_dir', 'write_text', 'write_json', 'json_finite', 'fsync_dir']
 
 
 class OutputExistsError(FileExistsError):
@@ -38,6 +39,27 @@ def replace_dir(tmp: str, dest: str) -> None:
         os.rename(os.path.join(old, name), dest)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_dir(out_dir: str):
+    """A temporary folder beside `out_dir` to write into; renamed to `out_dir` (replacing it) when the block
+    ends normally, removed when it raises: `out_dir` is the complete new folder, or what it was before."""
+    out_dir = os.path.abspath(out_dir)
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f'.{os.path.basename(out_dir)}.', suffix='.tmp', dir=parent)
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp and some writers make their files private
+        for name in os.listdir(tmp):
+            os.chmod(os.path.join(tmp, name), 0o666 & ~umask)
+        replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def write_bytes(path: str, data: bytes) -> None:

@@ -585,7 +585,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help='a baseline model to compare predictions with (e.g. resnext_tiny, resnext50_32x4d)')
     p.add_argument('--baseline-checkpoint', metavar='PATH', default='',
                    help="the baseline's weights (without it: its pretrained weights, with --pretrained)")
-    p.add_argument('--out', metavar='DIR', required=True, help='folder for policy.html, the PNGs and policy.json')
+    p.add_argument('--out', metavar='DIR', required=True,
+                   help='folder for policy.html, the PNGs and policy.json (created; see --force)')
+    p.add_argument('--force', action='store_true', help='replace DIR if it holds files')
     p.add_argument('--thumb-size', type=int, metavar='N', default=96,
                    help='longer side of the thumbnails in the page, in pixels (default: 96)')
     p.add_argument('--perplexity', type=float, metavar='F', default=30., help='t-SNE perplexity (default: 30)')

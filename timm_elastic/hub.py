@@ -13,17 +13,14 @@ holds `config.json` with the `timm_elastic.segmentation` architecture name, `mod
 with the paper's Table 5 row; `timm_elastic.segmentation.create_model('local-dir:DIR')` (or `'hf-hub:REPO'`)
 rebuilds the model from it.
 """
-import contextlib
 import hashlib
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Union
 
 import torch
 
-from ._io import OutputExistsError, replace_dir
+from ._io import OutputExistsError, staged_dir
 from .convert import (
     ORIGINALS, SEG_ORIGINALS, Original, from_original, infer_arch, load_original, num_classes_of, release_tag)
 
@@ -107,7 +104,7 @@ def export_original(
     elif model.pretrained_cfg.get('label_names'):
         model_config.update(label_names=list(model.pretrained_cfg['label_names']))
 
-    with _staged(out_dir) as tmp:
+    with staged_dir(out_dir) as tmp:
         save_for_hf(model, tmp, model_config=model_config, model_args=dict(spec.model_args), safe_serialization=True)
         card = model_card(
             spec, arch, tag, repo_id, params=params, gmacs=count_gmacs(model),
@@ -116,26 +113,6 @@ def export_original(
         with open(os.path.join(tmp, 'README.md'), 'w', encoding='utf-8') as f:
             f.write(card)
     return Export(out_dir, arch, spec.model, tag, repo_id, params, num_classes)
-
-
-@contextlib.contextmanager
-def _staged(out_dir: str):
-    """A temporary folder beside `out_dir` to write into; renamed to `out_dir` (replacing it) when the block
-    ends normally, removed when it raises: the folder is complete or absent."""
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f'.{os.path.basename(out_dir)}.', suffix='.tmp', dir=parent)
-    try:
-        yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp and some writers make their files private
-        for name in os.listdir(tmp):
-            os.chmod(os.path.join(tmp, name), 0o666 & ~umask)
-        replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 # paper Table 5 (PASCAL VOC val mIoU %): original arch -> (row, original model, Elastic model)
@@ -166,7 +143,7 @@ def _export_segmentation(state: Mapping[str, Any], arch: Optional[str], out_dir:
                   output=model.output_description)
     if model.num_classes == len(VOC_CLASSES):
         config['label_names'] = list(VOC_CLASSES)
-    with _staged(out_dir) as tmp:
+    with staged_dir(out_dir) as tmp:
         with open(os.path.join(tmp, 'config.json'), 'w', encoding='utf-8') as f:
             json.dump(config, f, indent=2)
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, os.path.join(tmp, 'model.safetensors'))

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from .. import policy
-from .._io import write_json
+from .._io import staged_dir, write_json
 from . import page, plots
 
 __all__ = ['run']
@@ -76,6 +76,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         raise UsageError('--baseline-checkpoint needs --baseline NAME (the model it holds)')
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UsageError(f'--out {args.out!r} is a file; name a folder (it is created if missing)')
+    if os.path.isdir(args.out) and os.listdir(args.out) and not getattr(args, 'force', False):
+        raise UsageError(f'--out {args.out!r} holds files already; pass --force to replace the folder')
     for flag, value in (('--thumb-size', args.thumb_size), ('-b/--batch-size', args.batch_size),
                         ('--perplexity', args.perplexity)):
         if not value > 0:
@@ -108,38 +110,38 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     classes = _class_names(dataset) or [str(i) for i in range(probs.shape[1])]
     names = recorder.names
 
-    os.makedirs(args.out, exist_ok=True)
-    files = []
+    with staged_dir(args.out) as staged:  # a complete folder or the one that was there: never a mix
+        files = []
 
-    def out(name: str) -> str:
-        files.append(name)
-        return os.path.join(args.out, name)
+        def out(name: str) -> str:
+            files.append(name)
+            return os.path.join(staged, name)
 
-    s, t = recorder.scores.numpy(), targets.numpy()
-    pred = probs.argmax(1).numpy()
-    base_pred = base_probs.argmax(1).numpy() if base_probs is not None else None
-    correct = pred == t
-    base_correct = base_pred == t if base_pred is not None else None
-    plots.plot_class_ranking(policy.class_ranking(s, t, classes), out('class_ranking.png'))
-    no_embedding = policy.embedding_problem(s)
-    if not no_embedding:
-        embedding = policy.policy_embedding(s, perplexity=args.perplexity, seed=args.seed)
-        plots.plot_embedding(embedding, out('embedding_class.png'), labels=t, class_names=classes)
-        plots.plot_embedding(embedding, out('embedding_score.png'), values=s.mean(1))
-        plots.plot_strip(s, policy.embedding_order(embedding), names, out('strip.png'))
-        if base_correct is not None:
-            plots.plot_improvement_density(policy.improvement_density(embedding, correct, base_correct),
-                                           out('improvement.png'))
-    top5 = _top5(probs)
-    base_top5 = _top5(base_probs) if base_probs is not None else [None] * len(t)
-    data = dict(model=args.model, baseline=args.baseline or None, blocks=names, classes=classes, images=[
-        dict(thumb=thumbs[i], target=int(t[i]), top5=top5[i], base_top5=base_top5[i],
-             scores=[round(float(v), 5) for v in s[i]]) for i in range(len(t))])
-    page.write_page(out('policy.html'), data)
-    write_json(out('policy.json'), dict(
-        model=args.model, baseline=args.baseline or None, blocks=names, classes=classes, targets=t.tolist(),
-        predictions=pred.tolist(), baseline_predictions=base_pred.tolist() if base_pred is not None else None,
-        scores=[[round(float(v), 6) for v in row] for row in s]))
+        s, t = recorder.scores.numpy(), targets.numpy()
+        pred = probs.argmax(1).numpy()
+        base_pred = base_probs.argmax(1).numpy() if base_probs is not None else None
+        correct = pred == t
+        base_correct = base_pred == t if base_pred is not None else None
+        plots.plot_class_ranking(policy.class_ranking(s, t, classes), out('class_ranking.png'))
+        no_embedding = policy.embedding_problem(s)
+        if not no_embedding:
+            embedding = policy.policy_embedding(s, perplexity=args.perplexity, seed=args.seed)
+            plots.plot_embedding(embedding, out('embedding_class.png'), labels=t, class_names=classes)
+            plots.plot_embedding(embedding, out('embedding_score.png'), values=s.mean(1))
+            plots.plot_strip(s, policy.embedding_order(embedding), names, out('strip.png'))
+            if base_correct is not None:
+                plots.plot_improvement_density(policy.improvement_density(embedding, correct, base_correct),
+                                               out('improvement.png'))
+        top5 = _top5(probs)
+        base_top5 = _top5(base_probs) if base_probs is not None else [None] * len(t)
+        data = dict(model=args.model, baseline=args.baseline or None, blocks=names, classes=classes, images=[
+            dict(thumb=thumbs[i], target=int(t[i]), top5=top5[i], base_top5=base_top5[i],
+                 scores=[round(float(v), 5) for v in s[i]]) for i in range(len(t))])
+        page.write_page(out('policy.html'), data)
+        write_json(out('policy.json'), dict(
+            model=args.model, baseline=args.baseline or None, blocks=names, classes=classes, targets=t.tolist(),
+            predictions=pred.tolist(), baseline_predictions=base_pred.tolist() if base_pred is not None else None,
+            scores=[[round(float(v), 6) for v in row] for row in s]))
     return dict(folder=args.out, files=files, images=len(t), blocks=len(names), model=args.model,
                 no_embedding=no_embedding,
                 baseline=args.baseline or None, top1=100. * float(correct.mean()),
