@@ -252,6 +252,8 @@ def test_compare_multilabel_prints_tables_3_4_and_fig_7(tmp_path):
     ('no_annotations', "--task multilabel reads MS COCO annotations: no COCO annotations for split 'validation'"),
     ('image_folder', 'is single-label data: --task classify'),
     ('missing_image', "1 of the 21 images of split 'val2014' are missing, e.g. "),
+    ('unknown_category', 'has category_id 77, which its categories do not list'),
+    ('no_file_name', 'have no file_name, e.g. image id 102'),
     ('wrong_classes', 'has 8 classes, but the multi-label data has 3: one output per class is needed'),
     ('classify_checkpoint', 'was trained with --task classify; use it with --task classify'),
     # each split numbers the categories its file lists: output 0 would be trained as one and scored as another
@@ -284,11 +286,20 @@ def test_bad_inputs_are_one_line_errors(coco, tmp_path, case, message):
             ((3, 'car'), (1, 'person'), (90, 'toothbrush'), (6, 'bus'))
         write_coco(root, 'train2014', 8, categories=cats if case != 'empty_val' else cats[:3])
         write_coco(root, 'val2014', 0 if case == 'empty_val' else 4, seed=1)
-    elif case == 'missing_image':
+    elif case in ('missing_image', 'unknown_category', 'no_file_name'):
         import shutil
         root = tmp_path / 'coco'
         shutil.copytree(coco, root)
-        os.remove(root / 'val2014' / '0005.png')
+        if case == 'missing_image':
+            os.remove(root / 'val2014' / '0005.png')
+        else:
+            path = root / 'annotations' / 'instances_val2014.json'
+            ann = json.loads(path.read_text())
+            if case == 'unknown_category':
+                ann['annotations'][0]['category_id'] = 77
+            else:
+                del ann['images'][2]['file_name']
+            path.write_text(json.dumps(ann))
     if case in ('other_order', 'other_classes', 'empty_val'):
         proc = cli('train', '--task', 'multilabel', '--data-dir', str(root), '-b', '4', '--output', str(tmp_path),
                    '--experiment', 'x', *QUICK)

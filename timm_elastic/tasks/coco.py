@@ -77,10 +77,16 @@ class CocoMultiLabel(torch.utils.data.Dataset):
         self.cat2label: Dict[int, int] = {c: i for i, c in enumerate(cat_ids)}
         self.classes: List[str] = [self.coco.cats[c]['name'] for c in cat_ids]
         self.ids: List[int] = list(self.coco.imgs)
+        no_file = [i for i in self.ids if 'file_name' not in self.coco.imgs[i]]
+        if no_file:
+            raise ValueError(f'{len(no_file)} images of {annotations} have no file_name, e.g. image id {no_file[0]}')
         self._labels: List[Dict[int, set]] = []
         for img_id in self.ids:
             sizes: Dict[int, set] = {}
             for ann in self.coco.imgToAnns.get(img_id, []):
+                if ann['category_id'] not in self.cat2label:
+                    raise ValueError(f'annotation {ann.get("id")} of image {img_id} in {annotations} has category_id '
+                                     f'{ann["category_id"]}, which its categories do not list')
                 sizes.setdefault(self.cat2label[ann['category_id']], set()).add(object_size(ann['area']))
             self._labels.append(sizes)
 
