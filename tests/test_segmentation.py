@@ -291,6 +291,21 @@ def test_transposed_upsampling_starts_bilinear():
     assert not create_model('dlaup_dla_x60', num_classes=3).up.weight.requires_grad
 
 
+def test_a_hub_model_that_cannot_be_fetched_is_one_line(tmp_path):
+    # offline with an empty cache: huggingface_hub's error, named, in one line (it was a traceback)
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, HF_HUB_OFFLINE='1', HF_HOME=str(tmp_path / 'hf'))
+    proc = subprocess.run([os.path.join(os.path.dirname(sys.executable), 'timm-elastic'), 'validate', '--task',
+                           'segment', '--model', 'hf-hub:nobody/no-such-model', '--pretrained', '--val-num-samples',
+                           '2', '-j', '0', '--no-progress'], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 2 and 'Traceback' not in proc.stderr, proc.stderr[-2000:]
+    line, = proc.stderr.strip().splitlines()
+    assert line.startswith("timm-elastic validate: error: 'hf-hub:nobody/no-such-model': cannot fetch config.json "
+                           'and model.safetensors from the Hugging Face Hub: '), line
+
+
 def test_dlaup_decoder_starts_as_the_originals():
     """models/dla_up.py draws every convolution of its decoder (IDA projections and nodes, the classifier) from a
     normal of std sqrt(2 / (k x k x out channels)); the transposed ones start bilinear (above)."""

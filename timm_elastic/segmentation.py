@@ -280,7 +280,11 @@ def _from_folder(name: str, backbone_kwargs: Optional[Dict[str, Any]] = None) ->
                              'config.json and model.safetensors)')
     else:
         from huggingface_hub import hf_hub_download
-        files = {f: hf_hub_download(where, f) for f in ('config.json', 'model.safetensors')}
+        try:
+            files = {f: hf_hub_download(where, f) for f in ('config.json', 'model.safetensors')}
+        except Exception as e:  # huggingface_hub's own: not found, offline and not cached, network ...
+            raise ValueError(f'{name!r}: cannot fetch config.json and model.safetensors from the Hugging Face Hub: '
+                             f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}') from e
     with open(files['config.json']) as f:
         config = json.load(f)
     model = create_model(config['architecture'], num_classes=config['num_classes'], backbone_kwargs=backbone_kwargs)
