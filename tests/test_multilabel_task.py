@@ -257,7 +257,7 @@ def test_compare_multilabel_prints_tables_3_4_and_fig_7(tmp_path):
     ('wrong_classes', 'has 8 classes, but the multi-label data has 3: one output per class is needed'),
     ('classify_checkpoint', 'was trained with --task classify; use it with --task classify'),
     # each split numbers the categories its file lists: output 0 would be trained as one and scored as another
-    ('other_order', "number their classes differently (class 0 is 'person' in one, 'car' in the other)"),
+    ('other_order', "number their classes differently (class 0 is 'person' in 'train', 'car' in 'validation')"),
     ('other_classes', "have different classes: 1 only in 'train' (e.g. 'bus'); both need the same classes"),
     ('empty_val', "split 'validation' of --data-dir"),
     ('mixup', '--mixup make single-label soft targets; --task multilabel trains on its 0/1 targets'),

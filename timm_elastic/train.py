@@ -155,8 +155,8 @@ def _check_same_classes(train: Optional[List[str]], val: Optional[List[str]], ar
                 if o]
         raise UsageError(f'the {where} have different classes: {"; ".join(said)}; both need the same classes')
     i = next(i for i, (a, b) in enumerate(zip(train, val)) if a != b)
-    raise UsageError(f'the {where} number their classes differently (class {i} is {train[i]!r} in one, {val[i]!r} '
-                     'in the other): both need them in the same order')
+    raise UsageError(f'the {where} number their classes differently (class {i} is {train[i]!r} in '
+                     f'{args.train_split!r}, {val[i]!r} in {args.val_split!r}): both need them in the same order')
 
 
 def _class_names(dataset) -> Optional[List[str]]:
