@@ -557,6 +557,9 @@ def test_progress_bar_in_a_terminal_only(tmp_path):
     (['validate', '--pretrained'], '--model is needed with --pretrained'),
     (['compare', '--model', 'resnext50_elastic'], "--model 'resnext50_elastic' has no registered non-Elastic twin"),
     (['compare', '--seeds', '1', '1'], '--seeds must be distinct integers of 0 or more, got 1 1'),
+    (['train', '--in-chans', '1'], "--in-chans 1 reads the images as greyscale through timm's create_dataset (an "
+                                   "image folder, torch/..., hfds/...); the built-in data's images are RGB"),
+    (['train', '--in-chans', '2'], '--in-chans 2: the loaders read images as RGB (3 channels) or, with --in-chans 1'),
     # known before the evaluation, not after it
     (['validate', '--model', 'resnext_tiny_elastic', '--pretrained', '--results-file', '/no/such/dir/r.json'],
      "--results-file '/no/such/dir/r.json': its folder does not exist"),
@@ -567,6 +570,28 @@ def test_bad_arguments_are_one_line_errors(tmp_path, args, message):
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and 'Traceback' not in proc.stderr, proc.stderr
     assert err[0].startswith(f'timm-elastic {args[0]}: error: ') and message in err[0], err[0]
+
+
+def test_a_greyscale_image_folder_with_in_chans_1(tmp_path):
+    """--in-chans 1 reads an image folder as greyscale (timm's input_img_mode 'L', as its train.py) and
+    normalises by the mean of the pretrained cfg's mean and std (0.449, 0.226 for ImageNet's); it crashed in
+    the first convolution (3-channel images for a 1-channel stem)."""
+    from PIL import Image
+    g = torch.Generator().manual_seed(0)
+    for split, n in (('train', 8), ('validation', 4)):
+        for c in ('dark', 'light'):
+            (tmp_path / 'grey' / split / c).mkdir(parents=True)
+            for i in range(n):
+                shade = int(torch.randint(0, 100, (1,), generator=g)) + (150 if c == 'light' else 0)
+                Image.new('L', (40, 40), shade).save(tmp_path / 'grey' / split / c / f'{i}.png')
+    flags = ['--in-chans', '1', '--data-dir', str(tmp_path / 'grey'), '-j', '0', '--no-progress', '--img-size', '64']
+    proc = cli('train', *flags, '--epochs', '1', '-b', '4', '--log-interval', '0', '--output', str(tmp_path),
+               '--experiment', 'g')
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert 'mean (0.449,), std (0.226,)' in proc.stderr
+    assert state(tmp_path / 'g' / 'last.pth.tar')['conv1.0.weight'].shape[1] == 1
+    proc = cli('validate', *flags, '--checkpoint', str(tmp_path / 'g' / 'last.pth.tar'))
+    assert proc.returncode == 0 and '(8 images at 64x64)' in proc.stdout, proc.stderr[-2000:]
 
 
 def test_a_run_in_the_experiment_folder_is_kept(tmp_path):

@@ -40,15 +40,13 @@ def stress_test(model, dataset, args: argparse.Namespace, device, sizes: Sequenc
     `args.channels_last` as `validate`; with DDP every process evaluates its shard)."""
     from contextlib import nullcontext
 
-    from timm.data import resolve_data_config
-
-    from .train import _eval_loader, evaluate
+    from .train import _eval_loader, evaluate, resolve_config
     out: Dict[int, Dict[str, Any]] = OrderedDict()
     for size in sizes:
         sized = copy.copy(args)
         sized.img_size, sized.input_size = size, None
         # the whole image at every size, whatever the task's or the model's evaluation crop
-        config = dict(resolve_data_config(vars(sized), model=model), crop_pct=1.0, crop_mode='squash')
+        config = dict(resolve_config(sized, model), crop_pct=1.0, crop_mode='squash')
         loader = _eval_loader(dataset, args.batch_size, sized, config, device)
         out[size] = evaluate(model, loader, sized, device, amp_autocast or nullcontext, combinations,
                              phase=f'{size}x{size}')

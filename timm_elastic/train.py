@@ -102,10 +102,18 @@ def create_datasets(args: argparse.Namespace, training: bool = True):
 
     task = task_of(args)
     name = args.dataset or ''
+    in_chans = getattr(args, 'in_chans', None) or 3
+    if in_chans not in (1, 3):
+        raise UsageError(f'--in-chans {in_chans}: the loaders read images as RGB (3 channels) or, with --in-chans 1, '
+                         'as greyscale')
+    grey_needs_folder = ('--in-chans 1 reads the images as greyscale through timm\'s create_dataset (an image '
+                         'folder, torch/..., hfds/...); {} images are RGB')
     if not args.data_dir:
         if name not in ('', BUILTIN):
             raise UsageError(f'--dataset {name!r} needs --data-dir (without it the built-in {BUILTIN!r} '
                              f'dataset is used)')
+        if in_chans == 1:
+            raise UsageError(grey_needs_folder.format("the built-in data's"))
         # rendered once and kept when the loader runs in this process (-j 0)
         cache = args.workers == 0
         kwargs = task.builtin_kwargs()
@@ -123,10 +131,13 @@ def create_datasets(args: argparse.Namespace, training: bool = True):
     def make(split: str, is_training: bool):
         own = task.read_dataset(args, split, is_training)
         if own is not None:
+            if in_chans == 1:
+                raise UsageError(grey_needs_folder.format(f'--task {task.name} reads its own data, whose'))
             return own
-        try:
+        try:  # the image mode as timm's train.py picks it
             return create_dataset(name, root=args.data_dir, split=split, is_training=is_training,
-                                  num_samples=args.train_num_samples if is_training else args.val_num_samples)
+                                  num_samples=args.train_num_samples if is_training else args.val_num_samples,
+                                  input_img_mode='L' if in_chans == 1 else 'RGB')
         except (AssertionError, FileNotFoundError, RuntimeError, ValueError) as e:
             raise UsageError(f'cannot read split {split!r} of --data-dir {args.data_dir!r}: {e}') from None
 
@@ -157,6 +168,19 @@ def _check_same_classes(train: Optional[List[str]], val: Optional[List[str]], ar
     i = next(i for i, (a, b) in enumerate(zip(train, val)) if a != b)
     raise UsageError(f'the {where} number their classes differently (class {i} is {train[i]!r} in '
                      f'{args.train_split!r}, {val[i]!r} in {args.val_split!r}): both need them in the same order')
+
+
+def resolve_config(args: argparse.Namespace, model: nn.Module) -> Dict[str, Any]:
+    """timm's `resolve_data_config(vars(args), model=model)`, with a mean and std per input channel: timm keeps
+    the pretrained cfg's three for `--in-chans 1` (its train.py then needs --mean / --std); a grey image is
+    normalised by their averages, as timm's pretrained loader sums the stem's weights over the colours."""
+    from timm.data import resolve_data_config
+    config = resolve_data_config(vars(args), model=model)
+    chans = config['input_size'][0]
+    for key in ('mean', 'std'):
+        if len(config[key]) != chans:
+            config[key] = (sum(config[key]) / len(config[key]),) * chans
+    return config
 
 
 def _class_names(dataset) -> Optional[List[str]]:
@@ -459,7 +483,7 @@ def train(args: argparse.Namespace, datasets=None) -> Dict[str, Any]:
     """Train `args.model` as `timm-elastic train` does; returns the last epoch's eval metrics
     (and `output_dir`). See `timm_elastic.cli` for the flags. `datasets` is what `create_datasets`
     returns, to share them (and their rendered images) between runs."""
-    from timm.data import Mixup, create_loader, resolve_data_config
+    from timm.data import Mixup, create_loader
     from timm.models import load_checkpoint, resume_checkpoint
     from timm.optim import create_optimizer_v2
     from timm.scheduler import create_scheduler_v2
@@ -498,7 +522,7 @@ def train(args: argparse.Namespace, datasets=None) -> Dict[str, Any]:
                              'default) averages the BatchNorm statistics of the processes after every epoch')
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
-    data_config = task.data_config(resolve_data_config(vars(args), model=model), args, model)  # in the info line
+    data_config = task.data_config(resolve_config(args, model), args, model)  # in the info line
     optimizer = create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
                                     momentum=args.momentum)
     if args.distributed and getattr(optimizer, 'is_second_order', False):
@@ -719,14 +743,12 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
     """Evaluate `args.model` with the weights of `--checkpoint` or `--pretrained` (one of them is
     required; without `--model` the checkpoint's recorded model) as `timm-elastic validate` does:
     the task's metrics (`evaluate`), per size combination too where the data records object sizes."""
-    from timm.data import resolve_data_config
-
     task = task_of(args)
     device = _init_device(args)
     amp_autocast, _ = amp_context(args, device)
     _, eval_ds, data_classes = create_datasets(args, training=False)
     model = load_for_eval(args, data_classes, device)
-    data_config = task.data_config(resolve_data_config(vars(args), model=model), args, model)
+    data_config = task.data_config(resolve_config(args, model), args, model)
     loader = _eval_loader(eval_ds, args.batch_size, args, data_config, device)
     metrics = evaluate(model, loader, args, device, amp_autocast,
                        combinations_of(eval_ds, args.data_dir, args.val_split))

@@ -44,9 +44,8 @@ def _thumbnails(dataset, size: int) -> List[str]:
 def _predict(model, dataset, args, device, amp_autocast, recorder: Optional[policy.ScalePolicy] = None):
     """(probabilities (N, classes), targets (N,)) over `dataset` in order; `recorder` (of `model`)
     records the scale policy meanwhile."""
-    from timm.data import resolve_data_config
-    from ..train import _eval_loader
-    loader = _eval_loader(dataset, args.batch_size, args, resolve_data_config(vars(args), model=model), device)
+    from ..train import _eval_loader, resolve_config
+    loader = _eval_loader(dataset, args.batch_size, args, resolve_config(args, model), device)
     probs, targets = [], []
     model.eval()
     with recorder if recorder is not None else nullcontext(), torch.no_grad():
