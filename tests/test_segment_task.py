@@ -340,7 +340,7 @@ def test_compare_segment_prints_miou_by_object_size(tmp_path):
     assert small.split('|')[2].strip() == f'{twin["per_combination"]["small"]["miou"]:.2f}'
 
 
-def test_the_original_recipe_is_the_default_of_train_task_segment():
+def test_the_original_recipe_is_the_default_of_train_task_segment(tmp_path):
     from timm_elastic.cli import build_parser  # its parse fills in the defaults of the command and --task
     args = build_parser().parse_args(['train', '--task', 'segment'])
     assert (args.model, args.opt, args.lr, args.momentum, args.weight_decay, args.sched, args.decay_rate,
@@ -348,6 +348,12 @@ def test_the_original_recipe_is_the_default_of_train_task_segment():
         ('deeplabv3_resnext_tiny_elastic', 'momentum', 0.007, 0.9, 5e-4, 'poly', 0.9, True, 50, 16)
     args = build_parser().parse_args(['train', '--task', 'segment', '--model', 'dlaup_dla_x60', '--lr', '0.01'])
     assert (args.weight_decay, args.lr) == (1e-4, 0.01)
+    # a converted release of the DLA models too: its config.json names the architecture
+    release = tmp_path / 'seg_dla60x'
+    release.mkdir()
+    (release / 'config.json').write_text(json.dumps({'architecture': 'dlaup_dla_x60', 'num_classes': 21}))
+    assert build_parser().parse_args(['train', '--task', 'segment', '--model', f'local-dir:{release}']
+                                     ).weight_decay == 1e-4
     assert args.bn_momentum is None  # the model's own: the original's
     args = build_parser().parse_args(['train'])
     assert (args.model, args.opt, args.lr, args.sched, args.epochs, args.batch_size) == \

@@ -400,8 +400,22 @@ def original_recipe(model: str) -> Dict[str, Any]:
     momentum 0.9 (timm's 'momentum'; its 'sgd' is Nesterov's, which the original does not use), base lr 0.007
     decayed every iteration by the poly rule lr (1 - iter / max_iter)^0.9, weight decay 5e-4 (1e-4 for the DLA
     models), batch 16, 50 epochs (its crop, 513, is `Segment.data_config`'s)."""
-    return dict(opt='momentum', lr=0.007, weight_decay=1e-4 if model.startswith('dlaup_') else 5e-4, sched='poly',
+    dla = _architecture_of(model).startswith('dlaup_')
+    return dict(opt='momentum', lr=0.007, weight_decay=1e-4 if dla else 5e-4, sched='poly',
                 decay_rate=0.9, sched_on_updates=True, epochs=50, batch_size=16)
+
+
+def _architecture_of(model: str) -> str:
+    """The name of what `model` builds: for a converted release's folder (`local-dir:PATH`), the architecture its
+    config.json names; otherwise the name itself (an `hf-hub:` name is not fetched to set a default)."""
+    if model.startswith('local-dir:'):
+        import json
+        try:
+            with open(os.path.join(model.split(':', 1)[1], 'config.json')) as f:
+                return str(json.load(f).get('architecture', model))
+        except (OSError, ValueError):  # building the model names what is wrong with the folder
+            return model
+    return model
 
 
 def deepest_stride(model) -> Optional[int]:
