@@ -395,6 +395,7 @@ def test_the_poly_schedule_is_the_originals():
                    'stride 32, so the crop must be larger than 32 pixels'),
     ('classifier', '--task segment trains the segmentation models: deeplabv3_<backbone>'),
     ('mixup', '--mixup do not apply to --task segment'),
+    ('batch_of_one', '--model deeplabv3_resnext_tiny_elastic trains on at least 2 images per process (-b)'),
     ('classify_checkpoint', 'was trained with --task classify; use it with --task classify'),
     # an RGB mask with grey labels (0..20 pass the label check) and a mask of another size than its image
     ('rgb_mask', "is a RGB image; a mask holds one label per pixel: a palette (P, as PASCAL VOC's) or greyscale"),
@@ -422,8 +423,9 @@ def test_bad_inputs_are_one_line_errors(tmp_path, case, message):
     elif case == 'small_crop':
         proc = cli('train', '--task', 'segment', '--model', 'dlaup_dla_x60_elastic', '--img-size', '32',
                    '--output', str(tmp_path), *QUICK)
-    elif case in ('classifier', 'mixup'):
-        flag = ['--model', 'resnext_tiny_elastic'] if case == 'classifier' else ['--mixup', '0.2']
+    elif case in ('classifier', 'mixup', 'batch_of_one'):
+        flag = {'classifier': ['--model', 'resnext_tiny_elastic'], 'mixup': ['--mixup', '0.2'],
+                'batch_of_one': ['-b', '1']}[case]
         proc = cli('train', '--task', 'segment', *flag, '--output', str(tmp_path), *QUICK)
     else:
         import argparse

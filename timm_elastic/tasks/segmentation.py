@@ -285,6 +285,10 @@ class Segment(Task):
         if used:
             raise UsageError(f'{" / ".join(used)} do not apply to --task segment, which augments as the original: '
                              'a flip (--hflip), a random rescale (--scale, default 0.5 2) and a random crop')
+        if args.batch_size < 2 and _architecture_of(args.model or '').startswith('deeplabv3_'):
+            raise UsageError(f'--model {args.model} trains on at least 2 images per process (-b): the BatchNorm after '
+                             "its ASPP's image pooling sees one value per channel for a single image (the original's "
+                             'too)')
         if args.scale and not 0 < args.scale[0] <= args.scale[1]:
             raise UsageError(f'--scale of --task segment is the range of the random rescale factor, two positive '
                              f'numbers in increasing order (default 0.5 2), got {args.scale[0]:g} {args.scale[1]:g}')
