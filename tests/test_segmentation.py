@@ -131,6 +131,11 @@ def test_voc_reader_layouts_and_lists(tmp_path):
         '/JPEGImages/2007_000032.jpg /SegmentationClass/2007_000032.png\n')
     pairs = VOCSegmentationData(str(voc), 'pairs')
     assert np.array_equal(np.asarray(pairs[0][1]), masks['2007_000032'])
+    # ... and with blank lines, in a standard list under the VOCdevkit root (torchvision's reader takes neither)
+    (voc / 'ImageSets' / 'Segmentation' / 'train.txt').write_text(
+        '/JPEGImages/2007_000032.jpg /SegmentationClass/2007_000032.png\n\n2007_000039\n\n')
+    mixed = VOCSegmentationData(str(tmp_path), 'train')
+    assert len(mixed) == 2 and np.array_equal(np.asarray(mixed[1][1]), masks['2007_000039'])
     flipped = VOCSegmentationData(str(voc), 'val', transforms=lambda i, m: (i.transpose(0), m.transpose(0)))
     assert np.array_equal(np.asarray(flipped[0][1]), masks['2008_000001'][:, ::-1])
 

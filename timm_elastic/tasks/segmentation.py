@@ -121,7 +121,9 @@ class VOCSegmentationData(VOCSegmentation):
             raise FileNotFoundError(f'no split list {split!r}: {list_file} does not exist'
                                     + (f' (lists there: {", ".join(there)})' if there else ''))
         self.split, self.voc_root = split, voc_root
-        if voc_root == nested and split in ('train', 'val', 'trainval'):
+        with open(list_file) as f:  # torchvision's reader takes one id per line, no blank line
+            plain = all(len(line.split()) == 1 for line in f)
+        if voc_root == nested and split in ('train', 'val', 'trainval') and plain:
             super().__init__(root, year='2012', image_set=split, transforms=transforms)
         else:  # what torchvision's constructor does, for any list and either root
             VisionDataset.__init__(self, root, transforms=transforms)
