@@ -159,6 +159,29 @@ def test_hooks_leave_outputs_and_gradients_bit_identical(name, setting):
     assert policy.scores.shape == (2, len(policy.names)) and torch.isfinite(policy.scores).all()
 
 
+@pytest.mark.parametrize('name', list(SMALL))
+def test_gradient_checkpointing_records_each_image_once(name):
+    # timm's set_grad_checkpointing runs the blocks' forward again in the backward pass: not new images
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=5, **SMALL[name]).train()
+    x = torch.randn(2, 3, 64, 64)
+    scores = []
+    for checkpointing in (False, True):
+        model.set_grad_checkpointing(checkpointing)
+        m = copy.deepcopy(model)  # the same BatchNorm statistics for both
+        with ScalePolicy(m) as policy:
+            m(x).square().sum().backward()
+        scores.append(policy.scores)
+    assert scores[1].shape == (2, len(policy.names))
+    torch.testing.assert_close(scores[1], scores[0], rtol=0, atol=0)
+    if name == 'densenet201_elastic':  # its memory-efficient layers checkpoint each bottleneck
+        torch.manual_seed(0)
+        m = timm.create_model(name, num_classes=5, memory_efficient=True, **SMALL[name]).train()
+        with ScalePolicy(m) as policy:
+            m(x).square().sum().backward()
+        torch.testing.assert_close(policy.scores, scores[0], rtol=0, atol=0)
+
+
 def test_images_tensors_datasets_and_loaders_give_the_same_scores():
     model = timm.create_model('resnext_tiny_elastic').eval()
     data = ScaleShapes(split='validation', num_samples=5)

@@ -90,8 +90,8 @@ class ScalePolicy:
     Every forward pass adds its batch's rows; `reset()` forgets them. The hooks only read: outputs,
     gradients and BN statistics are those of the model without the recorder. Scores stay on the
     model's device until `scores` is read (then they are copied to the CPU once). Meant for eager
-    models: run `torch.compile`d models without it. A DenseNet with memory-efficient (checkpointed)
-    layers runs them again during backward; record under `torch.no_grad()` there.
+    models: run `torch.compile`d models without it. Checkpointed blocks (`set_grad_checkpointing()`,
+    DenseNet's memory-efficient layers) run again in the backward pass; those runs are not recorded.
     """
 
     def __init__(self, model: nn.Module):
@@ -136,8 +136,14 @@ class ScalePolicy:
 
 def _recorder(means: List[torch.Tensor], rectify: bool):
     def hook(module: nn.Module, args, output: torch.Tensor) -> None:
-        out = F.relu(output) if rectify else output  # not in place: the model's tensor stays as it is
-        means.append(out.detach().mean(dim=(1, 2, 3), dtype=torch.float32))
+        # inside a backward pass the forward runs again only to recompute a checkpointed segment (timm's
+        # set_grad_checkpointing): the image was recorded already (PyTorch has no public test for this)
+        if torch._C._current_graph_task_id() != -1:
+            return
+        # detached first: no autograd graph (a checkpointed segment must save the same tensors when it is
+        # recomputed, where this returns early); not in place: the model's tensor stays as it is
+        out = F.relu(output.detach()) if rectify else output.detach()
+        means.append(out.mean(dim=(1, 2, 3), dtype=torch.float32))
     return hook
 
 
