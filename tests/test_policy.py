@@ -174,6 +174,10 @@ def test_gradient_checkpointing_records_each_image_once(name):
         scores.append(policy.scores)
     assert scores[1].shape == (2, len(policy.names))
     torch.testing.assert_close(scores[1], scores[0], rtol=0, atol=0)
+    plain = copy.deepcopy(model)  # checkpointed, without the recorder: the same gradients
+    plain(x).square().sum().backward()
+    for (n, a), b in zip(plain.named_parameters(), m.parameters()):
+        assert torch.equal(a.grad, b.grad), n
     if name == 'densenet201_elastic':  # its memory-efficient layers checkpoint each bottleneck
         torch.manual_seed(0)
         m = timm.create_model(name, num_classes=5, memory_efficient=True, **SMALL[name]).train()
