@@ -140,6 +140,18 @@ def test_coco_export(tmp_path):
     assert '| DLA-X60* | 70.79 | 75.41 |' in (tmp_path / 'out' / 'README.md').read_text()  # paper Table 3
 
 
+def test_export_of_another_class_count_is_not_labelled_a_release(tmp_path):
+    # a 20-class fine-tune in the original's layout: no release tag, no release URL in its pretrained cfg
+    ckpt = tmp_path / 'voc_dla60x.pth.tar'
+    torch.save(as_release(stand_in_state('dla60x', num_classes=20)), ckpt)
+    proc = convert(str(ckpt), '--arch', 'dla60x', '--out', str(tmp_path / 'out'))
+    assert proc.returncode == 0, proc.stderr
+    config = json.loads((tmp_path / 'out' / 'config.json').read_text())
+    cfg = config['pretrained_cfg']
+    assert config['num_classes'] == cfg['num_classes'] == 20 and cfg.get('tag') is None and not cfg.get('url')
+    assert 'not a release' in cfg['description'] and 'label_names' not in config
+
+
 @pytest.mark.parametrize('make,args,message', [
     ('truncated', [], 'is a truncated PyTorch checkpoint: it ends after 100000 bytes'),
     ('missing', [], 'checkpoint not found'),

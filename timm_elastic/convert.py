@@ -481,6 +481,10 @@ def from_original(
     tag = release_tag(arch, num_classes)
     if tag is not None and not replace_head:
         model.pretrained_cfg = release_pretrained_cfg(spec.model, tag)
+    elif tag is None:  # not a release: timm's default cfg would name the ImageNet release's tag and URL
+        model.pretrained_cfg = dict(model.pretrained_cfg, tag=None, url='', num_classes=model.num_classes,
+                                    description=f'{model.pretrained_cfg.get("description", spec.model)}, converted '
+                                                f'from an original checkpoint of {num_classes} classes (not a release)')
     return model.eval()
 
 
