@@ -18,7 +18,7 @@ from timm_elastic import scale_policy
 from timm_elastic.data import ScaleShapes
 from timm_elastic.report import render_page, write_page
 from timm_elastic.report.page import CHROMIUM, CHROMIUM_ARGS
-from test_train import cli
+from test_train import cli, in_a_terminal
 
 
 def thumb(colour) -> str:
@@ -319,6 +319,24 @@ def test_policy_of_a_diverged_model(browser, tmp_path):
     assert all(row[2] is None for row in result['scores']) and all(row[0] is not None for row in result['scores'])
     page, errors, _ = open_page(browser, out / 'policy.html')
     assert page.locator('#grid .card').count() == 6 and errors == []
+
+
+def test_policy_shows_progress_in_a_terminal(tmp_path):
+    # a bar per model through its 8 batches (32 images, 4 a batch; at 448 pixels a second or more, as tqdm redraws
+    # once a second at most), none with --no-progress
+    checkpoint(tmp_path / 'e.pth.tar', 'resnext_tiny_elastic', 1)
+    checkpoint(tmp_path / 't.pth.tar', 'resnext_tiny', 2)
+    flags = ['policy', '--checkpoint', str(tmp_path / 'e.pth.tar'), '--baseline', 'resnext_tiny',
+             '--baseline-checkpoint', str(tmp_path / 't.pth.tar'), '--val-num-samples', '32', '-b', '4',
+             '--img-size', '448']
+    status, shown, _ = in_a_terminal(*flags, '--out', str(tmp_path / 'a'))
+    assert status == 0, shown
+    assert re.search(r'resnext_tiny_elastic: +\d+%.*\| 0/8 ', shown), shown
+    assert re.search(r'resnext_tiny_elastic: +\d+%.*\| [1-8]/8 ', shown), shown  # it advanced
+    assert re.search(r'resnext_tiny: +\d+%.*\| 0/8 ', shown), shown
+    status, shown, _ = in_a_terminal(*flags[:-4], '--val-num-samples', '8', '--out', str(tmp_path / 'b'),
+                                     '--no-progress')
+    assert status == 0 and '%|' not in shown, shown
 
 
 def test_policy_of_fewer_classes_than_outputs_is_refused(tmp_path):

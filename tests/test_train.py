@@ -45,6 +45,32 @@ def validate_in_two_processes_and_one(common, tmp_path):
     return tuple(json.loads((tmp_path / f).read_text()) for f in ('ddp.json', 'one.json'))
 
 
+def in_a_terminal(*args):
+    """`timm-elastic ARGS` with stderr on a pseudo-terminal (160 columns): (exit status, what the terminal
+    showed, stdout)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+    primary, secondary = pty.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack('HHHH', 24, 160, 0, 0))  # a terminal's size
+    proc = subprocess.Popen([shutil.which('timm-elastic'), *args], stdout=subprocess.PIPE, stderr=secondary,
+                            text=True)
+    os.close(secondary)
+    out = b''
+    while True:
+        try:
+            chunk = os.read(primary, 4096)
+        except OSError:  # the other end closed
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(primary)
+    status = proc.wait(timeout=600)
+    return status, out.decode(errors='replace'), proc.stdout.read()
+
+
 def summary(path):
     with open(path, newline='') as f:
         return list(csv.reader(f))
@@ -503,38 +529,19 @@ def test_compare_table4_over_seeds_is_repeatable(tmp_path):
 
 def test_progress_bar_in_a_terminal_only(tmp_path):
     """In a terminal one bar per epoch (through training and evaluation); in a pipe or a log, no bar fragments."""
-    import fcntl
-    import pty
-    import struct
-    import termios
     flags = ['train', '--epochs', '2', '-j', '0', '--train-num-samples', '64', '--val-num-samples', '32', '-b', '16',
              '--log-interval', '0', '--output', str(tmp_path)]
     piped = cli(*flags, '--experiment', 'piped')
     assert piped.returncode == 0, piped.stderr
     assert '\r' not in piped.stderr and '\r' not in piped.stdout and 'it/s' not in piped.stderr, piped.stderr
 
-    primary, secondary = pty.openpty()
-    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack('HHHH', 24, 160, 0, 0))  # a terminal's size
-    proc = subprocess.Popen([shutil.which('timm-elastic'), *flags, '--experiment', 'tty'], stdout=subprocess.PIPE,
-                            stderr=secondary, text=True)
-    os.close(secondary)
-    out = b''
-    while True:
-        try:
-            chunk = os.read(primary, 4096)
-        except OSError:  # the other end closed
-            break
-        if not chunk:
-            break
-        out += chunk
-    os.close(primary)
-    assert proc.wait(timeout=600) == 0
-    bars = out.decode(errors='replace')
+    status, bars, stdout = in_a_terminal(*flags, '--experiment', 'tty')
+    assert status == 0
     # a bar counts the 4 training batches and the 2 evaluation ones of its epoch
     for epoch in (1, 2):
         assert re.search(rf'epoch {epoch}/2: +\d+%.*\| \d/6 ', bars), bars
     assert not re.search(r'(^|\r)\s*eval', bars), bars  # evaluation has no bar of its own
-    assert 'epoch 2/2: train loss' in proc.stdout.read()
+    assert 'epoch 2/2: train loss' in stdout
     # what is displayed does not change what is computed: the same losses, accuracies and weights with the bar
     assert summary(tmp_path / 'tty' / 'summary.csv') == summary(tmp_path / 'piped' / 'summary.csv')
     a, b = state(tmp_path / 'tty' / 'last.pth.tar'), state(tmp_path / 'piped' / 'last.pth.tar')

@@ -335,11 +335,12 @@ def _add_task_arg(p: argparse.ArgumentParser, segment: bool = True) -> None:
                            '<split>.txt; splits train_aug / val ...)' if segment else ''))
 
 
-def _add_model_args(p: argparse.ArgumentParser, default_model: Optional[str]) -> None:
+def _add_model_args(p: argparse.ArgumentParser, default_model: Optional[str], segment: bool = True) -> None:
     g = p.add_argument_group('model')
     g.add_argument('--model', metavar='NAME', default=None,
-                   help='any timm model name, e.g. resnext50_elastic (timm-elastic models lists ours); --task segment: '
-                        'deeplabv3_<backbone> or dlaup_<backbone>; default: '
+                   help='any timm model name, e.g. resnext50_elastic (timm-elastic models lists ours); '
+                        + ('--task segment: deeplabv3_<backbone> or dlaup_<backbone>; ' if segment else '')
+                        + 'default: '
                         + (f'{default_model} (--task segment: deeplabv3_{default_model})' if default_model
                            else 'the model that --checkpoint records'))
     g.add_argument('--pretrained', action='store_true', help="start from the model's pretrained weights")
@@ -361,10 +362,10 @@ def _add_model_args(p: argparse.ArgumentParser, default_model: Optional[str]) ->
                         'dilated, dilated_avg')
 
 
-def _add_eval_model_args(p: argparse.ArgumentParser) -> None:
+def _add_eval_model_args(p: argparse.ArgumentParser, segment: bool = True) -> None:
     """A trained model to evaluate (validate, policy): the data, the model and its weights."""
     _add_data_args(p, training=False)
-    _add_model_args(p, None)
+    _add_model_args(p, None, segment)
     p.add_argument('--checkpoint', metavar='PATH', default='',
                    help='weights to evaluate: a training checkpoint (of timm-elastic train or timm\'s train.py); '
                         'it records its --model. Without it, --pretrained is required')
@@ -580,7 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog='example, after timm-elastic compare: timm-elastic policy --checkpoint '
                'output/train/compare-DATE/seed0/resnext_tiny_elastic/model_best.pth.tar --baseline resnext_tiny '
                '--baseline-checkpoint output/train/compare-DATE/seed0/resnext_tiny/model_best.pth.tar --out policy')
-    _add_eval_model_args(p)
+    _add_eval_model_args(p, segment=False)  # the page is of classifiers
     p.add_argument('--baseline', metavar='NAME', default=None,
                    help='a baseline model to compare predictions with (e.g. resnext_tiny, resnext50_32x4d)')
     p.add_argument('--baseline-checkpoint', metavar='PATH', default='',

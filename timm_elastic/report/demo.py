@@ -41,15 +41,17 @@ def _thumbnails(dataset, size: int) -> List[str]:
         dataset.transform = saved
 
 
-def _predict(model, dataset, args, device, amp_autocast, recorder: Optional[policy.ScalePolicy] = None):
+def _predict(model, dataset, args, device, amp_autocast, recorder: Optional[policy.ScalePolicy] = None,
+             name: str = ''):
     """(probabilities (N, classes), targets (N,)) over `dataset` in order; `recorder` (of `model`)
-    records the scale policy meanwhile."""
-    from ..train import _eval_loader, resolve_config
+    records the scale policy meanwhile. A progress bar named `name` in a terminal (not with --no-progress)."""
+    from ..train import Progress, _eval_loader, resolve_config
     loader = _eval_loader(dataset, args.batch_size, args, resolve_config(args, model), device)
     probs, targets = [], []
     model.eval()
+    progress = Progress(len(loader), name, args)
     with recorder if recorder is not None else nullcontext(), torch.no_grad():
-        for x, y in loader:
+        for x, y in progress.track(loader):
             x = x.to(device)
             if args.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -57,6 +59,7 @@ def _predict(model, dataset, args, device, amp_autocast, recorder: Optional[poli
                 logits = model(x)
             probs.append(logits.float().softmax(-1).cpu())
             targets.append(y.cpu())
+    progress.close()
     return torch.cat(probs), torch.cat(targets)
 
 
@@ -99,13 +102,13 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     except ValueError as e:
         raise UsageError(f'--model: {e}') from None
     thumbs = _thumbnails(dataset, args.thumb_size)  # after the model: a wrong one fails before this work
-    probs, targets = _predict(model, dataset, args, device, amp_autocast, recorder)
+    probs, targets = _predict(model, dataset, args, device, amp_autocast, recorder, name=args.model)
     base_probs = None
     if args.baseline:
         bargs = baseline_args(args)
         baseline = load_for_eval(bargs, data_classes, device, flags=('--baseline', '--baseline-checkpoint'))
         args.baseline = bargs.model
-        base_probs, _ = _predict(baseline, dataset, bargs, device, amp_autocast)
+        base_probs, _ = _predict(baseline, dataset, bargs, device, amp_autocast, name=bargs.model)
     classes = _class_names(dataset) or [str(i) for i in range(probs.shape[1])]
     names = recorder.names
 
