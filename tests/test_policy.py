@@ -326,3 +326,28 @@ def test_plots_are_written_as_png(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ['by_class.png', 'by_s.png', 'd.png', 'rank.png', 'strip.png']
     with pytest.raises(ValueError, match='exactly one of values='):
         report.plot_embedding(e, str(tmp_path / 'x.png'))
+
+
+def test_embedding_of_many_classes_has_a_colour_bar(tmp_path):
+    # 100 classes: tab20's colours repeat and a legend of 100 names does not fit (matplotlib warned that its
+    # layout failed); the class index on a colour bar instead
+    import warnings
+
+    from matplotlib.figure import Figure
+    rng = np.random.default_rng(0)
+    e = rng.normal(size=(300, 2))
+    made = []
+    original = Figure.colorbar
+
+    def colorbar(self, *args, **kwargs):
+        made.append(kwargs.get('label'))
+        return original(self, *args, **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(Figure, 'colorbar', colorbar)
+            report.plot_embedding(e, str(tmp_path / 'many.png'), labels=np.arange(300) % 100,
+                                  class_names=[f'class{i}' for i in range(100)])
+            report.plot_embedding(e, str(tmp_path / 'few.png'), labels=np.arange(300) % 20,
+                                  class_names=[f'class{i}' for i in range(20)])
+    assert made == ['class index']  # 20 classes: a legend with their names

@@ -44,7 +44,8 @@ def plot_class_ranking(ranking: Sequence[Tuple[str, float, int]], path: str) -> 
 
 def plot_embedding(embedding: np.ndarray, path: str, values: Optional[Sequence[float]] = None,
                    labels: Optional[Sequence[int]] = None, class_names: Optional[Sequence[str]] = None) -> str:
-    """Fig. 6 (left): the t-SNE of the policies, coloured by class (`labels`) or by a value per
+    """Fig. 6 (left): the t-SNE of the policies, coloured by class (`labels`; up to 20 classes named in a
+    legend, more by class index on a colour bar: distinct colours and a legend run out) or by a value per
     image (`values`, e.g. the mean S)."""
     if (values is None) == (labels is None):
         raise ValueError('colour the embedding by exactly one of values= (per image) or labels= (class indices)')
@@ -53,6 +54,9 @@ def plot_embedding(embedding: np.ndarray, path: str, values: Optional[Sequence[f
     if values is not None:
         points = ax.scatter(embedding[:, 0], embedding[:, 1], c=np.asarray(values), s=6, cmap='coolwarm')
         fig.colorbar(points, ax=ax, label='mean S')
+    elif len(np.unique(labels)) > 20:
+        points = ax.scatter(embedding[:, 0], embedding[:, 1], c=np.asarray(labels), s=6, cmap='turbo')
+        fig.colorbar(points, ax=ax, label='class index')
     else:
         import matplotlib
         labels, cmap = np.asarray(labels), matplotlib.colormaps['tab20']
