@@ -33,7 +33,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ['ASPP', 'DeepLabV3', 'IDAUp', 'DLAUp', 'DLASeg', 'create_model', 'MULTI_GRID', 'ASPP_RATES', 'OUTPUT_STRIDE']
+__all__ = ['ASPP', 'DeepLabV3', 'IDAUp', 'DLAUp', 'DLASeg', 'create_model', 'folder_config', 'MULTI_GRID', 'ASPP_RATES',
+           'OUTPUT_STRIDE']
 
 ASPP_RATES: Tuple[int, int, int] = (6, 12, 18)
 OUTPUT_STRIDE = 16  # DeepLabV3's, as the original trains and evaluates it
@@ -263,11 +264,19 @@ def _create(name: str, num_classes: Optional[int], pretrained_backbone: bool,
     return DeepLabV3(backbone, num_classes)
 
 
+def folder_config(path: str) -> Dict[str, Any]:
+    """The config.json of a folder `timm-elastic convert` wrote for a segmentation release (its `architecture`,
+    `num_classes`, ...). Raises OSError / ValueError where it cannot be read."""
+    import json
+    import os
+    with open(os.path.join(path, 'config.json')) as f:
+        return json.load(f)
+
+
 def _from_folder(name: str, backbone_kwargs: Optional[Dict[str, Any]] = None) -> nn.Module:
     """A model from the folder `timm-elastic convert` writes for a segmentation release (`local-dir:PATH`), or
     from its Hub repository (`hf-hub:ORG/NAME`): config.json names the architecture, model.safetensors holds
     the weights (loaded strictly)."""
-    import json
     import os
 
     from safetensors.torch import load_file
@@ -285,8 +294,7 @@ def _from_folder(name: str, backbone_kwargs: Optional[Dict[str, Any]] = None) ->
         except Exception as e:  # huggingface_hub's own: not found, offline and not cached, network ...
             raise ValueError(f'{name!r}: cannot fetch config.json and model.safetensors from the Hugging Face Hub: '
                              f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}') from e
-    with open(files['config.json']) as f:
-        config = json.load(f)
+    config = folder_config(os.path.dirname(files['config.json']))
     model = create_model(config['architecture'], num_classes=config['num_classes'], backbone_kwargs=backbone_kwargs)
     model.load_state_dict(load_file(files['model.safetensors']), strict=True)
     return model

@@ -415,10 +415,9 @@ def _architecture_of(model: str) -> str:
     """The name of what `model` builds: for a converted release's folder (`local-dir:PATH`), the architecture its
     config.json names; otherwise the name itself (an `hf-hub:` name is not fetched to set a default)."""
     if model.startswith('local-dir:'):
-        import json
+        from ..segmentation import folder_config
         try:
-            with open(os.path.join(model.split(':', 1)[1], 'config.json')) as f:
-                return str(json.load(f).get('architecture', model))
+            return str(folder_config(model.split(':', 1)[1]).get('architecture', model))
         except (OSError, ValueError):  # building the model names what is wrong with the folder
             return model
     return model
