@@ -28,7 +28,7 @@ import time
 from collections import OrderedDict
 from typing import Any, Dict, List, NamedTuple, Sequence
 
-from .train import UsageError, create_datasets, task_of, train
+from .train import UsageError, create_datasets, output_root, task_of, train
 
 __all__ = ['DEFAULT_SEEDS', 'Spread', 'spread', 'compare', 'twin_of', 'runs_folder', 'format_comparison',
            'stress_relative']
@@ -81,7 +81,7 @@ def compare(args: argparse.Namespace) -> Dict[str, List[Dict[str, Any]]]:
         if small:
             raise UsageError(f'--stress-sizes must be at least {MIN_SIZE} pixels, got {" ".join(map(str, small))}')
     experiment = args.experiment or 'compare-' + time.strftime('%Y%m%d-%H%M%S')
-    folder = os.path.join(args.output or './output/train', experiment)
+    folder = os.path.join(output_root(args), experiment)
     if os.path.exists(os.path.join(folder, 'compare.json')):  # its runs' folders are refused one by one, later
         raise UsageError(f'--experiment {experiment!r}: {folder} holds a comparison already (compare.json); '
                          'another --experiment (or --output) starts a new one')
@@ -134,7 +134,7 @@ def _stress(run: argparse.Namespace, dataset, sizes: Sequence[int]) -> Dict[int,
     from .stress import stress_test
     from .train import amp_context, combinations_of, load_for_eval
     ev = copy.copy(run)
-    ev.checkpoint = os.path.join(run.output or './output/train', run.experiment, 'last.pth.tar')
+    ev.checkpoint = os.path.join(output_root(run), run.experiment, 'last.pth.tar')
     ev.pretrained, ev.use_ema, ev.num_classes = False, bool(run.model_ema), None
     ev.batch_size = run.validation_batch_size or run.batch_size
     device = torch.device(run.device)

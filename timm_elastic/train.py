@@ -582,7 +582,7 @@ def train(args: argparse.Namespace, datasets=None) -> Dict[str, Any]:
     if primary:
         exp_name = args.experiment or '-'.join([time.strftime('%Y%m%d-%H%M%S'), _safe(args.model),
                                                str(data_config['input_size'][-1])])
-        output_dir = get_outdir(args.output or './output/train', exp_name)
+        output_dir = get_outdir(output_root(args), exp_name)
         saver = AtomicCheckpointSaver(
             model=model, optimizer=optimizer, args=_plain_args(args), model_ema=model_ema, amp_scaler=loss_scaler,
             checkpoint_dir=output_dir, recovery_dir=output_dir, decreasing=eval_metric == 'loss',
@@ -704,12 +704,17 @@ def _check_train_args(args: argparse.Namespace) -> None:
         raise UsageError(f'--initial-checkpoint {args.initial_checkpoint!r} does not exist')
 
 
+def output_root(args: argparse.Namespace) -> str:
+    """The folder that holds the runs' `<experiment>` folders: `--output`, by default timm's ./output/train."""
+    return args.output or './output/train'
+
+
 def _check_new_experiment(args: argparse.Namespace) -> None:
     """Refuse to start a run in an `--experiment` folder that holds another's results: its summary.csv
     would be emptied and its checkpoints replaced (timm's saver overwrites model_best and last)."""
     if args.resume or not args.experiment:  # timm's default names are new folders (date and time)
         return
-    folder = os.path.join(args.output or './output/train', args.experiment)
+    folder = os.path.join(output_root(args), args.experiment)
     if not os.path.isdir(folder):
         return
     held = sorted(f for f in os.listdir(folder) if f == 'summary.csv' or f.endswith('.pth.tar'))
