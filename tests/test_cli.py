@@ -101,6 +101,7 @@ def test_existing_output_names_the_flag(tmp_path):
         f'timm-elastic data: error: {out} exists and is not empty; pass --force to replace it'], proc.stderr
     proc = run('data', '--out', str(out), '--train-num-samples', '8', '--val-num-samples', '8', '--force')
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
-        f'timm-elastic data: error: {out} is not a dataset written by write_image_folder (no objects.csv); '
+        f'timm-elastic data: error: {out} is not a dataset written by write_image_folder (no objects.csv of its '
+        f'columns); '
         f'not replacing it even with --force, remove it yourself'], proc.stderr
     assert os.listdir(out) == ['mine.txt']

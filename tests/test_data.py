@@ -201,9 +201,36 @@ def test_existing_root_is_refused_unless_forced(tmp_path):
     with pytest.raises(FileExistsError, match='not a dataset written by write_image_folder'):
         write_image_folder(other, num_samples=8, img_size=32, force=True)
     assert (other / 'notes.txt').read_text() == 'keep me'
+    # nor one that holds an objects.csv of another kind (a detection dataset's, say)
+    (other / 'objects.csv').write_text('image,xmin,ymin,xmax,ymax,label\nphoto1.jpg,1,2,3,4,cat\n')
+    with pytest.raises(FileExistsError, match='not a dataset written by write_image_folder'):
+        write_image_folder(other, num_samples=8, img_size=32, force=True)
+    assert sorted(p.name for p in other.iterdir()) == ['notes.txt', 'objects.csv']
+    # nor a dataset that a user has put files of their own in
+    (root / 'my_predictions.csv').write_text('keep me')
+    with pytest.raises(FileExistsError, match='holds my_predictions.csv besides a dataset'):
+        write_image_folder(root, splits=('train',), num_samples=16, img_size=32, force=True)
+    assert (root / 'my_predictions.csv').read_text() == 'keep me'
     (tmp_path / 'file').write_text('')
     with pytest.raises(FileExistsError, match='not a directory'):
         write_image_folder(tmp_path / 'file', num_samples=8, img_size=32, force=True)
+
+
+def test_the_working_folder_is_not_replaced(tmp_path, monkeypatch):
+    """`--out .` (or a folder above it) would be put in place of the folder a shell stands in."""
+    from timm_elastic._io import staged_dir
+    here = tmp_path / 'here'
+    here.mkdir()
+    monkeypatch.chdir(here)
+    for out in ('.', '', str(tmp_path)):
+        with pytest.raises(ValueError, match='is the current working folder or holds it'):
+            write_image_folder(out, num_samples=8, img_size=32, force=True)
+        with pytest.raises(ValueError, match='is the current working folder or holds it'):
+            with staged_dir(out):
+                pass
+    assert os.path.samefile(os.getcwd(), here) and os.listdir(here) == []
+    write_image_folder('sub', num_samples=8, img_size=32)  # a folder inside it is fine
+    assert sorted(os.listdir(here / 'sub')) == ['objects.csv', 'train', 'validation']
 
 
 @pytest.mark.skipif(not hasattr(signal, 'setitimer'), reason='needs POSIX interval timers')

@@ -7,7 +7,8 @@ import shutil
 import tempfile
 from typing import Any
 
-__all__ = ['OutputExistsError', 'replace_dir', 'staged_dir', 'write_text', 'write_json', 'json_finite', 'fsync_dir']
+__all__ = ['OutputExistsError', 'check_outside_cwd', 'replace_dir', 'staged_dir', 'write_text', 'write_json',
+           'json_finite', 'fsync_dir']
 
 
 class OutputExistsError(FileExistsError):
@@ -41,11 +42,21 @@ def replace_dir(tmp: str, dest: str) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def check_outside_cwd(out_dir: str) -> None:
+    """Refuse an output folder that is the working folder or holds it: replacing it would delete the folder a
+    shell stands in (`--out .`), with whatever else it holds."""
+    out_dir, cwd = os.path.realpath(out_dir), os.path.realpath(os.getcwd())
+    if os.path.commonpath([out_dir, cwd]) == out_dir:
+        raise ValueError(f'{out_dir} is the current working folder or holds it: an output folder is written whole '
+                         f'and put in place of what is there; choose a new folder (e.g. {os.path.join(cwd, "out")})')
+
+
 @contextlib.contextmanager
 def staged_dir(out_dir: str):
     """A temporary folder beside `out_dir` to write into; renamed to `out_dir` (replacing it) when the block
     ends normally, removed when it raises: `out_dir` is the complete new folder, or what it was before."""
     out_dir = os.path.abspath(out_dir)
+    check_outside_cwd(out_dir)
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f'.{os.path.basename(out_dir)}.', suffix='.tmp', dir=parent)

@@ -20,7 +20,7 @@ from typing import Any, Dict, Mapping, Optional, Union
 
 import torch
 
-from ._io import OutputExistsError, staged_dir
+from ._io import OutputExistsError, check_outside_cwd, staged_dir
 from .convert import (
     ORIGINALS, SEG_ORIGINALS, Original, from_original, infer_arch, load_original, num_classes_of, release_tag)
 
@@ -78,6 +78,7 @@ def export_original(
     if source is not None and os.path.commonpath([os.path.realpath(source), os.path.realpath(out_dir)]) == \
             os.path.realpath(out_dir):
         raise ValueError(f'the checkpoint {source} is inside the output folder {out_dir}; choose another --out')
+    check_outside_cwd(out_dir)
     if os.path.lexists(out_dir):
         if os.path.islink(out_dir):
             raise FileExistsError(f'{out_dir} is a symbolic link; name the folder itself, or another --out')

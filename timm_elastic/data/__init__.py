@@ -4,10 +4,10 @@ Imports only numpy, PIL and torch, so that the models can name its classes witho
 """
 from .scales import (
     CLASSES, COMBINATIONS, DEFAULT_SAMPLES, SEGMENTATION_CLASSES, SIZE_RANGES, SIZES, SPLITS, ScaleShapes,
-    combination_name, read_combinations, write_image_folder,
+    combination_name, is_image_folder, read_combinations, write_image_folder,
 )
 
 __all__ = [
     'CLASSES', 'COMBINATIONS', 'DEFAULT_SAMPLES', 'SEGMENTATION_CLASSES', 'SIZE_RANGES', 'SIZES', 'SPLITS',
-    'ScaleShapes', 'combination_name', 'read_combinations', 'write_image_folder',
+    'ScaleShapes', 'combination_name', 'is_image_folder', 'read_combinations', 'write_image_folder',
 ]

@@ -51,11 +51,11 @@ import numpy as np
 import torch.utils.data
 from PIL import Image, ImageDraw
 
-from .._io import OutputExistsError, replace_dir
+from .._io import OutputExistsError, check_outside_cwd, replace_dir
 
 __all__ = [
     'SIZES', 'SIZE_RANGES', 'COMBINATIONS', 'CLASSES', 'SEGMENTATION_CLASSES', 'SPLITS', 'DEFAULT_SAMPLES',
-    'MIN_IMG_SIZE', 'combination_name', 'ScaleShapes', 'write_image_folder', 'read_combinations',
+    'MIN_IMG_SIZE', 'combination_name', 'ScaleShapes', 'write_image_folder', 'is_image_folder', 'read_combinations',
 ]
 
 SIZES: Tuple[str, ...] = ('small', 'medium', 'large')
@@ -624,6 +624,7 @@ def write_image_folder(
 
 
 def _check_replaceable(root: str, force: bool) -> None:
+    check_outside_cwd(root)
     if not os.path.lexists(root):
         return
     if not os.path.isdir(root) or os.path.islink(root):
@@ -632,9 +633,23 @@ def _check_replaceable(root: str, force: bool) -> None:
         return
     if not force:
         raise OutputExistsError(f'{root} exists and is not empty; pass {{force}} to replace it')
-    if not os.path.isfile(os.path.join(root, _CSV_NAME)):
-        raise OutputExistsError(f'{root} is not a dataset written by write_image_folder (no {_CSV_NAME}); '
-                                f'not replacing it even with {{force}}, remove it yourself')
+    if not is_image_folder(root):
+        raise OutputExistsError(f'{root} is not a dataset written by write_image_folder (no {_CSV_NAME} of its '
+                                f'columns); not replacing it even with {{force}}, remove it yourself')
+    others = sorted(set(os.listdir(root)) - {_CSV_NAME, *SPLITS})
+    if others:  # a dataset folder that a user has put files of their own in
+        raise OutputExistsError(f'{root} holds {", ".join(others)} besides a dataset written by write_image_folder; '
+                                f'not replacing it even with {{force}}, move them or remove the folder yourself')
+
+
+def is_image_folder(root: str) -> bool:
+    """Whether `root` holds an image folder written by `write_image_folder`: its objects.csv, with the columns
+    that it writes (a file of that name in another folder is someone else's, e.g. a detection dataset's)."""
+    try:
+        with open(os.path.join(root, _CSV_NAME), newline='') as f:
+            return tuple(next(csv.reader(f), ())) == _CSV_FIELDS
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
 
 
 def read_combinations(root: str, split: str) -> Dict[str, Tuple[str, ...]]:

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from .. import policy
-from .._io import staged_dir, write_json
+from .._io import check_outside_cwd, staged_dir, write_json
 from . import page, plots
 
 __all__ = ['run']
@@ -78,6 +78,10 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         raise UsageError('--baseline-checkpoint needs --baseline NAME (the model it holds)')
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UsageError(f'--out {args.out!r} is a file; name a folder (it is created if missing)')
+    try:
+        check_outside_cwd(args.out)
+    except ValueError as e:
+        raise UsageError(f'--out: {e}') from None
     if os.path.isdir(args.out) and os.listdir(args.out) and not getattr(args, 'force', False):
         raise UsageError(f'--out {args.out!r} holds files already; pass --force to replace the folder')
     for flag, value in (('--thumb-size', args.thumb_size), ('-b/--batch-size', args.batch_size),
