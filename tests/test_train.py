@@ -118,16 +118,19 @@ def test_train_checkpoint_validate(tmp_path):
 
 @pytest.mark.slow
 def test_image_folder_round_trip(tmp_path):
-    """`timm-elastic data` writes the built-in images as a folder that timm's reader trains on, and
-    validating on it gives exactly what the in-memory dataset gives (PNG is lossless), size
-    combinations (from objects.csv) included."""
+    """`timm-elastic data` writes the built-in images as a folder that timm's reader trains on, with the built-in
+    data's recipe (no random-resized crops, which would move objects between the size buckets), and validating on
+    it gives exactly what the in-memory dataset gives (PNG is lossless), size combinations (from objects.csv)
+    included; a split renamed since is validated without them."""
     folder = tmp_path / 'scaleshapes'
     proc = cli('data', '--out', str(folder), '--train-num-samples', '96', '--val-num-samples', '56')
     assert proc.returncode == 0, proc.stderr
     assert sorted(os.listdir(folder)) == ['objects.csv', 'train', 'validation']
-    proc = cli('train', '--data-dir', str(folder), '--epochs', '1', '-j', '1', '--output', str(tmp_path),
-               '--experiment', 'folder', '--no-progress', '-b', '32', '--scale', '1', '1', '--ratio', '1', '1')
-    assert proc.returncode == 0, proc.stderr
+    for name, crop in (('folder', ['--scale', '1', '1', '--ratio', '1', '1']), ('default', [])):
+        proc = cli('train', '--data-dir', str(folder), '--epochs', '1', '-j', '1', '--output', str(tmp_path),
+                   '--experiment', name, '--no-progress', '-b', '32', *crop)
+        assert proc.returncode == 0, proc.stderr
+    assert summary(tmp_path / 'default' / 'summary.csv') == summary(tmp_path / 'folder' / 'summary.csv')
     ckpt = str(tmp_path / 'folder' / 'last.pth.tar')
     results = []
     for data in (['--data-dir', str(folder)], []):
@@ -140,6 +143,16 @@ def test_image_folder_round_trip(tmp_path):
     assert results[0]['count'] == 56 and len(results[0]['per_combination']) == 7
     assert results[0]['top1'] == results[1]['top1'] and results[0]['loss'] == pytest.approx(results[1]['loss'])
     assert results[0]['per_combination'] == results[1]['per_combination']
+    renamed = tmp_path / 'renamed'
+    shutil.copytree(folder, renamed)
+    os.rename(renamed / 'validation', renamed / 'val')  # objects.csv still lists 'validation'
+    out = tmp_path / 'renamed.json'
+    proc = cli('validate', '--checkpoint', ckpt, '--data-dir', str(renamed), '--split', 'val', '-j', '0',
+               '--no-progress', '--results-file', str(out))
+    assert proc.returncode == 0, proc.stderr
+    import json
+    renamed_result = json.loads(out.read_text())
+    assert renamed_result['top1'] == results[0]['top1'] and 'per_combination' not in renamed_result
     proc = cli('data', '--out', str(folder))
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 

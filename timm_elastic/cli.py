@@ -455,11 +455,13 @@ def _add_train_args(p: argparse.ArgumentParser, compare: bool = False) -> None:
     g = p.add_argument_group('augmentation and regularisation (timm create_loader, Mixup)')
     g.add_argument('--no-aug', action='store_true', help='no training augmentation')
     g.add_argument('--scale', **_floats(2, 'S'), default=None,
-                   help="random-resized-crop area range (default: timm's 0.08 1.0; 1 1 on the built-in data, where "
-                        "a crop would move objects between the size buckets); --task segment: the range of the random "
+                   help="random-resized-crop area range (default: timm's 0.08 1.0; 1 1 on the built-in data and on its "
+                        "image folder from timm-elastic data, where a crop would move objects between the size "
+                        "buckets); --task segment: the range of the random "
                         "rescale factor (default: the original's 0.5 2)")
     g.add_argument('--ratio', **_floats(2, 'R'), default=None,
-                   help="random-resized-crop aspect range (default: timm's 3/4 4/3; 1 1 on the built-in data)")
+                   help="random-resized-crop aspect range (default: timm's 3/4 4/3; 1 1 on the built-in data and its "
+                        "image folder)")
     g.add_argument('--hflip', type=float, metavar='P', default=0.5, help='horizontal flip probability (default: 0.5)')
     g.add_argument('--vflip', type=float, metavar='P', default=0., help='vertical flip probability (default: 0)')
     g.add_argument('--color-jitter', type=float, metavar='F', default=0.,

@@ -198,9 +198,12 @@ def combinations_of(dataset, data_dir: Optional[str], split: str) -> Optional[Li
     its objects.csv."""
     if hasattr(dataset, 'combination'):
         return [dataset.combination(i) for i in range(len(dataset))]
-    if data_dir and os.path.isfile(os.path.join(data_dir, 'objects.csv')) and hasattr(dataset, 'filename'):
-        from .data import read_combinations
-        known = read_combinations(data_dir, split)
+    from .data import is_image_folder, read_combinations
+    if data_dir and is_image_folder(data_dir) and hasattr(dataset, 'filename'):
+        try:
+            known = read_combinations(data_dir, split)
+        except ValueError:  # a split that the folder's objects.csv does not list (renamed since): not known
+            return None
         combos = [known.get(dataset.filename(i).replace(os.sep, '/')) for i in range(len(dataset))]
         return combos if all(c is not None for c in combos) else None
     return None
@@ -549,7 +552,8 @@ def train(args: argparse.Namespace, datasets=None) -> Dict[str, Any]:
                          num_classes=num_classes)
     loader_train = task.loader(train_ds, args.batch_size, args, data_config, device, training=True)
     if loader_train is None:
-        builtin = not args.data_dir
+        from .data import is_image_folder
+        builtin = not args.data_dir or is_image_folder(args.data_dir)  # the built-in data, or its image folder
         crop_scale = args.scale or ((1., 1.) if builtin else None)
         crop_ratio = args.ratio or ((1., 1.) if builtin else None)
         loader_train = create_loader(
