@@ -76,6 +76,10 @@ def test_module_entry_point():
 @pytest.mark.parametrize('args,message', [
     (('models', '--filter', 'vit*'), "no registered model matches 'vit*'"),
     (('models', '--img-size', '8'), '--img-size must be at least 32, got 8'),
+    (('validate', '--model', 'resnext_tiny', '--pretrained', '--img-size', '0'),
+     '--img-size must be at least 32, got 0'),
+    (('validate', '--model', 'resnext_tiny', '--pretrained', '--input-size', '3', '64', '8'),
+     '--input-size H and W must be at least 32, got 64 8'),
     (('frobnicate',), "invalid choice: 'frobnicate'"),
     ((), 'the following arguments are required: COMMAND'),
 ])

@@ -271,7 +271,7 @@ def _data(args: argparse.Namespace) -> int:
         path = write_image_folder(
             args.out, num_samples={'train': args.train_num_samples, 'validation': args.val_num_samples},
             img_size=args.img_size, seed=args.data_seed, force=args.force)
-    except (FileExistsError, ValueError, OSError) as e:
+    except (FileExistsError, ValueError, OSError, MemoryError) as e:  # MemoryError: a huge --img-size
         return _fail('data', e)
     print(f'wrote {path}: train/ and validation/ image folders (one folder per class) and objects.csv '
           f'(the object sizes of every image); timm reads it with --data-dir {path}')
@@ -650,8 +650,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    if (getattr(args, 'img_size', None) or 224) < 32:
-        print(f'timm-elastic: --img-size must be at least 32, got {args.img_size}', file=sys.stderr)
+    img_size, input_size = getattr(args, 'img_size', None), getattr(args, 'input_size', None)
+    if img_size is not None and img_size < 32:
+        print(f'timm-elastic: --img-size must be at least 32, got {img_size}', file=sys.stderr)
+        return 2
+    if input_size is not None and min(input_size[1:]) < 32:
+        print(f'timm-elastic: --input-size H and W must be at least 32, got {input_size[1]} {input_size[2]}',
+              file=sys.stderr)
         return 2
     results = getattr(args, 'results_file', '')
     if results and not os.path.isdir(os.path.dirname(os.path.abspath(results))):  # known before hours of work
