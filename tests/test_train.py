@@ -575,6 +575,10 @@ def test_progress_bar_in_a_terminal_only(tmp_path):
     (['validate', '--model', 'resnext_tiny_elastic'],  # would score random weights
      'no weights to evaluate: pass --checkpoint PATH (a training checkpoint) or --pretrained'),
     (['validate', '--pretrained'], '--model is needed with --pretrained'),
+    (['validate', '--model', 'resnext_tiny', '--pretrained'],  # timm's builder: none released
+     '--pretrained: could not load the weights of resnext_tiny (RuntimeError: No pretrained weights exist'),
+    (['validate', '--model', 'resnext50_32x4d', '--pretrained'],  # on the Hub, which is offline here
+     '--pretrained: could not load the weights of resnext50_32x4d (LocalEntryNotFoundError: '),
     (['compare', '--model', 'resnext50_elastic'], "--model 'resnext50_elastic' has no registered non-Elastic twin"),
     (['compare', '--seeds', '1', '1'], '--seeds must be distinct integers of 0 or more, got 1 1'),
     (['train', '--in-chans', '1'], "--in-chans 1 reads the images as greyscale through timm's create_dataset (an "
@@ -585,7 +589,8 @@ def test_progress_bar_in_a_terminal_only(tmp_path):
      "--results-file '/no/such/dir/r.json': its folder does not exist"),
 ])
 def test_bad_arguments_are_one_line_errors(tmp_path, args, message):
-    proc = cli(*args, '--output', str(tmp_path), *SMALL) if args[0] != 'validate' else cli(*args)
+    env = dict(os.environ, HF_HUB_OFFLINE='1', HF_HOME=str(tmp_path / 'hf'))  # an empty Hub cache, no network
+    proc = cli(*args, '--output', str(tmp_path), *SMALL, env=env) if args[0] != 'validate' else cli(*args, env=env)
     assert proc.returncode == 2
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and 'Traceback' not in proc.stderr, proc.stderr

@@ -266,9 +266,14 @@ def create_model(args: argparse.Namespace, num_classes: Optional[int], checkpoin
         raise UsageError(str(e)) from None
     except PretrainedWeightsError as e:  # says what to do instead
         raise UsageError(str(e)) from None
-    except (FileNotFoundError, RuntimeError):
+    except (FileNotFoundError, RuntimeError) as e:
         if checkpoint_path and not os.path.isfile(checkpoint_path):
             raise UsageError(f'checkpoint {checkpoint_path!r} does not exist') from None
+        # timm's own models: no released weights (a RuntimeError of timm's builder), or none reachable (the Hub's
+        # errors are FileNotFoundErrors)
+        if args.pretrained and (isinstance(e, FileNotFoundError) or 'No pretrained weights exist' in str(e)):
+            raise UsageError(f'--pretrained: could not load the weights of {name} ({error_line(e)}); pass a '
+                             'checkpoint of its weights instead') from None
         raise
 
 
@@ -785,7 +790,11 @@ def load_for_eval(args: argparse.Namespace, data_classes: Optional[int], device:
     num_classes = args.num_classes or data_classes
     if ckpt is not None and not args.num_classes:
         num_classes = _checkpoint_classes(ckpt, task.classifier(args.model)) or num_classes
-    model = create_model(args, num_classes)
+    build = args
+    if ckpt is not None and args.pretrained:  # the checkpoint holds every weight (--pretrained was for a baseline)
+        build = copy.copy(args)
+        build.pretrained = False
+    model = create_model(build, num_classes)
     if ckpt is not None:
         check_checkpoint_fits(model, _pick_state(ckpt, args.use_ema), args.checkpoint, ckpt_flag, args.model)
         load_checkpoint(model, args.checkpoint, use_ema=args.use_ema)
