@@ -4,6 +4,8 @@ model's own outputs, DDP with two CPU processes, a `.coco`-style 80-class model,
 `compare --task multilabel`, and one-line errors for bad inputs."""
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -249,6 +251,50 @@ def test_compare_multilabel_prints_tables_3_4_and_fig_7(tmp_path):
     assert all_row.split('|')[2].strip() == f'{twin["f1_o"]:.2f}'
     assert twin['stress']['64']['f1_o'] == pytest.approx(twin['f1_o'])  # the last checkpoint at the trained size
     assert (tmp_path / 'c' / 'stress.png').exists()
+
+
+# a base install: the analysis extra (matplotlib) is optional
+WITHOUT_MATPLOTLIB = """
+import sys
+
+
+class NoMatplotlib:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] == 'matplotlib':
+            raise ImportError(f'No module named {name!r}')
+
+
+sys.meta_path.insert(0, NoMatplotlib())
+from timm_elastic.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_the_stress_test_without_matplotlib(tmp_path):
+    """stress --plot says at once that it needs matplotlib (it said so after every evaluation, and lost them);
+    compare --task multilabel prints and writes its results and says why there is no stress.png (it ended in a
+    traceback after training, --results-file unwritten)."""
+    script = tmp_path / 'base_install.py'
+    script.write_text(WITHOUT_MATPLOTLIB)
+
+    def run(*args):
+        return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=900)
+
+    proc = run('stress', '--task', 'multilabel', '--model', 'resnext_tiny_elastic', '--pretrained', '--baseline',
+               'resnext_tiny', '--plot', str(tmp_path / 'fig7.png'))
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "timm-elastic stress: error: --plot needs matplotlib, which is not installed: "
+        "pip install 'timm-elastic[analysis]'"], proc.stderr
+    proc = run('compare', '--task', 'multilabel', '--seeds', '0', '--epochs', '1', '--train-num-samples', '32',
+               '--val-num-samples', '16', '-b', '16', '--stress-sizes', '32', '--output', str(tmp_path),
+               '--experiment', 'c', '--results-file', str(tmp_path / 'r.json'), *QUICK)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'Scale stress test (paper Fig. 7)' in proc.stdout
+    assert "No bar chart of the stress test (stress.png): plotting (the scale policy, the stress test) needs " \
+           "matplotlib" in proc.stdout
+    assert json.loads((tmp_path / 'r.json').read_text()) == json.loads((tmp_path / 'c' / 'compare.json').read_text())
+    assert not (tmp_path / 'c' / 'stress.png').exists()
 
 
 @pytest.mark.parametrize('case,message', [

@@ -587,10 +587,15 @@ def test_progress_bar_in_a_terminal_only(tmp_path):
     # known before the evaluation, not after it
     (['validate', '--model', 'resnext_tiny_elastic', '--pretrained', '--results-file', '/no/such/dir/r.json'],
      "--results-file '/no/such/dir/r.json': its folder does not exist"),
+    (['validate', '--model', 'resnext_tiny_elastic', '--pretrained', '--results-file', '.'],
+     "--results-file '.' is a folder; name a file in it"),
+    (['stress', '--model', 'resnext_tiny_elastic', '--pretrained', '--baseline', 'resnext_tiny', '--plot',
+      '/no/such/dir/fig7.png'], "--plot '/no/such/dir/fig7.png': its folder does not exist"),
 ])
 def test_bad_arguments_are_one_line_errors(tmp_path, args, message):
     env = dict(os.environ, HF_HUB_OFFLINE='1', HF_HOME=str(tmp_path / 'hf'))  # an empty Hub cache, no network
-    proc = cli(*args, '--output', str(tmp_path), *SMALL, env=env) if args[0] != 'validate' else cli(*args, env=env)
+    proc = cli(*args, '--output', str(tmp_path), *SMALL, env=env) if args[0] in ('train', 'compare') else \
+        cli(*args, env=env)
     assert proc.returncode == 2
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and 'Traceback' not in proc.stderr, proc.stderr

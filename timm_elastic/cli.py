@@ -203,9 +203,12 @@ def _compare(args: argparse.Namespace) -> int:
         if all('stress' in r for r in results[twin] + results[elastic]):
             from .compare import stress_relative
             from .report.plots import plot_stress
-            plot = plot_stress(stress_relative(results, twin, elastic), os.path.join(folder, 'stress.png'),
-                               f'{elastic} over {twin}\nrelative improvement per test size (paper Fig. 7)')
-            print(f'The stress test as a bar chart (Fig. 7): {plot}')
+            try:
+                plot = plot_stress(stress_relative(results, twin, elastic), os.path.join(folder, 'stress.png'),
+                                   f'{elastic} over {twin}\nrelative improvement per test size (paper Fig. 7)')
+                print(f'The stress test as a bar chart (Fig. 7): {plot}')
+            except ImportError as e:  # the analysis extra is optional: the table above has the numbers
+                print(f'No bar chart of the stress test (stress.png): {e}')
         stats = [os.stat(os.path.join(d, f)) for d, _, files in os.walk(folder) for f in files]
         size = sum({(st.st_dev, st.st_ino): st.st_size for st in stats}.values())  # model_best is a hard link
         print(f"Every run's checkpoints and summary.csv: {folder}/seed<N>/<model>/; the metrics: "
@@ -658,9 +661,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f'timm-elastic: --input-size H and W must be at least 32, got {input_size[1]} {input_size[2]}',
               file=sys.stderr)
         return 2
-    results = getattr(args, 'results_file', '')
-    if results and not os.path.isdir(os.path.dirname(os.path.abspath(results))):  # known before hours of work
-        return _fail(args.command, ValueError(f'--results-file {results!r}: its folder does not exist'))
+    for flag, path in (('--results-file', getattr(args, 'results_file', '')), ('--plot', getattr(args, 'plot', ''))):
+        # files written at the end: known before hours of work
+        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            return _fail(args.command, ValueError(f'{flag} {path!r}: its folder does not exist'))
+        if path and os.path.isdir(path):
+            return _fail(args.command, ValueError(f'{flag} {path!r} is a folder; name a file in it'))
     import torch.distributed as dist
     had_group = dist.is_available() and dist.is_initialized()
     code = args.func(args)

@@ -87,6 +87,9 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         raise UsageError(f'--sizes must be at least {MIN_SIZE} pixels, got {" ".join(map(str, bad))}')
     if args.plot and not args.baseline:
         raise UsageError('--plot draws the improvement over a baseline: pass --baseline NAME too')
+    if args.plot:  # known before the evaluations, not after them
+        from .policy import require
+        require('matplotlib', '--plot')
     device = _init_device(args)
     amp_autocast, _ = amp_context(args, device)
     _, dataset, data_classes = create_datasets(args, training=False)
@@ -107,13 +110,13 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         relative = relative_per_size([(per_model['baseline'], per_model['model'])], stress_metrics(task))
         result['relative'] = OrderedDict(
             (m, OrderedDict((s, v[0]) for s, v in r.items())) for m, r in relative.items())
-        if args.plot:
-            from .report.plots import plot_stress
-            title = f'{names["model"]} over {names["baseline"]}\nrelative improvement per test size (paper Fig. 7)'
-            files.append(plot_stress(relative, args.plot, title))
     if args.results_file:
         write_json(args.results_file, result)
         files.append(args.results_file)
+    if args.baseline and args.plot:
+        from .report.plots import plot_stress
+        title = f'{names["model"]} over {names["baseline"]}\nrelative improvement per test size (paper Fig. 7)'
+        files.append(plot_stress(relative, args.plot, title))
     result['files'] = files
     return result
 

@@ -16,7 +16,7 @@ __all__ = ['plot_class_ranking', 'plot_embedding', 'plot_strip', 'plot_improveme
 
 
 def _figure(size: Tuple[float, float]):
-    require('matplotlib', 'plotting the scale policy')
+    require('matplotlib', 'plotting (the scale policy, the stress test)')
     from matplotlib.figure import Figure
     return Figure(figsize=size, dpi=100, layout='constrained')
 
