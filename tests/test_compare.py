@@ -71,7 +71,22 @@ def test_a_gain_within_the_spread_does_not_tell_the_models_apart():
     # a loss larger than the spread stands above it too
     lines = format_comparison(results([40., 42., 44.], [30., 32., 34.]), TWIN, ELASTIC).splitlines()
     assert 'a gain of -10.00 ± 0.00 points' in lines[-2] and lines[-2].endswith('stands above the noise of these runs.')
-    assert 'ahead of resnext_tiny on 0 of the 7 size combinations' in lines[-3]
+    # the same gain everywhere: no best nor worst combination
+    assert lines[-3] == ('Averaged over the 3 seeds, resnext_tiny_elastic is ahead of resnext_tiny on 0 of the 7 size '
+                         'combinations, by the same -10.00 points on each.')
+
+
+def test_columns_fit_their_widest_value():
+    # images with small objects only: twin 20, 20, 20, Elastic 0, 25, 0: a gain of -11.67 ± 14.43, wider than
+    # the column's usual 13 characters
+    lines = format_comparison(results([40., 42., 44.], [40., 42., 44.], [20., 20., 20.], [0., 25., 0.]),
+                              TWIN, ELASTIC).splitlines()
+    table = [ln for ln in lines[2:] if '|' in ln]
+    assert len(table) == 9 and any('-11.67 ± 14.43 |' in ln for ln in table)
+    bars = {tuple(i for i, ch in enumerate(ln) if ch == '|') for ln in table}
+    assert len(bars) == 1, table  # every row's separators under the header's
+    rules = [ln for ln in lines if set(ln) == {'-'}]
+    assert len(rules) == 2 and all(len(r) == len(table[0]) for r in rules)
 
 
 def test_one_seed_says_it_measures_no_spread():
@@ -112,4 +127,16 @@ def test_multilabel_prints_table_3_table_4_in_f1_o_and_fig_7():
     # Fig. 7: relative F1 per seed (45 - 50) / 50 = -10%, (42 - 40) / 40 = +5%: -2.50 ± 10.61
     row32 = next(ln for ln in lines if ln.strip().startswith('32x32 |'))
     assert [c.strip() for c in row32.split('|')] == ['32x32', '-2.50 ± 10.61%', '-2.50 ± 10.61%']
+    assert any(ln.startswith('Scale stress test (paper Fig. 7)') and "each seed's 100 (Elastic - twin) / twin" in ln
+               for ln in lines)  # not Table 3's mean gain over the mean
+
+
+def test_fig_7_says_when_a_size_has_fewer_seeds():
+    # seed 1's twin scores 0 at 32: nothing to be relative to, so seed 0's -10% alone
+    res = multilabel_results([60., 62.], [63., 65.], {32: [50., 0.], 64: [60., 62.]}, {32: [45., 3.], 64: [63., 65.]})
+    lines = format_comparison(res, TWIN, ELASTIC, 'multilabel').splitlines()
+    row32 = next(ln for ln in lines if ln.strip().startswith('32x32 |'))
+    assert [c.strip() for c in row32.split('|')] == ['32x32', '-10.00% (1 of 2 seeds)', '-10.00% (1 of 2 seeds)']
+    row64 = next(ln for ln in lines if ln.strip().startswith('64x64 |'))
+    assert len(row64) == len(row32) and row64.index('|', 10) == row32.index('|', 10)
     assert lines[-1].startswith('Training took')

@@ -481,6 +481,13 @@ def test_compare_table4_over_seeds_is_repeatable(tmp_path):
         f"timm-elastic compare: error: --experiment 'cmp': {tmp_path / 'cmp'} holds a comparison already "
         "(compare.json); another --experiment (or --output) starts a new one"], more.stderr
     assert (tmp_path / 'cmp' / 'compare.json').read_bytes() == before and not (tmp_path / 'cmp' / 'seed5').exists()
+    # a comparison that was interrupted (seed 3's runs, no compare.json) is not continued; train's advice,
+    # --resume, does not apply to compare's runs
+    shutil.copytree(tmp_path / 'again' / 'seed3', tmp_path / 'cut' / 'seed3')
+    cut = cli(*flags, '--output', str(tmp_path), '--experiment', 'cut')
+    assert cut.returncode == 2 and cut.stderr.strip().splitlines() == [
+        f"timm-elastic compare: error: --experiment 'cut': {tmp_path / 'cut'} holds the runs of a comparison that "
+        "did not finish (seed3); compare does not continue one; another --experiment (or --output) starts a new one"]
     table = _table(proc.stdout)
     assert table[:-3] == _table(again.stdout)[:-3]  # the last lines: training time and the folder
     for seed in (3, 4):
@@ -591,6 +598,12 @@ def test_progress_bar_in_a_terminal_only(tmp_path):
      "--results-file '.' is a folder; name a file in it"),
     (['stress', '--model', 'resnext_tiny_elastic', '--pretrained', '--baseline', 'resnext_tiny', '--plot',
       '/no/such/dir/fig7.png'], "--plot '/no/such/dir/fig7.png': its folder does not exist"),
+    # flags that would be ignored
+    (['stress', '--model', 'resnext_tiny_elastic', '--pretrained', '--sizes', '64', '32', '64'],
+     '--sizes repeats 64; each size is evaluated once'),
+    (['stress', '--model', 'resnext_tiny_elastic', '--pretrained', '--img-size', '96', '--crop-pct', '0.5'],
+     '--img-size/--crop-pct: stress evaluates the whole image resized to each of --sizes; leave them out'),
+    (['compare', '--stress-sizes', '32', '64'], "--stress-sizes: compare's stress test is --task multilabel's"),
 ])
 def test_bad_arguments_are_one_line_errors(tmp_path, args, message):
     env = dict(os.environ, HF_HUB_OFFLINE='1', HF_HOME=str(tmp_path / 'hf'))  # an empty Hub cache, no network

@@ -412,7 +412,9 @@ def _add_train_args(p: argparse.ArgumentParser, compare: bool = False) -> None:
                         'optimizer, EMA and epoch; with the same flags the losses are those of an uninterrupted run')
     g.add_argument('--output', metavar='DIR', default='', help='output root (default: ./output/train)')
     g.add_argument('--experiment', metavar='NAME', default='',
-                   help='run folder under --output (default: date-time-model-size); checkpoints and summary.csv')
+                   help=('folder of the runs under --output (default: compare-DATE-TIME); seed<N>/<model>/ in it for '
+                         'each run, and compare.json' if compare else
+                         'run folder under --output (default: date-time-model-size); checkpoints and summary.csv'))
     g.add_argument('--checkpoint-hist', type=int, metavar='N', default=hist,
                    help=f'best checkpoints kept besides last.pth.tar (default: {hist})')
     g.add_argument('--eval-metric', default=None, choices=('top1', 'top5', 'map', 'f1_o', 'f1_c', 'miou', 'loss'),
@@ -612,7 +614,7 @@ def build_parser() -> argparse.ArgumentParser:
                'dla_x60_elastic --checkpoint e.pth.tar --baseline dla_x60 --baseline-checkpoint b.pth.tar '
                '--plot fig7.png')
     _add_task_arg(p, segment=False)
-    _add_eval_model_args(p)
+    _add_eval_model_args(p, segment=False)
     p.add_argument('--baseline', metavar='NAME', default=None,
                    help='the baseline model to compare with (e.g. dla_x60); without it, --model alone is evaluated')
     p.add_argument('--baseline-checkpoint', metavar='PATH', default='',

@@ -26,7 +26,7 @@ import math
 import os
 import time
 from collections import OrderedDict
-from typing import Any, Dict, List, NamedTuple, Sequence
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 
 from .train import UsageError, create_datasets, output_root, task_of, train
 
@@ -75,6 +75,9 @@ def compare(args: argparse.Namespace) -> Dict[str, List[Dict[str, Any]]]:
     seeds = _check_seeds(args.seeds)
     task = task_of(args)
     stress = task.name == 'multilabel' and getattr(args, 'stress_sizes', None) != []
+    if task.name != 'multilabel' and getattr(args, 'stress_sizes', None):  # it would be ignored
+        raise UsageError(f"--stress-sizes: compare's stress test is --task multilabel's (the paper's Fig. 7); for "
+                         f'--task {task.name}, timm-elastic stress evaluates the runs\' checkpoints at other sizes')
     if stress:
         from .stress import MIN_SIZE
         small = [s for s in args.stress_sizes or () if s < MIN_SIZE]
@@ -82,9 +85,12 @@ def compare(args: argparse.Namespace) -> Dict[str, List[Dict[str, Any]]]:
             raise UsageError(f'--stress-sizes must be at least {MIN_SIZE} pixels, got {" ".join(map(str, small))}')
     experiment = args.experiment or 'compare-' + time.strftime('%Y%m%d-%H%M%S')
     folder = os.path.join(output_root(args), experiment)
-    if os.path.exists(os.path.join(folder, 'compare.json')):  # its runs' folders are refused one by one, later
-        raise UsageError(f'--experiment {experiment!r}: {folder} holds a comparison already (compare.json); '
-                         'another --experiment (or --output) starts a new one')
+    if os.path.isdir(folder) and os.listdir(folder):  # (each run's folder would be refused, with train's advice)
+        held = 'a comparison already (compare.json)' if os.path.exists(os.path.join(folder, 'compare.json')) else \
+            f'the runs of a comparison that did not finish ({", ".join(sorted(os.listdir(folder))[:3])}); compare ' \
+            'does not continue one'
+        raise UsageError(f'--experiment {experiment!r}: {folder} holds {held}; another --experiment (or --output) '
+                         'starts a new one')
     primary = os.environ.get('RANK', '0') == '0'  # torchrun's first process
     datasets = create_datasets(args)  # one dataset for every run: the seed varies training, not the data
     for ds in datasets[:2]:  # rendered now, not inside the first run's time
@@ -198,17 +204,7 @@ def format_comparison(results: Dict[str, List[Dict[str, Any]]], base: str, elast
     title = label[0].upper() + label[1:] if label.islower() else label  # top-1 -> Top-1; F1-O, mIoU as they are
     lines += [f'{title} (%) on the built-in validation set ({runs_b[0]["count"]} images), by '
               f'the sizes of the objects in the image (paper Table 4); {over}:', '']
-    wb, we, wg = max(len(base), 14 if n > 1 else 6), max(len(elastic), 14 if n > 1 else 6), 13 if n > 1 else 6
-    head = (f'{"Large":>5} {"Medium":>6} {"Small":>5} | {"images":>6} | {base:>{wb}} | {elastic:>{we}} | '
-            f'{"gain":>{wg}} | {"relative":>8}')
-    lines += [head, '-' * len(head)]
-
-    def row(label, count, sb, se, sg):
-        relative = f'{100 * sg.mean / sb.mean:>+7.1f}%' if sb.mean else f'{"n/a":>8}'  # nothing to be relative to
-        cells = f'{format(sb, ".2f"):>{wb}} | {format(se, ".2f"):>{we}} | {format(sg, "+.2f"):>{wg}}'
-        return f'{label} | {count:>6} | {cells} | {relative}'
-
-    gains = OrderedDict()
+    rows, gains = [], OrderedDict()
     for combo in COMBINATIONS:
         key = combination_name(combo)
         if key not in runs_b[0].get('per_combination', {}):
@@ -216,19 +212,21 @@ def format_comparison(results: Dict[str, List[Dict[str, Any]]], base: str, elast
         marks = ' '.join(f'{("x" if s in combo else "-"):>{w}}' for s, w in (('large', 5), ('medium', 6), ('small', 5)))
         sb, se, sg = stats(runs_b, runs_e, lambda r: r['per_combination'][key][metric])
         gains[key] = sg.mean
-        lines.append(row(marks, runs_b[0]['per_combination'][key]['count'], sb, se, sg))
-    lines.append('-' * len(head))
+        rows.append((marks, runs_b[0]['per_combination'][key]['count'], sb, se, sg))
     sb, se, sg = stats(runs_b, runs_e, lambda r: r[metric])
-    lines.append(row(f'{"all":>18}', runs_b[0]['count'], sb, se, sg))
-    lines.append('')
+    table = _columns([f'{"Large":>5} {"Medium":>6} {"Small":>5}', 'images', base, elastic, 'gain', 'relative'],
+                     [[label, str(count), *_cells(sb_, se_, sg_)] for label, count, sb_, se_, sg_ in rows]
+                     + [None, [f'{"all":>18}', str(runs_b[0]['count']), *_cells(sb, se, sg)]], n)
+    lines += table + ['']
     if gains:
         lines.append(_reading(gains, base, elastic, n))
     lines.append(_conclusion(sb, se, sg, [e[metric] - b[metric] for b, e in zip(runs_b, runs_e)], base, elastic,
                              label))
     if all('stress' in r for r in runs_b + runs_e):
         from .stress import format_stress
+        per_seed = ', each seed\'s 100 (Elastic - twin) / twin' if n > 1 else ''
         lines += ['', f'Scale stress test (paper Fig. 7): the last checkpoints at other test sizes, {elastic}\'s '
-                  f'improvement relative to {base}; {over}:', '',
+                  f'improvement relative to {base}{per_seed}; {over}:', '',
                   format_stress(stress_relative(results, base, elastic))]
     lines.append(f'Training took {sum(r["seconds"] for r in runs_b):.0f} s ({base}) and '
                  f'{sum(r["seconds"] for r in runs_e):.0f} s ({elastic}) in all.')
@@ -239,16 +237,28 @@ def _table3(runs_b, runs_e, base: str, elastic: str, over: str) -> List[str]:
     """Table 3's layout, one row per metric: each model's value and the gain (points) and relative gain."""
     lines = [f'Multi-label metrics (%) on the built-in validation set ({runs_b[0]["count"]} images; paper Table 3: '
              f'F1-C is its F1-PerClass, F1-O its F1-Overall); {over}:', '']
-    n = len(runs_b)
-    wb, we, wg = max(len(base), 14 if n > 1 else 6), max(len(elastic), 14 if n > 1 else 6), 13 if n > 1 else 6
-    head = f'{"metric":>6} | {base:>{wb}} | {elastic:>{we}} | {"gain":>{wg}} | {"relative":>8}'
-    lines += [head, '-' * len(head)]
-    for m in ('f1_c', 'f1_o', 'p_c', 'r_c', 'p_o', 'r_o', 'map'):
-        sb, se, sg = _stats(runs_b, runs_e, lambda r: r[m])
-        relative = f'{100 * sg.mean / sb.mean:>+7.1f}%' if sb.mean else f'{"n/a":>8}'
-        lines.append(f'{LABELS[m]:>6} | {format(sb, ".2f"):>{wb}} | {format(se, ".2f"):>{we}} | '
-                     f'{format(sg, "+.2f"):>{wg}} | {relative}')
-    return lines
+    rows = [[LABELS[m], *_cells(*_stats(runs_b, runs_e, lambda r: r[m]))]
+            for m in ('f1_c', 'f1_o', 'p_c', 'r_c', 'p_o', 'r_o', 'map')]
+    return lines + _columns(['metric', base, elastic, 'gain', 'relative'], rows, len(runs_b))
+
+
+def _cells(sb: Spread, se: Spread, sg: Spread) -> List[str]:
+    """A table row's values: each model's, the gain in points and relative to the twin's mean (mean gain / mean)."""
+    relative = f'{100 * sg.mean / sb.mean:+.1f}%' if sb.mean else 'n/a'  # nothing to be relative to
+    return [format(sb, '.2f'), format(se, '.2f'), format(sg, '+.2f'), relative]
+
+
+def _columns(head: List[str], rows: List[Optional[List[str]]], n: int) -> List[str]:
+    """Right-aligned columns, each as wide as its widest cell (at least the width of 'mean ± std' values for
+    `n` > 1 seeds, so that tables of one run line up with each other); None is a rule."""
+    floor = [0] + [14 if n > 1 else 6] * 2 + [13 if n > 1 else 6] + [8]  # label, twin, Elastic, gain, relative
+    floor = [0] * (len(head) - len(floor)) + floor  # Table 4's extra images column
+    widths = [max(f, len(h), *(len(r[i]) for r in rows if r)) for i, (h, f) in enumerate(zip(head, floor))]
+
+    def line(cells):
+        return ' | '.join(f'{c:>{w}}' for c, w in zip(cells, widths))
+    top = line(head)
+    return [top, '-' * len(top)] + [line(r) if r else '-' * len(top) for r in rows]
 
 
 def stress_relative(results: Dict[str, List[Dict[str, Any]]], base: str,
@@ -267,6 +277,9 @@ def _reading(gains: Dict[str, float], base: str, elastic: str, n: int) -> str:
     best = max(gains, key=gains.get)
     worst = min(gains, key=gains.get)
     averaged = f'Averaged over the {n} seeds, ' if n > 1 else 'In this run, '
+    if gains[best] == gains[worst]:  # no best nor worst
+        return (f'{averaged}{elastic} is ahead of {base} on {ahead} of the {len(gains)} size combinations, by the same '
+                f'{gains[best]:+.2f} points on each.')
     return (f'{averaged}{elastic} is ahead of {base} on {ahead} of the {len(gains)} size combinations; its best is '
             f'images with {_in_words(best)} ({gains[best]:+.2f} points), its worst images with {_in_words(worst)} '
             f'({gains[worst]:+.2f}).')

@@ -85,6 +85,14 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     bad = [s for s in args.sizes if s < MIN_SIZE]
     if bad:
         raise UsageError(f'--sizes must be at least {MIN_SIZE} pixels, got {" ".join(map(str, bad))}')
+    repeated = sorted({s for s in args.sizes if args.sizes.count(s) > 1})
+    if repeated:
+        raise UsageError(f'--sizes repeats {" ".join(map(str, repeated))}; each size is evaluated once')
+    unused = [flag for flag, value in (('--img-size', args.img_size), ('--input-size', args.input_size),
+                                       ('--crop-pct', args.crop_pct)) if value is not None]
+    if unused:  # they would be ignored
+        raise UsageError(f'{"/".join(unused)}: stress evaluates the whole image resized to each of --sizes; '
+                         'leave them out')
     if args.plot and not args.baseline:
         raise UsageError('--plot draws the improvement over a baseline: pass --baseline NAME too')
     if args.plot:  # known before the evaluations, not after them
@@ -128,16 +136,24 @@ def stress_metrics(task) -> List[str]:
 
 def format_stress(relative: Dict[str, Dict[int, List[Optional[float]]]]) -> str:
     """Fig. 7 as a table: per test size, the relative improvement of each metric (mean ± standard
-    deviation over the seeds where there are several; n/a where every baseline value was 0)."""
+    deviation over the seeds where there are several; n/a where every baseline value was 0, and the count
+    of seeds where only some were)."""
     from .compare import LABELS, spread
     metrics = list(relative)
     sizes = list(next(iter(relative.values())))
-    head = f'{"test size":>10} | ' + ' | '.join(f'{"relative " + LABELS.get(m, m):>18}' for m in metrics)
-    lines = [head, '-' * len(head)]
+    rows = []
     for s in sizes:
         cells = []
         for m in metrics:
             values = [v for v in relative[m][s] if v is not None]
-            cells.append(f'{format(spread(values), "+.2f") + "%" if values else "n/a":>18}')
-        lines.append(f'{f"{s}x{s}":>10} | ' + ' | '.join(cells))
+            cell = format(spread(values), '+.2f') + '%' if values else 'n/a'
+            if values and len(values) < len(relative[m][s]):  # the others' baseline was 0: nothing to be relative to
+                cell += f' ({len(values)} of {len(relative[m][s])} seeds)'
+            cells.append(cell)
+        rows.append((f'{s}x{s}', cells))
+    names = [f'relative {LABELS.get(m, m)}' for m in metrics]
+    widths = [max(18, *(len(cells[i]) for _, cells in rows)) for i in range(len(metrics))]
+    head = f'{"test size":>10} | ' + ' | '.join(f'{n:>{w}}' for n, w in zip(names, widths))
+    lines = [head, '-' * len(head)]
+    lines += [f'{size:>10} | ' + ' | '.join(f'{c:>{w}}' for c, w in zip(cells, widths)) for size, cells in rows]
     return '\n'.join(lines)
