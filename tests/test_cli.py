@@ -13,10 +13,10 @@ import timm_elastic
 from paper import MODELS, ORIGINAL_CODE, PAPER, PAPER_FLOPS_DIFFER
 
 
-def run(*args):
+def run(*args, cwd=None):
     exe = shutil.which('timm-elastic')
     assert exe, 'the timm-elastic console script is not installed (pip install -e .)'
-    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=600)
+    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=600, cwd=cwd)
 
 
 @pytest.mark.slow
@@ -76,6 +76,18 @@ def test_module_entry_point():
 @pytest.mark.parametrize('args,message', [
     (('models', '--filter', 'vit*'), "no registered model matches 'vit*'"),
     (('models', '--img-size', '8'), '--img-size must be at least 32, got 8'),
+    # integer flags out of range: one line before any work (some were tracebacks of the loaders, one of timm's saver)
+    (('validate', '--model', 'resnext_tiny', '--pretrained', '-b', '0'), '-b/--batch-size must be at least 1, got 0'),
+    (('validate', '--model', 'resnext_tiny', '--pretrained', '-j', '-1'), '-j/--workers must be at least 0, got -1'),
+    (('validate', '--model', 'resnext_tiny', '--pretrained', '--val-num-samples', '0'),
+     '--val-num-samples must be at least 1, got 0'),
+    (('train', '--checkpoint-hist', '0'), '--checkpoint-hist must be at least 1, got 0'),
+    (('train', '--log-interval', '-1'), '--log-interval must be at least 0, got -1'),
+    (('train', '-vb', '0'), '-vb/--validation-batch-size must be at least 1, got 0'),
+    (('policy', '--model', 'resnext_tiny_elastic', '--pretrained', '--out', 'never-written', '-b', '0'),
+     '-b/--batch-size must be at least 1, got 0'),
+    (('data', '--out', 'never-written', '--val-num-samples', '3'),
+     "num_samples must be at least 8 (one image per class) for an image folder, got 3 for split 'validation'"),
     (('validate', '--model', 'resnext_tiny', '--pretrained', '--img-size', '0'),
      '--img-size must be at least 32, got 0'),
     (('validate', '--model', 'resnext_tiny', '--pretrained', '--input-size', '3', '64', '8'),
@@ -83,11 +95,12 @@ def test_module_entry_point():
     (('frobnicate',), "invalid choice: 'frobnicate'"),
     ((), 'the following arguments are required: COMMAND'),
 ])
-def test_bad_arguments(args, message):
-    proc = run(*args)
+def test_bad_arguments(tmp_path, args, message):
+    proc = run(*args, cwd=tmp_path)  # where nothing may be written
     assert proc.returncode == 2
     assert message in proc.stderr
     assert 'Traceback' not in proc.stderr
+    assert os.listdir(tmp_path) == []
 
 
 def test_help():

@@ -653,16 +653,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# the integer flags' least values (32 pixels: the models' total stride), checked for every command that has them
+# before any work; None is a flag left to its default
+_AT_LEAST = (('img_size', '--img-size', 32), ('epochs', '--epochs', 1), ('batch_size', '-b/--batch-size', 1),
+             ('validation_batch_size', '-vb/--validation-batch-size', 1), ('workers', '-j/--workers', 0),
+             ('train_num_samples', '--train-num-samples', 1), ('val_num_samples', '--val-num-samples', 1),
+             ('checkpoint_hist', '--checkpoint-hist', 1), ('log_interval', '--log-interval', 0))
+
+
+def _check_integers(args: argparse.Namespace) -> None:
+    for name, flag, least in _AT_LEAST:
+        value = getattr(args, name, None)
+        if value is not None and value < least:
+            raise ValueError(f'{flag} must be at least {least}, got {value}')
+    input_size = getattr(args, 'input_size', None)
+    if input_size is not None and min(input_size[1:]) < 32:
+        raise ValueError(f'--input-size H and W must be at least 32, got {input_size[1]} {input_size[2]}')
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    img_size, input_size = getattr(args, 'img_size', None), getattr(args, 'input_size', None)
-    if img_size is not None and img_size < 32:
-        print(f'timm-elastic: --img-size must be at least 32, got {img_size}', file=sys.stderr)
-        return 2
-    if input_size is not None and min(input_size[1:]) < 32:
-        print(f'timm-elastic: --input-size H and W must be at least 32, got {input_size[1]} {input_size[2]}',
-              file=sys.stderr)
-        return 2
+    try:
+        _check_integers(args)
+    except ValueError as e:
+        return _fail(args.command, e)
     for flag, path in (('--results-file', getattr(args, 'results_file', '')), ('--plot', getattr(args, 'plot', ''))):
         # files written at the end: known before hours of work
         if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):

@@ -702,11 +702,7 @@ def _eval_metric(args: argparse.Namespace, task) -> str:
 
 
 def _check_train_args(args: argparse.Namespace) -> None:
-    for flag, value in (('--epochs', args.epochs), ('-b/--batch-size', args.batch_size)):
-        if value < 1:
-            raise UsageError(f'{flag} must be at least 1, got {value}')
-    if args.workers < 0:
-        raise UsageError(f'--workers must be 0 or more, got {args.workers}')
+    # (the integer flags' ranges are checked by the command line, cli._check_integers)
     if args.lr is not None and args.lr <= 0:
         raise UsageError(f'--lr must be positive, got {args.lr}')
     if args.initial_checkpoint and not os.path.isfile(args.initial_checkpoint):

@@ -590,10 +590,10 @@ def write_image_folder(
     sets = [ScaleShapes(root, split, counts.get(split), img_size, seed) for split in splits]
     if not sets:
         raise ValueError(f'splits must name at least one of {", ".join(map(repr, SPLITS))}, got {splits!r}')
-    if min(len(ds) for ds in sets) < len(CLASSES):
-        # timm numbers only the class folders that hold images: an empty one would shift targets
+    small = [ds for ds in sets if len(ds) < len(CLASSES)]
+    if small:  # timm numbers only the class folders that hold images: an empty one would shift targets
         raise ValueError(f'num_samples must be at least {len(CLASSES)} (one image per class) for an image folder, '
-                         f'got {num_samples}')
+                         f'got {len(small[0])} for split {small[0].split!r}')
     _check_replaceable(root, force)
 
     parent, name = os.path.split(root)

@@ -84,8 +84,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         raise UsageError(f'--out: {e}') from None
     if os.path.isdir(args.out) and os.listdir(args.out) and not getattr(args, 'force', False):
         raise UsageError(f'--out {args.out!r} holds files already; pass --force to replace the folder')
-    for flag, value in (('--thumb-size', args.thumb_size), ('-b/--batch-size', args.batch_size),
-                        ('--perplexity', args.perplexity)):
+    for flag, value in (('--thumb-size', args.thumb_size), ('--perplexity', args.perplexity)):
         if not value > 0:
             raise UsageError(f'{flag} must be positive, got {value}')
     policy.require('sklearn.manifold', 'timm-elastic policy (t-SNE)')
