@@ -108,6 +108,13 @@ def test_help():
     assert proc.returncode == 0 and '--filter' in proc.stdout and 'GMACs' not in proc.stderr
 
 
+def test_data_help_gives_the_default_counts():
+    from timm_elastic.data import DEFAULT_SAMPLES
+    text = ' '.join(run('data', '--help').stdout.split())
+    assert f'training images (default: {DEFAULT_SAMPLES["train"]})' in text
+    assert f'validation images (default: {DEFAULT_SAMPLES["validation"]})' in text
+
+
 def test_existing_output_names_the_flag(tmp_path):
     """Each interface speaks its own: the command line says --force (Python's functions say force=True)."""
     out = tmp_path / 'data'

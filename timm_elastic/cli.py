@@ -633,8 +633,9 @@ def build_parser() -> argparse.ArgumentParser:
                     'DIR/validation/<class>/*.png, with DIR/objects.csv recording the object sizes of every image. '
                     "timm's train.py / validate.py read it with --data-dir DIR.")
     p.add_argument('--out', metavar='DIR', required=True, help='the folder to write (must not exist, see --force)')
-    p.add_argument('--train-num-samples', type=int, metavar='N', default=None, help='training images')
-    p.add_argument('--val-num-samples', type=int, metavar='N', default=None, help='validation images')
+    p.add_argument('--train-num-samples', type=int, metavar='N', default=None, help='training images (default: 6000)')
+    p.add_argument('--val-num-samples', type=int, metavar='N', default=None,
+                   help='validation images (default: 1400)')
     p.add_argument('--img-size', type=int, metavar='N', default=64, help='image size (default: 64)')
     p.add_argument('--data-seed', type=int, metavar='N', default=0, help='generator seed (default: 0)')
     p.add_argument('--force', action='store_true', help='replace DIR if it exists')
