@@ -618,7 +618,8 @@ def test_bad_arguments_are_one_line_errors(tmp_path, args, message):
 def test_a_greyscale_image_folder_with_in_chans_1(tmp_path):
     """--in-chans 1 reads an image folder as greyscale (timm's input_img_mode 'L', as its train.py) and
     normalises by the mean of the pretrained cfg's mean and std (0.449, 0.226 for ImageNet's); it crashed in
-    the first convolution (3-channel images for a 1-channel stem)."""
+    the first convolution (3-channel images for a 1-channel stem), and, without a size flag, in the
+    normalisation (timm's size from the pretrained cfg says 3 channels)."""
     from PIL import Image
     g = torch.Generator().manual_seed(0)
     for split, n in (('train', 8), ('validation', 4)):
@@ -627,14 +628,22 @@ def test_a_greyscale_image_folder_with_in_chans_1(tmp_path):
             for i in range(n):
                 shade = int(torch.randint(0, 100, (1,), generator=g)) + (150 if c == 'light' else 0)
                 Image.new('L', (40, 40), shade).save(tmp_path / 'grey' / split / c / f'{i}.png')
-    flags = ['--in-chans', '1', '--data-dir', str(tmp_path / 'grey'), '-j', '0', '--no-progress', '--img-size', '64']
+    flags = ['--in-chans', '1', '--data-dir', str(tmp_path / 'grey'), '-j', '0', '--no-progress']  # the model's 64
     proc = cli('train', *flags, '--epochs', '1', '-b', '4', '--log-interval', '0', '--output', str(tmp_path),
                '--experiment', 'g')
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert 'mean (0.449,), std (0.226,)' in proc.stderr
     assert state(tmp_path / 'g' / 'last.pth.tar')['conv1.0.weight'].shape[1] == 1
-    proc = cli('validate', *flags, '--checkpoint', str(tmp_path / 'g' / 'last.pth.tar'))
+    ckpt = str(tmp_path / 'g' / 'last.pth.tar')
+    proc = cli('validate', *flags, '--checkpoint', ckpt)
     assert proc.returncode == 0 and '(8 images at 64x64)' in proc.stdout, proc.stderr[-2000:]
+    for wrong, message in (
+            (['--in-chans', '3'], f"--checkpoint {ckpt!r} was trained with 1 input channels, but the model has 3 "
+                                  '(--in-chans 3); use --in-chans 1'),
+            (['--input-size', '3', '64', '64'], '--input-size 3 64 64: its C is the input channels, 1 (--in-chans)')):
+        proc = cli('validate', *flags, *wrong, '--checkpoint', ckpt)
+        assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+            f'timm-elastic validate: error: {message}'], proc.stderr[-2000:]
 
 
 def test_a_run_in_the_experiment_folder_is_kept(tmp_path):

@@ -176,7 +176,13 @@ def resolve_config(args: argparse.Namespace, model: nn.Module) -> Dict[str, Any]
     normalised by their averages, as timm's pretrained loader sums the stem's weights over the colours."""
     from timm.data import resolve_data_config
     config = resolve_data_config(vars(args), model=model)
-    chans = config['input_size'][0]
+    # the images are read with --in-chans's channels (create_datasets); timm takes a size without channels from
+    # the pretrained cfg, (3, H, W) whatever --in-chans says
+    chans = getattr(args, 'in_chans', None) or 3
+    if getattr(args, 'input_size', None) and args.input_size[0] != chans:
+        raise UsageError(f'--input-size {" ".join(map(str, args.input_size))}: its C is the input channels, '
+                         f'{chans} (--in-chans{"" if getattr(args, "in_chans", None) else ", 3 by default"})')
+    config['input_size'] = (chans, *config['input_size'][1:])
     for key in ('mean', 'std'):
         if len(config[key]) != chans:
             config[key] = (sum(config[key]) / len(config[key]),) * chans
@@ -309,6 +315,12 @@ def check_checkpoint_fits(model: nn.Module, ckpt: Dict[str, Any], path: str, fla
         raise UsageError(f'{flag} {path!r} was trained with {state[head].shape[0]} classes, but the model has '
                          f'{own[head].shape[0]} (--num-classes {own[head].shape[0]}); use --num-classes '
                          f'{state[head].shape[0]}')
+    first_conv = model.pretrained_cfg.get('first_conv') if hasattr(model, 'pretrained_cfg') else None
+    stem = f'{first_conv}.weight' if first_conv else None
+    if stem in state and stem in own and state[stem].ndim == 4 and state[stem].shape[1] != own[stem].shape[1]:
+        raise UsageError(f'{flag} {path!r} was trained with {state[stem].shape[1]} input channels, but the model has '
+                         f'{own[stem].shape[1]} (--in-chans {own[stem].shape[1]}); use --in-chans '
+                         f'{state[stem].shape[1]}')
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     wrong = [f'{k} {list(state[k].shape)} vs {list(own[k].shape)}' for k in own
