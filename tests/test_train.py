@@ -604,6 +604,9 @@ def test_progress_bar_in_a_terminal_only(tmp_path):
     (['stress', '--model', 'resnext_tiny_elastic', '--pretrained', '--img-size', '96', '--crop-pct', '0.5'],
      '--img-size/--crop-pct: stress evaluates the whole image resized to each of --sizes; leave them out'),
     (['compare', '--stress-sizes', '32', '64'], "--stress-sizes: compare's stress test is --task multilabel's"),
+    (['train', '--opt', 'adahessian', '--torchcompile'], "--opt adahessian is a second-order optimiser: it "
+     "differentiates the gradients (backward with create_graph), which torch.compile's (aot_autograd's) backward does "
+     'not support; leave out --torchcompile'),
 ])
 def test_bad_arguments_are_one_line_errors(tmp_path, args, message):
     env = dict(os.environ, HF_HUB_OFFLINE='1', HF_HOME=str(tmp_path / 'hf'))  # an empty Hub cache, no network

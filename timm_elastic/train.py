@@ -545,10 +545,11 @@ def train(args: argparse.Namespace, datasets=None) -> Dict[str, Any]:
     data_config = task.data_config(resolve_config(args, model), args, model)  # in the info line
     optimizer = create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
                                     momentum=args.momentum)
-    if args.distributed and getattr(optimizer, 'is_second_order', False):
-        raise UsageError(f"--opt {args.opt} is a second-order optimiser: it differentiates the gradients (backward "
-                         "with create_graph), which PyTorch's DistributedDataParallel does not support; train it in "
-                         "one process")
+    if getattr(optimizer, 'is_second_order', False) and (args.distributed or args.torchcompile):
+        what, instead = (("PyTorch's DistributedDataParallel", 'train it in one process') if args.distributed else
+                         ("torch.compile's (aot_autograd's) backward", 'leave out --torchcompile'))
+        raise UsageError(f'--opt {args.opt} is a second-order optimiser: it differentiates the gradients (backward '
+                         f'with create_graph), which {what} does not support; {instead}')
     start_epoch = 0
     if resume is not None:
         start_epoch = resume_checkpoint(model, args.resume, optimizer=optimizer, loss_scaler=loss_scaler,
