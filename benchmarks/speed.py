@@ -92,7 +92,7 @@ class Setting:
         ok = len(parts) in (2, 3) and parts[0] in ('eager', 'compile') and parts[1] in DTYPES \
             and (len(parts) == 2 or parts[2] == 'cl')
         if not ok:
-            raise SystemExit(f'unknown setting {name!r}: use {{eager|compile}}-{{fp32|bf16|fp16}}[-cl], '
+            raise ValueError(f'unknown setting {name!r}: use {{eager|compile}}-{{fp32|bf16|fp16}}[-cl], '
                              f'e.g. eager-fp32-cl')
         return cls(name, parts[0] == 'compile', DTYPES[parts[1]], len(parts) == 3)
 
@@ -472,7 +472,8 @@ def parse_args(argv=None):
     parser.add_argument('--device', default='cpu', help='cpu or cuda (default: cpu)')
     parser.add_argument('--settings', help='comma separated; default for cpu: '
                         f'{DEFAULT_SETTINGS["cpu"]}; for cuda: {DEFAULT_SETTINGS["cuda"]}')
-    parser.add_argument('--modes', default='infer,train', help='infer, train or both (default: both)')
+    parser.add_argument('--modes', default='infer,train',
+                        help='comma separated: infer, train, or infer,train (default: infer,train)')
     parser.add_argument('--resample', default='ours',
                         help='the Elastic models\' resampling, comma separated: ours (the package\'s), aten '
                              '(PyTorch\'s ops), free (the floor: no resampling cost); default: ours')
@@ -504,7 +505,10 @@ def parse_args(argv=None):
     args.resample = args.resample.split(',')
     if not args.resample or any(v not in RESAMPLE_VARIANTS for v in args.resample):
         parser.error(f'--resample takes {", ".join(RESAMPLE_VARIANTS)}, got {",".join(args.resample)!r}')
-    args.settings = [Setting.parse(s) for s in (args.settings or DEFAULT_SETTINGS[args.device]).split(',')]
+    try:
+        args.settings = [Setting.parse(s) for s in (args.settings or DEFAULT_SETTINGS[args.device]).split(',')]
+    except ValueError as e:
+        parser.error(f'--settings: {e}')
     if args.device == 'cpu' and any(s.amp == torch.float16 for s in args.settings):
         parser.error('fp16 autocast is for CUDA; on the CPU use bf16')
     default_batch = 256 if args.device == 'cuda' else 8

@@ -51,6 +51,8 @@ def main():
     parser.add_argument('--runs', type=int, default=40, help='start-ups per measurement (default: 40)')
     parser.add_argument('--json', metavar='PATH', help='also write the results as JSON')
     args = parser.parse_args()
+    if args.runs < 1:
+        parser.error(f'--runs must be at least 1, got {args.runs}')
     site_dir = find_pth()
 
     line_ms = []

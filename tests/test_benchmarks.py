@@ -69,6 +69,21 @@ def test_resample_ops_cuda_timers_need_cuda():
     assert proc.returncode == 2 and '--timer graph times CUDA work' in proc.stderr, proc.stderr
 
 
+@pytest.mark.parametrize('script, args, message', [
+    ('speed.py', ['--settings', 'eager-fp33'], "speed.py: error: --settings: unknown setting 'eager-fp33'"),
+    ('speed.py', ['--modes', 'both'], "speed.py: error: --modes takes infer and/or train, got 'both'"),
+    ('startup.py', ['--runs', '0'], 'startup.py: error: --runs must be at least 1, got 0'),
+])
+def test_benchmark_arguments_are_refused_as_usage_errors(script, args, message):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', script), *args],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and message in proc.stderr and 'Traceback' not in proc.stderr, proc.stderr
+    if script == 'speed.py':  # the help names what --modes takes
+        helptext = ' '.join(subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', script), '--help'],
+                                           capture_output=True, text=True, timeout=600).stdout.split())
+        assert 'comma separated: infer, train, or infer,train (default: infer,train)' in helptext
+
+
 def test_launch_overhead_smoke(tmp_path):
     """benchmarks/launch_overhead.py through Triton's interpreter on the CPU: every layer of one op's call
     timed (the numbers mean nothing here), the table printed and written."""
