@@ -566,6 +566,13 @@ def test_progress_bar_in_a_terminal_only(tmp_path):
     assert summary(tmp_path / 'tty' / 'summary.csv') == summary(tmp_path / 'piped' / 'summary.csv')
     a, b = state(tmp_path / 'tty' / 'last.pth.tar'), state(tmp_path / 'piped' / 'last.pth.tar')
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # --log-interval's lines go above the bar, each on a line of its own (they were written into the bar's line)
+    status, shown, _ = in_a_terminal(*flags, '--log-interval', '1', '--experiment', 'logged')
+    assert status == 0
+    # what a terminal shows of each line (a terminal's line ends are \r\n)
+    visible = [line.rstrip('\r').rsplit('\r', 1)[-1] for line in shown.split('\n')]
+    logged = [line for line in visible if re.search(r'epoch \d/2 \[\d/4\] loss', line)]
+    assert len(logged) == 8 and all(line.startswith('epoch ') and '|' not in line for line in logged), shown
 
 
 @pytest.mark.parametrize('args, message', [
@@ -665,6 +672,13 @@ def test_a_run_in_the_experiment_folder_is_kept(tmp_path):
     proc = cli('train', *flags, '--epochs', '2', '--resume', str(run / 'last.pth.tar'))
     assert proc.returncode == 0, proc.stderr
     assert [r[0] for r in summary(run / 'summary.csv')] == ['epoch', '0', '1']
+    # a finished run resumed has nothing to train: said, not a silent exit 0
+    files = {p.name: p.read_bytes() for p in run.iterdir()}
+    proc = cli('train', *flags, '--epochs', '2', '--resume', str(run / 'last.pth.tar'))
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == (  # after timm's lines of the resume
+        f"timm-elastic train: error: --resume '{run / 'last.pth.tar'}': the run has trained all its 2 epochs "
+        "(--epochs 2); a larger --epochs trains it further"), proc.stderr
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == files
 
 
 @pytest.mark.parametrize('task', ['multilabel', 'segment'])

@@ -393,10 +393,14 @@ class Progress:
     one for its evaluation. The bar disappears when closed: the epoch's line replaces it."""
 
     def __init__(self, total: int, desc: str, args: argparse.Namespace):
-        self.bar = None
+        self.bar = self._logging = None
         if _is_primary(args) and getattr(args, 'progress', True) and sys.stderr.isatty():
             from tqdm import tqdm
+            from tqdm.contrib.logging import logging_redirect_tqdm
             self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0)
+            # log lines (--log-interval's) above the bar, not written into its line
+            self._logging = logging_redirect_tqdm()
+            self._logging.__enter__()
 
     def track(self, loader, phase: Optional[str] = None):
         """The loader's batches, advancing the bar by one after each. The loader's iterator is made
@@ -419,6 +423,9 @@ class Progress:
             self.bar.set_postfix(values, refresh=False)
 
     def close(self) -> None:
+        if self._logging is not None:
+            self._logging.__exit__(None, None, None)
+            self._logging = None
         if self.bar is not None:
             self.bar.close()
 
@@ -591,6 +598,9 @@ def train(args: argparse.Namespace, datasets=None) -> Dict[str, Any]:
         decay_milestones=args.decay_milestones, decay_rate=args.decay_rate, min_lr=args.min_lr,
         warmup_lr=args.warmup_lr, warmup_epochs=args.warmup_epochs, step_on_epochs=not args.sched_on_updates,
         updates_per_epoch=updates_per_epoch, plateau_mode='min' if eval_metric == 'loss' else 'max')
+    if start_epoch >= num_epochs:  # nothing would be trained, and the run would end without a word
+        raise UsageError(f'--resume {args.resume!r}: the run has trained all its {num_epochs} epochs (--epochs '
+                         f'{args.epochs}); a larger --epochs trains it further')
     if start_epoch > 0:
         if args.sched_on_updates:
             lr_scheduler.step_update(start_epoch * updates_per_epoch)
