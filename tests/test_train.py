@@ -611,6 +611,11 @@ def test_progress_bar_in_a_terminal_only(tmp_path):
     (['stress', '--model', 'resnext_tiny_elastic', '--pretrained', '--img-size', '96', '--crop-pct', '0.5'],
      '--img-size/--crop-pct: stress evaluates the whole image resized to each of --sizes; leave them out'),
     (['compare', '--stress-sizes', '32', '64'], "--stress-sizes: compare's stress test is --task multilabel's"),
+    # timm's other readers: a package missing (Hugging Face datasets is not a dependency), a dataset not downloaded
+    (['train', '--data-dir', '/no/such/dir', '--dataset', 'hfds/someone/data'],
+     "--dataset hfds/someone/data: No module named 'datasets'; install the package that timm reads it with"),
+    (['train', '--data-dir', '/no/such/dir', '--dataset', 'torch/cifar10'],
+     'Dataset not found or corrupted. You can use download=True to download it (--dataset-download fetches it)'),
     (['train', '--opt', 'adahessian', '--torchcompile'], "--opt adahessian is a second-order optimiser: it "
      "differentiates the gradients (backward with create_graph), which torch.compile's (aot_autograd's) backward does "
      'not support; leave out --torchcompile'),
@@ -623,6 +628,24 @@ def test_bad_arguments_are_one_line_errors(tmp_path, args, message):
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and 'Traceback' not in proc.stderr, proc.stderr
     assert err[0].startswith(f'timm-elastic {args[0]}: error: ') and message in err[0], err[0]
+
+
+def test_dataset_download_reaches_timms_reader(monkeypatch):
+    """--dataset-download is timm's flag: create_dataset(download=True) fetches a torch/ or tfds/ dataset (offline
+    here, so timm's reader is replaced by one that records its arguments)."""
+    import timm.data
+    from timm_elastic.train import create_datasets
+    seen = []
+
+    def reader(name, **kwargs):
+        seen.append((name, kwargs['split'], kwargs['download']))
+        raise RuntimeError('recorded')
+    monkeypatch.setattr(timm.data, 'create_dataset', reader)
+    for flags, download in (([], False), (['--dataset-download'], True)):
+        args = build_parser().parse_args(['train', '--data-dir', '/data', '--dataset', 'torch/cifar10', *flags])
+        with pytest.raises(ValueError, match='recorded' + ('' if download else r' \(--dataset-download fetches it\)')):
+            create_datasets(args)
+        assert seen.pop() == ('torch/cifar10', 'train', download)
 
 
 def test_a_greyscale_image_folder_with_in_chans_1(tmp_path):

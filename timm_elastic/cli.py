@@ -308,6 +308,8 @@ def _add_data_args(p: argparse.ArgumentParser, training: bool) -> None:
     g.add_argument('--dataset', metavar='NAME', default='',
                    help="timm dataset type for --data-dir ('' for an image folder, 'torch/cifar10', 'hfds/...'); "
                         "'scaleshapes' (the built-in one) is the default without --data-dir")
+    g.add_argument('--dataset-download', action='store_true',
+                   help='download a torch/ or tfds/ dataset into --data-dir if it is not there (timm\'s flag)')
     if training:
         g.add_argument('--train-split', metavar='NAME', default='train', help='training split (default: train)')
         g.add_argument('--val-split', metavar='NAME', default='validation',

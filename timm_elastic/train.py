@@ -134,12 +134,17 @@ def create_datasets(args: argparse.Namespace, training: bool = True):
             if in_chans == 1:
                 raise UsageError(grey_needs_folder.format(f'--task {task.name} reads its own data, whose'))
             return own
+        download = getattr(args, 'dataset_download', False)
         try:  # the image mode as timm's train.py picks it
             return create_dataset(name, root=args.data_dir, split=split, is_training=is_training,
                                   num_samples=args.train_num_samples if is_training else args.val_num_samples,
-                                  input_img_mode='L' if in_chans == 1 else 'RGB')
-        except (AssertionError, FileNotFoundError, RuntimeError, ValueError) as e:
-            raise UsageError(f'cannot read split {split!r} of --data-dir {args.data_dir!r}: {e}') from None
+                                  input_img_mode='L' if in_chans == 1 else 'RGB', download=download)
+        except ImportError as e:  # hfds/, tfds/, wds/: a reader whose package is not installed
+            raise UsageError(f'--dataset {name}: {e}; install the package that timm reads it with') from None
+        except (AssertionError, OSError, RuntimeError, ValueError) as e:
+            fetch = ' (--dataset-download fetches it)' if name.startswith(('torch/', 'tfds/')) and not download \
+                else ''
+            raise UsageError(f'cannot read split {split!r} of --data-dir {args.data_dir!r}: {e}{fetch}') from None
 
     train_ds = make(args.train_split, True) if training else None
     eval_ds = make(args.val_split, False)
