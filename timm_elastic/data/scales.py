@@ -579,8 +579,9 @@ def write_image_folder(
 
     The tree is built in a temporary folder beside `root` and renamed into place, so `root` is
     either absent or complete. An existing non-empty `root` raises FileExistsError unless `force`;
-    even then it is only replaced if it holds an `objects.csv`, so that a mistyped path cannot
-    delete an unrelated folder.
+    even then it is only replaced if it is such a tree (`is_image_folder`, with nothing else beside its
+    splits), so that a mistyped path cannot delete an unrelated folder. `root` may not be the working
+    folder or hold it (ValueError).
     """
     root = os.path.abspath(os.fspath(root))
     splits = (splits,) if isinstance(splits, str) else tuple(splits)
