@@ -268,6 +268,30 @@ def test_interrupted_write_leaves_no_partial_root(tmp_path, existing):
         assert sorted(p.name for p in root.iterdir()) == ['objects.csv', 'validation']
 
 
+@pytest.mark.skipif(not hasattr(signal, 'SIGTERM') or sys.platform == 'win32', reason='needs POSIX signals')
+def test_terminated_data_command_leaves_no_partial_folder(tmp_path):
+    """`kill` (SIGTERM) of `timm-elastic data` while it writes: the staged folder beside --out is removed as after
+    Ctrl-C (it stayed, .DIR.partial-*, under Python's default SIGTERM) and the old folder is kept."""
+    import shutil
+    import time
+    root = tmp_path / 'shapes'
+    write_image_folder(root, splits=('validation',), num_samples=8, img_size=32)
+    before = (root / 'objects.csv').read_text()
+    proc = subprocess.Popen([shutil.which('timm-elastic'), 'data', '--out', str(root), '--force', '--img-size', '32',
+                             '--train-num-samples', '20000', '--val-num-samples', '8'],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not any(p.name.startswith('.shapes.partial-') and any(p.rglob('*.png'))
+                                             for p in tmp_path.iterdir()):
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert [p.name for p in tmp_path.iterdir()] == ['shapes'], err  # no staged folder left
+    assert (root / 'objects.csv').read_text() == before
+
+
 @pytest.mark.parametrize('make,message', [
     (lambda: ScaleShapes(split='val'), "split must be one of 'train', 'validation', got 'val'"),
     (lambda: ScaleShapes(img_size=8), 'img_size must be an integer of at least 32, got 8'),

@@ -674,6 +674,10 @@ def _check_integers(args: argparse.Namespace) -> None:
         raise ValueError(f'--input-size H and W must be at least 32, got {input_size[1]} {input_size[2]}')
 
 
+def _terminated(signum, frame):
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -686,9 +690,21 @@ def main(argv: Optional[List[str]] = None) -> int:
             return _fail(args.command, ValueError(f'{flag} {path!r}: its folder does not exist'))
         if path and os.path.isdir(path):
             return _fail(args.command, ValueError(f'{flag} {path!r} is a folder; name a file in it'))
+    import signal
+
     import torch.distributed as dist
     had_group = dist.is_available() and dist.is_initialized()
-    code = args.func(args)
+    # a SIGTERM (kill, timeout, a scheduler's stop) unwinds as Ctrl-C does, so that what is half written (a staged
+    # folder, a temporary file) is removed on the way out; Python's default ends the process where it stands.
+    # `run` leaves signals to the script it runs; under torchrun, whose SIGTERM stops the other processes when one
+    # fails, a process waiting in a collective would only see it when the wait returns
+    alone = os.environ.get('WORLD_SIZE', '1') == '1'
+    previous = signal.signal(signal.SIGTERM, _terminated) if args.command != 'run' and alone else None
+    try:
+        code = args.func(args)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     # a process group left to the interpreter's exit can abort the process (gloo: "terminate called without an
     # active exception", pytorch/pytorch#190489): end the one this command started, once it has succeeded (after
     # an error on one rank, ending it could wait on the others)
