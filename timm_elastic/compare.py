@@ -216,7 +216,7 @@ def format_comparison(results: Dict[str, List[Dict[str, Any]]], base: str, elast
     sb, se, sg = stats(runs_b, runs_e, lambda r: r[metric])
     table = _columns([f'{"Large":>5} {"Medium":>6} {"Small":>5}', 'images', base, elastic, 'gain', 'relative'],
                      [[label, str(count), *_cells(sb_, se_, sg_)] for label, count, sb_, se_, sg_ in rows]
-                     + [None, [f'{"all":>18}', str(runs_b[0]['count']), *_cells(sb, se, sg)]], n)
+                     + [None, [f'{"all":>18}', str(runs_b[0]['count']), *_cells(sb, se, sg)]], [0, 0, *_floors(n)])
     lines += table + ['']
     if gains:
         lines.append(_reading(gains, base, elastic, n))
@@ -239,7 +239,7 @@ def _table3(runs_b, runs_e, base: str, elastic: str, over: str) -> List[str]:
              f'F1-C is its F1-PerClass, F1-O its F1-Overall); {over}:', '']
     rows = [[LABELS[m], *_cells(*_stats(runs_b, runs_e, lambda r: r[m]))]
             for m in ('f1_c', 'f1_o', 'p_c', 'r_c', 'p_o', 'r_o', 'map')]
-    return lines + _columns(['metric', base, elastic, 'gain', 'relative'], rows, len(runs_b))
+    return lines + _columns(['metric', base, elastic, 'gain', 'relative'], rows, [0, *_floors(len(runs_b))])
 
 
 def _cells(sb: Spread, se: Spread, sg: Spread) -> List[str]:
@@ -248,12 +248,15 @@ def _cells(sb: Spread, se: Spread, sg: Spread) -> List[str]:
     return [format(sb, '.2f'), format(se, '.2f'), format(sg, '+.2f'), relative]
 
 
-def _columns(head: List[str], rows: List[Optional[List[str]]], n: int) -> List[str]:
-    """Right-aligned columns, each as wide as its widest cell (at least the width of 'mean ± std' values for
-    `n` > 1 seeds, so that tables of one run line up with each other); None is a rule."""
-    floor = [0] + [14 if n > 1 else 6] * 2 + [13 if n > 1 else 6] + [8]  # label, twin, Elastic, gain, relative
-    floor = [0] * (len(head) - len(floor)) + floor  # Table 4's extra images column
-    widths = [max(f, len(h), *(len(r[i]) for r in rows if r)) for i, (h, f) in enumerate(zip(head, floor))]
+def _floors(n: int) -> List[int]:
+    """The least widths of the twin, Elastic, gain and relative columns: those of 'mean ± std' values for `n` > 1
+    seeds, so that tables of one run line up with each other."""
+    return [14 if n > 1 else 6] * 2 + [13 if n > 1 else 6] + [8]
+
+
+def _columns(head: List[str], rows: List[Optional[List[str]]], floors: List[int]) -> List[str]:
+    """Right-aligned columns, each as wide as its widest cell and at least its floor; None is a rule."""
+    widths = [max(f, len(h), *(len(r[i]) for r in rows if r)) for i, (h, f) in enumerate(zip(head, floors))]
 
     def line(cells):
         return ' | '.join(f'{c:>{w}}' for c, w in zip(cells, widths))

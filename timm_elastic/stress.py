@@ -138,7 +138,7 @@ def format_stress(relative: Dict[str, Dict[int, List[Optional[float]]]]) -> str:
     """Fig. 7 as a table: per test size, the relative improvement of each metric (mean ± standard
     deviation over the seeds where there are several; n/a where every baseline value was 0, and the count
     of seeds where only some were)."""
-    from .compare import LABELS, spread
+    from .compare import LABELS, _columns, spread
     metrics = list(relative)
     sizes = list(next(iter(relative.values())))
     rows = []
@@ -150,10 +150,6 @@ def format_stress(relative: Dict[str, Dict[int, List[Optional[float]]]]) -> str:
             if values and len(values) < len(relative[m][s]):  # the others' baseline was 0: nothing to be relative to
                 cell += f' ({len(values)} of {len(relative[m][s])} seeds)'
             cells.append(cell)
-        rows.append((f'{s}x{s}', cells))
-    names = [f'relative {LABELS.get(m, m)}' for m in metrics]
-    widths = [max(18, *(len(cells[i]) for _, cells in rows)) for i in range(len(metrics))]
-    head = f'{"test size":>10} | ' + ' | '.join(f'{n:>{w}}' for n, w in zip(names, widths))
-    lines = [head, '-' * len(head)]
-    lines += [f'{size:>10} | ' + ' | '.join(f'{c:>{w}}' for c, w in zip(cells, widths)) for size, cells in rows]
-    return '\n'.join(lines)
+        rows.append([f'{s}x{s}', *cells])
+    head = ['test size', *(f'relative {LABELS.get(m, m)}' for m in metrics)]
+    return '\n'.join(_columns(head, rows, [10] + [18] * len(metrics)))
