@@ -150,6 +150,12 @@ def test_export_of_another_class_count_is_not_labelled_a_release(tmp_path):
     cfg = config['pretrained_cfg']
     assert config['num_classes'] == cfg['num_classes'] == 20 and cfg.get('tag') is None and not cfg.get('url')
     assert 'not a release' in cfg['description'] and 'label_names' not in config
+    # its model card claims neither a dataset nor the paper's numbers of the ImageNet / COCO releases
+    card = (tmp_path / 'out' / 'README.md').read_text()
+    assert 'datasets:' not in card and '**Dataset:** not known to the converter' in card, card
+    assert "The authors'" not in card and 'ImageNet-1k weights' not in card and 'fine-tune' not in card
+    assert '21.92' not in card and '70.79' not in card and 'The paper reports no result for these weights' in card
+    assert 'with 20 classes, not one of the authors\' releases' in card
 
 
 @pytest.mark.parametrize('make,args,message', [

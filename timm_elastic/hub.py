@@ -108,7 +108,7 @@ def export_original(
     with staged_dir(out_dir) as tmp:
         save_for_hf(model, tmp, model_config=model_config, model_args=dict(spec.model_args), safe_serialization=True)
         card = model_card(
-            spec, arch, tag, repo_id, params=params, gmacs=count_gmacs(model),
+            spec, arch, tag, repo_id, params=params, gmacs=count_gmacs(model), num_classes=num_classes,
             source_name=os.path.basename(source) if source else None,
             source_sha256=sha256_file(source) if source else None)
         with open(os.path.join(tmp, 'README.md'), 'w', encoding='utf-8') as f:
@@ -204,26 +204,39 @@ def model_card(
         gmacs: float,
         source_name: Optional[str] = None,
         source_sha256: Optional[str] = None,
+        num_classes: Optional[int] = None,
 ) -> str:
-    """The README.md of a converted release: metadata header, the paper's results for these weights
-    (Table 2 for ImageNet, Table 3 for the MS COCO fine-tune), provenance and usage."""
+    """The README.md of a converted checkpoint: metadata header, the paper's results for these weights
+    (Table 2 for ImageNet, Table 3 for the MS COCO fine-tune), provenance and usage. `tag` None: a
+    checkpoint of the original code with `num_classes` classes that no release has (a user's own
+    fine-tune): no dataset and no paper result are claimed for it."""
     import timm
     from . import __version__
     from .models._cfg import release_url
 
     coco = tag == 'coco'
     name = f'{spec.model}.{tag}' if tag else spec.model
+    if tag is None:
+        what = (f'A checkpoint of the original ELASTIC `{arch}` code (Wang et al., CVPR 2019) with '
+                f'{num_classes if num_classes is not None else "an unknown number of"} classes, not one of the '
+                "authors' releases (ImageNet-1k: 1000 classes, MS COCO: 80), converted to timm's "
+                f'`{spec.model}` by timm-elastic. ')
+        dataset = 'not known to the converter'
+    else:
+        what = (f'The authors\' {"MS COCO multi-label fine-tune" if coco else "ImageNet-1k weights"} of the '
+                f'original ELASTIC `{arch}` (Wang et al., CVPR 2019), converted to timm\'s `{spec.model}` by '
+                'timm-elastic. ')
+        dataset = 'MS COCO 2014 (train2014), fine-tuned from ImageNet-1k' if coco else 'ImageNet-1k'
     lines = [
         '---',
         'tags:', '- image-classification', '- timm', '- timm-elastic',
         'library_name: timm',
         'license: apache-2.0',
-        'datasets:', f'- {"coco" if coco else "imagenet-1k"}',
+        *(['datasets:', f'- {"coco" if coco else "imagenet-1k"}'] if tag is not None else []),
         '---',
         f'# Model card for {name}',
         '',
-        f'The authors\' {"MS COCO multi-label fine-tune" if coco else "ImageNet-1k weights"} of the original '
-        f'ELASTIC `{arch}` (Wang et al., CVPR 2019), converted to timm\'s `{spec.model}` by timm-elastic. '
+        what +
         'The converted model gives the original implementation\'s outputs (fp32 rounding aside).'
         + (' The original DenseNet code decides from the feature size whether a dense layer is Elastic (not at '
            '7x7), so at inputs other than 224x224 its last dense block changes; this model keeps the network of '
@@ -237,7 +250,7 @@ def model_card(
         f'- **GMACs:** {gmacs:.2f} (224 x 224)',
         '- **Paper:** [ELASTIC: Improving CNNs with Dynamic Scaling Policies](https://arxiv.org/abs/1812.05262)',
         '- **Original:** https://github.com/allenai/elastic',
-        f'- **Dataset:** {"MS COCO 2014 (train2014), fine-tuned from ImageNet-1k" if coco else "ImageNet-1k"}',
+        f'- **Dataset:** {dataset}',
         '',
         '## Results in the paper',
     ]
@@ -245,7 +258,7 @@ def model_card(
         row, f1c, f1o = spec.coco
         lines += ['Table 3 (MS COCO val2014, 224 x 224, labels with probability > 0.5):', '',
                   '| model | F1 per class | F1 overall |', '|---|---|---|', f'| {row} | {f1c:.2f} | {f1o:.2f} |']
-    elif not coco and spec.imagenet:
+    elif tag == 'in1k' and spec.imagenet:
         row, top1, top5 = spec.imagenet
         top5 = f'{top5:.2f}' if top5 is not None else '-'
         lines += ['Table 2 (ImageNet val, single 224 x 224 crop), error rates in %:', '',
