@@ -702,6 +702,17 @@ def test_a_run_in_the_experiment_folder_is_kept(tmp_path):
         f"timm-elastic train: error: --resume '{run / 'last.pth.tar'}': the run has trained all its 2 epochs "
         "(--epochs 2); a larger --epochs trains it further"), proc.stderr
     assert {p.name: p.read_bytes() for p in run.iterdir()} == files
+    # --resume of one run into the folder of another: refused, that run kept (its checkpoints were replaced and its
+    # summary.csv mixed with the resumed run's rows)
+    other = tmp_path / 'b'
+    shutil.copytree(run, other)
+    files = {p.name: p.read_bytes() for p in other.iterdir()}
+    proc = cli('train', *flags, '--experiment', 'b', '--epochs', '3', '--resume', str(run / 'last.pth.tar'))
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"timm-elastic train: error: --experiment 'b': {other} holds another run (checkpoint-0.pth.tar, "
+        f"checkpoint-1.pth.tar, last.pth.tar, ...), not the one of --resume {run / 'last.pth.tar'}; continue that "
+        "run in its own folder, or name a new --experiment"], proc.stderr
+    assert {p.name: p.read_bytes() for p in other.iterdir()} == files
 
 
 @pytest.mark.parametrize('task', ['multilabel', 'segment'])

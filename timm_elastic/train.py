@@ -744,17 +744,25 @@ def output_root(args: argparse.Namespace) -> str:
 
 def _check_new_experiment(args: argparse.Namespace) -> None:
     """Refuse to start a run in an `--experiment` folder that holds another's results: its summary.csv
-    would be emptied and its checkpoints replaced (timm's saver overwrites model_best and last)."""
-    if args.resume or not args.experiment:  # timm's default names are new folders (date and time)
+    would be emptied and its checkpoints replaced (timm's saver overwrites model_best and last). `--resume`
+    continues the run of the folder its checkpoint lies in; into another folder only if that holds no run."""
+    if not args.experiment:  # timm's default names are new folders (date and time)
         return
     folder = os.path.join(output_root(args), args.experiment)
     if not os.path.isdir(folder):
         return
+    if args.resume and os.path.dirname(os.path.abspath(args.resume)) == os.path.abspath(folder):
+        return  # continues the run there (as `train` decides where it writes)
     held = sorted(f for f in os.listdir(folder) if f == 'summary.csv' or f.endswith('.pth.tar'))
-    if held:
-        raise UsageError(f'--experiment {args.experiment!r}: {folder} holds a run already ({", ".join(held[:3])}'
-                         f'{", ..." if len(held) > 3 else ""}); --resume {os.path.join(folder, "last.pth.tar")} '
-                         'continues it, another --experiment (or --output) starts a new one')
+    if not held:
+        return
+    files = f'{", ".join(held[:3])}{", ..." if len(held) > 3 else ""}'
+    if args.resume:
+        raise UsageError(f'--experiment {args.experiment!r}: {folder} holds another run ({files}), not the one of '
+                         f'--resume {args.resume}; continue that run in its own folder, or name a new --experiment')
+    raise UsageError(f'--experiment {args.experiment!r}: {folder} holds a run already ({files}); --resume '
+                     f'{os.path.join(folder, "last.pth.tar")} continues it, another --experiment (or --output) '
+                     'starts a new one')
 
 
 def _plain_args(args: argparse.Namespace) -> argparse.Namespace:
