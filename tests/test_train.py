@@ -648,6 +648,32 @@ def test_dataset_download_reaches_timms_reader(monkeypatch):
         assert seen.pop() == ('torch/cifar10', 'train', download)
 
 
+def test_a_split_that_is_not_there_is_refused(tmp_path):
+    """timm's create_dataset reads the whole --data-dir when no folder has the split's name: a mistyped --split
+    of a folder with train/ and validation/ scored both splits as one (320 images for 64). Refused; a folder of
+    class folders alone is still read as the split (timm's use of it); the built-in data names its splits."""
+    from PIL import Image
+    from timm_elastic.train import UsageError, create_datasets
+    for split in ('train', 'validation'):
+        for c in ('a', 'b'):
+            (tmp_path / 'd' / split / c).mkdir(parents=True)
+            Image.new('RGB', (8, 8)).save(tmp_path / 'd' / split / c / '0.png')
+    parse = build_parser().parse_args
+    data = str(tmp_path / 'd')
+    with pytest.raises(UsageError, match=re.escape(
+            f"--data-dir {data!r} has no folder for split 'valdiation'; its split folders are train, validation "
+            "(timm would read the whole folder, every split, as 'valdiation')")):
+        create_datasets(parse(['validate', '--data-dir', data, '--split', 'valdiation']), training=False)
+    with pytest.raises(UsageError, match="no folder for split 'trian'"):
+        create_datasets(parse(['train', '--data-dir', data, '--train-split', 'trian']))
+    for split, folder in (('val', data), ('validation', data), ('anything', os.path.join(data, 'validation'))):
+        _, ds, classes = create_datasets(parse(['validate', '--data-dir', folder, '--split', split]), training=False)
+        assert len(ds) == 2 and classes == 2
+    with pytest.raises(UsageError, match=re.escape(
+            "the built-in data: split must be one of 'train', 'validation', got 'bogus'")):
+        create_datasets(parse(['validate', '--split', 'bogus', '--val-num-samples', '8']), training=False)
+
+
 def test_a_greyscale_image_folder_with_in_chans_1(tmp_path):
     """--in-chans 1 reads an image folder as greyscale (timm's input_img_mode 'L', as its train.py) and
     normalises by the mean of the pretrained cfg's mean and std (0.449, 0.226 for ImageNet's); it crashed in

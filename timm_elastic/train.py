@@ -93,7 +93,32 @@ def task_of(args: argparse.Namespace):
 
 def _builtin_dataset(split: str, num_samples: Optional[int], seed: int, cache: bool, **kwargs):
     from .data import ScaleShapes
-    return ScaleShapes(split=split, num_samples=num_samples, seed=seed, cache=cache, **kwargs)
+    try:
+        return ScaleShapes(split=split, num_samples=num_samples, seed=seed, cache=cache, **kwargs)
+    except ValueError as e:  # a split it does not have, says which it has
+        raise UsageError(f'the built-in data: {e}') from None
+
+
+# the folder names of timm's create_dataset for splits (its search for --train-split / --val-split: synonyms of
+# train and validation), and test's
+_SPLIT_FOLDERS = ('train', 'training', 'val', 'valid', 'validation', 'eval', 'evaluation', 'test')
+
+
+def _check_split_folder(data_dir: str, split: str) -> None:
+    """timm's create_dataset reads the whole --data-dir as the split when it finds no folder for the split's name
+    (or a synonym): meant for a folder of class folders, but a mistyped split of a folder with split folders
+    then read every split as one (a validation that scored the training images too). Refused in that case."""
+    name = split.split('[')[0]
+    synonyms = [name]
+    for group in (('train', 'training'), ('val', 'valid', 'validation', 'eval', 'evaluation')):
+        if name in group:
+            synonyms += group
+    if any(os.path.exists(os.path.join(data_dir, s)) for s in synonyms):
+        return
+    held = sorted(f for f in os.listdir(data_dir) if f in _SPLIT_FOLDERS and os.path.isdir(os.path.join(data_dir, f)))
+    if held:
+        raise UsageError(f'--data-dir {data_dir!r} has no folder for split {split!r}; its split folders are '
+                         f'{", ".join(held)} (timm would read the whole folder, every split, as {split!r})')
 
 
 def create_datasets(args: argparse.Namespace, training: bool = True):
@@ -135,6 +160,8 @@ def create_datasets(args: argparse.Namespace, training: bool = True):
                 raise UsageError(grey_needs_folder.format(f'--task {task.name} reads its own data, whose'))
             return own
         download = getattr(args, 'dataset_download', False)
+        if not name and os.path.isdir(args.data_dir):  # an image folder (timm's default reader)
+            _check_split_folder(args.data_dir, split)
         try:  # the image mode as timm's train.py picks it
             return create_dataset(name, root=args.data_dir, split=split, is_training=is_training,
                                   num_samples=args.train_num_samples if is_training else args.val_num_samples,
