@@ -354,6 +354,22 @@ def test_training_learns(tmp_path):
     assert metrics['top1'] >= 50., metrics
 
 
+def test_validate_builds_the_elastic_options_the_checkpoint_records(tmp_path):
+    """A run trained with --elastic-resample nearest (no parameters of its own: the weights fit the default
+    bilinear model too) is validated as it was trained, without the flag: validate rebuilt the default model and
+    scored it silently. A flag given is used as given."""
+    flags = ['-j', '0', '--val-num-samples', '32', '-b', '16', '--no-progress']
+    metrics = train(build_parser().parse_args(
+        ['train', '--epochs', '1', '--train-num-samples', '32', '--elastic-resample', 'nearest', '--log-interval', '0',
+         '--output', str(tmp_path), '--experiment', 'n', *flags]))
+    ckpt = str(tmp_path / 'n' / 'last.pth.tar')
+    val = validate(build_parser().parse_args(['validate', '--checkpoint', ckpt, *flags]))
+    assert val['loss'] == metrics['loss'] and val['top1'] == metrics['top1']
+    given = validate(build_parser().parse_args(['validate', '--checkpoint', ckpt, '--elastic-resample', 'bilinear',
+                                                *flags]))
+    assert given['loss'] != metrics['loss']
+
+
 def test_second_order_optimizer(tmp_path):
     """--opt adahessian, timm's second-order optimiser: the loss is backpropagated with create_graph, as timm's
     train.py does, and AdaHessian's Hessian estimate, taken through the gradients of every layer, the Elastic

@@ -846,6 +846,8 @@ def load_for_eval(args: argparse.Namespace, data_classes: Optional[int], device:
         _check_checkpoint_task(ckpt, args.checkpoint, ckpt_flag, task.name)
     if not args.model:
         args.model = _recorded_model(ckpt, args.checkpoint, args)
+    if ckpt is not None:
+        _recorded_elastic_options(args, ckpt)
     num_classes = args.num_classes or data_classes
     if ckpt is not None and not args.num_classes:
         num_classes = _checkpoint_classes(ckpt, task.classifier(args.model)) or num_classes
@@ -862,6 +864,18 @@ def load_for_eval(args: argparse.Namespace, data_classes: Optional[int], device:
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
     return model
+
+
+def _recorded_elastic_options(args: argparse.Namespace, ckpt: Dict[str, Any]) -> None:
+    """The `--elastic-*` options the checkpoint's run was trained with, where not given (a given one is
+    used as given): a model built without them is another architecture, and for the resampling modes without
+    parameters (nearest, dilated, ...) its weights loaded into it without an error."""
+    saved = ckpt.get('args')
+    if getattr(saved, 'model', None) != args.model:  # another model's options (or a checkpoint of another script)
+        return
+    for key in ('elastic_ratio', 'elastic_resample'):
+        if getattr(args, key, None) is None and getattr(saved, key, None) is not None:
+            setattr(args, key, getattr(saved, key))
 
 
 def _check_checkpoint_task(ckpt: Dict[str, Any], path: str, flag: str, task: str) -> None:
