@@ -103,6 +103,22 @@ def test_bad_arguments(tmp_path, args, message):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize('command', ['policy', 'data'])
+def test_one_process_commands_refuse_torchrun(tmp_path, monkeypatch, capsys, command):
+    """Under torchrun every process ran policy on its share of the images, each wrote the one --out (the page
+    paired half the thumbnails with other images' scores): refused before any work, as torchrun sets it."""
+    from timm_elastic.cli import main
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv('WORLD_SIZE', '2')
+    monkeypatch.setenv('RANK', '1')
+    flags = ['--model', 'resnext_tiny_elastic', '--pretrained'] if command == 'policy' else []
+    assert main([command, *flags, '--out', 'out']) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f'timm-elastic {command}: error: {command} runs in one process, not under torchrun (WORLD_SIZE 2); the '
+        'commands that use several are train, validate, compare and stress']
+    assert os.listdir(tmp_path) == []
+
+
 def test_help():
     proc = run('models', '--help')
     assert proc.returncode == 0 and '--filter' in proc.stdout and 'GMACs' not in proc.stderr

@@ -678,8 +678,18 @@ def _terminated(signum, frame):
     raise SystemExit(128 + signum)
 
 
+# commands that work in one process: under torchrun every process would do the whole work (policy: each scored a
+# share of the images, and all wrote the one --out)
+_ONE_PROCESS = ('models', 'convert', 'policy', 'data')
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    world = os.environ.get('WORLD_SIZE', '1')
+    if args.command in _ONE_PROCESS and world != '1':
+        return _fail(args.command, ValueError(
+            f'{args.command} runs in one process, not under torchrun (WORLD_SIZE {world}); the commands that use '
+            'several are train, validate, compare and stress'))
     try:
         _check_integers(args)
     except ValueError as e:
@@ -698,7 +708,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     # folder, a temporary file) is removed on the way out; Python's default ends the process where it stands.
     # `run` leaves signals to the script it runs; under torchrun, whose SIGTERM stops the other processes when one
     # fails, a process waiting in a collective would only see it when the wait returns
-    alone = os.environ.get('WORLD_SIZE', '1') == '1'
+    alone = world == '1'
     previous = signal.signal(signal.SIGTERM, _terminated) if args.command != 'run' and alone else None
     try:
         code = args.func(args)
