@@ -370,6 +370,22 @@ def test_validate_builds_the_elastic_options_the_checkpoint_records(tmp_path):
     assert given['loss'] != metrics['loss']
 
 
+def test_use_ema_without_ema_weights_is_refused(tmp_path):
+    """--use-ema on a checkpoint without EMA weights evaluated its plain weights under the EMA's name (timm's
+    loader falls back to them)."""
+    from timm_elastic.train import UsageError
+    path = str(tmp_path / 'plain.pth.tar')
+    torch.save({'state_dict': timm.create_model('resnext_tiny', num_classes=8).state_dict(), 'arch': 'resnext_tiny'},
+               path)
+    flags = ['-j', '0', '--val-num-samples', '8', '--no-progress', '--use-ema']
+    with pytest.raises(UsageError, match=re.escape(
+            f"--use-ema: --checkpoint {path!r} holds no EMA weights (its run had no --model-ema); leave out "
+            "--use-ema")):
+        validate(build_parser().parse_args(['validate', '--checkpoint', path, *flags]))
+    with pytest.raises(UsageError, match='--use-ema evaluates the EMA weights of a --checkpoint; released weights'):
+        validate(build_parser().parse_args(['validate', '--model', 'resnext_tiny', '--pretrained', *flags]))
+
+
 def test_second_order_optimizer(tmp_path):
     """--opt adahessian, timm's second-order optimiser: the loss is backpropagated with create_graph, as timm's
     train.py does, and AdaHessian's Hessian estimate, taken through the gradients of every layer, the Elastic

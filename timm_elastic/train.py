@@ -841,6 +841,10 @@ def load_for_eval(args: argparse.Namespace, data_classes: Optional[int], device:
     if ckpt is None and not args.pretrained:
         raise UsageError(f'no weights to evaluate: pass {ckpt_flag} PATH (a training checkpoint) or --pretrained '
                          "(the model's released weights); without either it would score a randomly initialised model")
+    if args.use_ema and (ckpt is None or 'state_dict_ema' not in ckpt):  # timm's loader took the weights instead
+        raise UsageError(f'--use-ema: {ckpt_flag} {args.checkpoint!r} holds no EMA weights (its run had no '
+                         '--model-ema); leave out --use-ema' if ckpt is not None else
+                         f"--use-ema evaluates the EMA weights of a {ckpt_flag}; released weights have none")
     task = task_of(args)
     if ckpt is not None:
         _check_checkpoint_task(ckpt, args.checkpoint, ckpt_flag, task.name)
