@@ -386,6 +386,34 @@ def test_use_ema_without_ema_weights_is_refused(tmp_path):
         validate(build_parser().parse_args(['validate', '--model', 'resnext_tiny', '--pretrained', *flags]))
 
 
+def test_a_checkpoint_that_does_not_fit_says_what_to_do(tmp_path):
+    """--initial-checkpoint of another class count ended in torch's load_state_dict traceback (every key
+    listed): now the line --resume and --checkpoint give. The authors' checkpoint (the original code's layout) as
+    --checkpoint: the errors asked for --model NAME, then refused the names; they say how to convert it."""
+    from original import as_release, stand_in_state
+    from timm_elastic.train import UsageError
+    parse = build_parser().parse_args
+    three = str(tmp_path / 'three.pth.tar')
+    torch.save({'state_dict': timm.create_model('resnext_tiny', num_classes=3).state_dict(), 'arch': 'resnext_tiny'},
+               three)
+    with pytest.raises(UsageError, match=re.escape(
+            f'--initial-checkpoint {three!r} was trained with 3 classes, but the model has 8 (--num-classes 8); use '
+            '--num-classes 3')):
+        train(parse(['train', '--model', 'resnext_tiny', '--initial-checkpoint', three, '--output', str(tmp_path),
+                     '-j', '0', *SMALL]))
+    release = str(tmp_path / 'dla60x_elastic.pth.tar')
+    torch.save(dict(as_release(stand_in_state('dla60x_elastic')), arch='dla60x_elastic'), release)  # as it saves
+    convert = ("it is laid out as a checkpoint of the original ELASTIC code's dla60x_elastic (dla_x60_elastic "
+               f'here): timm-elastic convert {release} --out DIR makes a model folder of it, --model local-dir:DIR '
+               '--pretrained loads it')
+    for flags, error in (
+            ([], f"--checkpoint {release!r} does not record a model name (its arch is 'dla60x_elastic'); "),
+            (['--model', 'dla_x60_elastic'],
+             f'--checkpoint {release!r} is a checkpoint of --model dla60x_elastic, not dla_x60_elastic; ')):
+        with pytest.raises(UsageError, match=re.escape(error + convert)):
+            validate(parse(['validate', '--checkpoint', release, *flags, '--val-num-samples', '8', '-j', '0']))
+
+
 def test_second_order_optimizer(tmp_path):
     """--opt adahessian, timm's second-order optimiser: the loss is backpropagated with create_graph, as timm's
     train.py does, and AdaHessian's Hessian estimate, taken through the gradients of every layer, the Elastic

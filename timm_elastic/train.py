@@ -307,12 +307,48 @@ def create_model(args: argparse.Namespace, num_classes: Optional[int], checkpoin
     except (FileNotFoundError, RuntimeError) as e:
         if checkpoint_path and not os.path.isfile(checkpoint_path):
             raise UsageError(f'checkpoint {checkpoint_path!r} does not exist') from None
+        if checkpoint_path and isinstance(e, RuntimeError) and 'state_dict' in str(e):  # torch's list of every key
+            _initial_checkpoint_misfit(args, num_classes, checkpoint_path)
         # timm's own models: no released weights (a RuntimeError of timm's builder), or none reachable (the Hub's
         # errors are FileNotFoundErrors)
         if args.pretrained and (isinstance(e, FileNotFoundError) or 'No pretrained weights exist' in str(e)):
             raise UsageError(f'--pretrained: could not load the weights of {name} ({error_line(e)}); pass a '
                              'checkpoint of its weights instead') from None
         raise
+
+
+def _initial_checkpoint_misfit(args: argparse.Namespace, num_classes: Optional[int], path: str) -> None:
+    """Raise what does not fit in `--initial-checkpoint` (read as timm's loader reads it: .pth.tar or
+    .safetensors), as `check_checkpoint_fits` says it for --resume and --checkpoint."""
+    plain = copy.copy(args)
+    plain.pretrained = False
+    model = create_model(plain, num_classes)
+    if path.endswith('.safetensors'):
+        from safetensors.torch import load_file
+        ckpt = {'state_dict': load_file(path)}
+    else:
+        ckpt = _load_checkpoint_dict(path, '--initial-checkpoint')
+    check_checkpoint_fits(model, ckpt, path, '--initial-checkpoint', args.model)
+
+
+def _original_note(state: Dict[str, Any], path: str) -> str:
+    """Appended to the error that a state dict does not fit: for one of the original ELASTIC code's
+    architectures, the model it fits (already in its layout: converted, or a DLA-X / DenseNet baseline, whose
+    layout is the same), or how to convert it (the original's layout); '' for any other."""
+    import warnings
+    from .convert import CheckpointError, ORIGINALS, _target_shapes, infer_arch, num_classes_of
+    try:
+        with warnings.catch_warnings():  # the conversion's notes (DLA's unused projections dropped)
+            warnings.simplefilter('ignore')
+            arch = infer_arch(state)
+    except (CheckpointError, RuntimeError, ValueError):
+        return ''
+    model = ORIGINALS[arch].model
+    if set(state) <= set(_target_shapes(model, num_classes_of(state, arch))):
+        return f'; its weights are those of --model {model}'
+    return (f'; it is laid out as a checkpoint of the original ELASTIC code\'s {arch} ({model} here): '
+            f'timm-elastic convert {path} --out DIR makes a model folder of it, --model local-dir:DIR --pretrained '
+            'loads it')
 
 
 def _load_checkpoint_dict(path: str, flag: str) -> Dict[str, Any]:
@@ -335,11 +371,13 @@ def _load_checkpoint_dict(path: str, flag: str) -> Dict[str, Any]:
 
 def check_checkpoint_fits(model: nn.Module, ckpt: Dict[str, Any], path: str, flag: str, arch: str) -> None:
     """Refuse a training checkpoint of another architecture or class count, naming what differs."""
+    import timm
     from timm.models import clean_state_dict
     saved_arch = ckpt.get('arch')
-    if saved_arch and saved_arch != arch and saved_arch != type(model).__name__.lower():
-        raise UsageError(f'{flag} {path!r} is a checkpoint of --model {saved_arch}, not {arch}')
     state = clean_state_dict(ckpt.get('state_dict', ckpt))
+    if saved_arch and saved_arch != arch and saved_arch != type(model).__name__.lower():
+        raise UsageError(f'{flag} {path!r} is a checkpoint of --model {saved_arch}, not {arch}'
+                         + ('' if timm.is_model(saved_arch) else _original_note(state, path)))
     own = model.state_dict()
     classifier = model.pretrained_cfg.get('classifier') if hasattr(model, 'pretrained_cfg') else None
     head = f'{classifier}.weight' if classifier else None
@@ -360,7 +398,8 @@ def check_checkpoint_fits(model: nn.Module, ckpt: Dict[str, Any], path: str, fla
     if missing or unexpected or wrong:
         parts = [f'{what}: {", ".join(keys[:3])}{" ..." if len(keys) > 3 else ""}'
                  for what, keys in (('missing', missing), ('unexpected', unexpected), ('shape', wrong)) if keys]
-        raise UsageError(f'{flag} {path!r} does not fit --model {arch} ({"; ".join(parts)})')
+        raise UsageError(f'{flag} {path!r} does not fit --model {arch} ({"; ".join(parts)})'
+                         + _original_note(state, path))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -906,10 +945,12 @@ def _recorded_model(ckpt: Optional[Dict[str, Any]], path: str, args: argparse.Na
     if ckpt is None:
         raise UsageError('--model is needed with --pretrained (with --checkpoint it defaults to the model that the '
                          'checkpoint records)')
+    from timm.models import clean_state_dict
     name = ckpt.get('arch')
     if not isinstance(name, str) or not task_of(args).known_model(name):
-        raise UsageError(f'--checkpoint {path!r} does not record a model name (its arch is {name!r}); '
-                         'pass --model NAME')
+        note = _original_note(clean_state_dict(ckpt.get('state_dict', ckpt)), path)
+        raise UsageError(f'--checkpoint {path!r} does not record a model name (its arch is {name!r})'
+                         + (note or '; pass --model NAME'))
     return name
 
 
