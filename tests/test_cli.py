@@ -119,6 +119,13 @@ def test_one_process_commands_refuse_torchrun(tmp_path, monkeypatch, capsys, com
     assert os.listdir(tmp_path) == []
 
 
+def test_run_of_a_module_that_is_not_there_is_one_line(capsys):
+    from timm_elastic.cli import main
+    for target in ('nonexistent_module_x', 'nonexistent_package_x.module'):  # runpy's traceback before
+        assert main(['run', '-m', target]) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [f'timm-elastic run: error: no module named {target!r}']
+
+
 def test_help():
     proc = run('models', '--help')
     assert proc.returncode == 0 and '--filter' in proc.stdout and 'GMACs' not in proc.stderr

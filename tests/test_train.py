@@ -414,6 +414,24 @@ def test_a_checkpoint_that_does_not_fit_says_what_to_do(tmp_path):
             validate(parse(['validate', '--checkpoint', release, *flags, '--val-num-samples', '8', '-j', '0']))
 
 
+def test_a_model_folder_that_is_not_there_or_a_folder_as_checkpoint(tmp_path, monkeypatch):
+    """--model local-dir:DIR without DIR/config.json (a checkpoint's recorded relative path, read from another
+    folder) was timm's traceback; a model folder given as --checkpoint was said not to exist."""
+    from timm_elastic.train import UsageError
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / 'model').mkdir()
+    parse = build_parser().parse_args
+    with pytest.raises(UsageError, match=re.escape(
+            f'--model local-dir:gone: gone has no config.json (from the working folder {tmp_path}); local-dir: '
+            "names a model folder as timm-elastic convert (or timm's save_for_hf) writes it")):
+        train(parse(['train', '--model', 'local-dir:gone', '-j', '0', *SMALL]))
+    with pytest.raises(UsageError, match=re.escape(
+            "--checkpoint 'model' is a folder; it takes a training checkpoint file (last.pth.tar), and a model "
+            "folder (timm-elastic convert's) loads with --model local-dir:DIR --pretrained")):
+        validate(parse(['validate', '--checkpoint', 'model', '-j', '0']))
+    assert sorted(os.listdir(tmp_path)) == ['model']
+
+
 def test_second_order_optimizer(tmp_path):
     """--opt adahessian, timm's second-order optimiser: the loss is backpropagated with create_graph, as timm's
     train.py does, and AdaHessian's Hessian estimate, taken through the gradients of every layer, the Elastic

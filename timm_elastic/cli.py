@@ -285,6 +285,13 @@ def _run(args: argparse.Namespace) -> int:
     import runpy
     import timm_elastic  # noqa: F401  (registers the models, whatever TIMM_ELASTIC_AUTOLOAD says)
     if args.module:
+        import importlib.util
+        try:
+            found = importlib.util.find_spec(args.target) is not None
+        except ImportError:  # a parent package that is not there
+            found = False
+        if not found:
+            return _fail('run', ModuleNotFoundError(f'no module named {args.target!r}'))
         sys.argv = [args.target, *args.args]
         runpy.run_module(args.target, run_name='__main__', alter_sys=True)
         return 0

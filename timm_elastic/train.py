@@ -283,6 +283,11 @@ def create_model(args: argparse.Namespace, num_classes: Optional[int], checkpoin
     name = args.model
     if not task.known_model(name):
         raise UsageError(task.unknown_model(name))
+    folder = name[len('local-dir:'):] if name.startswith('local-dir:') else None
+    if folder is not None and not os.path.isfile(os.path.join(folder, 'config.json')):  # timm: a traceback
+        where = '' if os.path.isabs(folder) else f' (from the working folder {os.getcwd()})'
+        raise UsageError(f'--model {name}: {folder} has no config.json{where}; local-dir: names a model folder as '
+                         'timm-elastic convert (or timm\'s save_for_hf) writes it')
     # validate has no --drop / --drop-path: None is left out by timm.create_model
     kwargs = dict(pretrained=args.pretrained, num_classes=num_classes, drop_rate=getattr(args, 'drop', None),
                   drop_path_rate=getattr(args, 'drop_path', None), checkpoint_path=checkpoint_path or '',
@@ -354,6 +359,9 @@ def _original_note(state: Dict[str, Any], path: str) -> str:
 def _load_checkpoint_dict(path: str, flag: str) -> Dict[str, Any]:
     """A training checkpoint's dict, read as timm reads them: tensors and plain values only
     (`weights_only`), plus the argparse.Namespace of the arguments that timm's scripts save."""
+    if os.path.isdir(path):
+        raise UsageError(f'{flag} {path!r} is a folder; it takes a training checkpoint file (last.pth.tar), and a '
+                         'model folder (timm-elastic convert\'s) loads with --model local-dir:DIR --pretrained')
     if not os.path.isfile(path):
         raise UsageError(f'{flag} {path!r} does not exist')
     try:
