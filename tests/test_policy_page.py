@@ -17,6 +17,7 @@ from PIL import Image
 from timm_elastic import scale_policy
 from timm_elastic.data import ScaleShapes
 from timm_elastic.report import render_page, write_page
+from timm_elastic.report.demo import collect
 from timm_elastic.report.page import CHROMIUM, CHROMIUM_ARGS
 from test_train import cli, in_a_terminal
 
@@ -93,12 +94,14 @@ def test_page_sorts_filters_and_shows_details(browser, tmp_path):
     page.select_option('#sort', 'class')  # classes in their order: no direction to choose
     assert page.is_disabled('#direction') and page.is_disabled('#block')
     page.select_option('#sort', 'mean')
-    # filter: 'dog' matches dog and hot dog, 'hot' only hot dog
+    # filter: 'do' matches dog and hot dog, 'hot' only hot dog, the class name 'dog' only dog
     page.fill('#filter', 'hot')
     assert grid_order(page) == [i for i in grid_order(page, False) if i % 3 == 2]
     assert page.text_content('#count') == '4 of 12 images'
-    page.fill('#filter', 'dog')
+    page.fill('#filter', 'do')
     assert len(grid_order(page)) == 8
+    page.fill('#filter', 'dog')
+    assert len(grid_order(page)) == 4
     page.fill('#filter', '')
     assert len(grid_order(page)) == 12
     # a click opens the image's scores and both top-5
@@ -106,7 +109,7 @@ def test_page_sorts_filters_and_shows_details(browser, tmp_path):
     page.click('#grid .card[data-index="5"]')
     assert page.is_visible('#detail') and page.get_attribute('#detail', 'data-index') == '5'
     rows = page.eval_on_selector_all('#detail-scores tr', 'rs => rs.map(r => [...r.cells].map(c => c.textContent))')
-    assert [r[:3] for r in rows] == [[str(b + 1), f'layer1.{b}', f'{s:.4f}'] for b, s in enumerate(scores[5])]
+    assert [r[:3] for r in rows] == [[str(b + 1), f'layer1.{b}', f'{s:.6f}'] for b, s in enumerate(scores[5])]
     names = data['classes']
     top5 = page.eval_on_selector_all('#detail-top5 li', 'ls => ls.map(l => l.textContent)')
     assert top5 == [f'{names[c]} {100 * p:.1f}%' for c, p in data['images'][5]['top5']]
@@ -117,6 +120,62 @@ def test_page_sorts_filters_and_shows_details(browser, tmp_path):
     assert page.is_hidden('#detail')
     assert errors == []
     assert [u for u in requests if not u.startswith('data:')] == ['file://' + str(path)]
+
+
+def test_filter_by_an_exact_class_name_selects_that_class_alone(browser, tmp_path):
+    # the list offers 'cat'; choosing it shows the cats, not the tiger cats too. Other text: the classes whose names
+    # contain it, in any case
+    data = page_data(n=9, classes=('cat', 'tiger cat', 'Dog'))
+    page, errors, _ = open_page(browser, write_page(str(tmp_path / 'p.html'), data))
+    assert page.eval_on_selector_all('#class-names option', 'os => os.map(o => o.value)') == ['cat', 'tiger cat', 'Dog']
+    of = {c: [i for i in range(9) if i % 3 == c] for c in range(3)}
+    for text, classes in [('cat', [0]), ('tiger cat', [1]), (' cat ', [0]), ('CAT', [0]), ('dog', [2]), ('at', [0, 1]),
+                          ('Cat', [0]), ('ca', [0, 1]), ('', [0, 1, 2]), ('horse', [])]:
+        page.fill('#filter', text)
+        assert sorted(grid_order(page)) == sorted(i for c in classes for i in of[c]), text
+        assert page.text_content('#count') == f'{3 * len(classes)} of 9 images'
+    assert errors == []
+
+
+def test_page_shows_and_sorts_by_the_scores_of_policy_json(browser, tmp_path):
+    # the page's scores are policy.json's, not another rounding of them: -0.0218474 is -0.021847 in both (the
+    # page had -0.02185, shown -0.0219), and 0.123451 < 0.123454 orders the page as policy.json (at 5 decimals a tie)
+    rng = np.random.default_rng(0)
+    n, classes = 6, ['cat', 'dog', 'hot dog']
+    scores = rng.normal(0, 0.1, (n, 3)).astype(np.float32)
+    scores[0, 0], scores[1, 1], scores[2, 1] = -0.0218474, 0.123451, 0.123454
+    probs = torch.softmax(torch.tensor(rng.normal(0, 1, (n, 3))), 1)
+    data, record = collect('m', None, ['b0', 'b1', 'b2'], classes, [thumb((9, 9, 9))] * n, np.arange(n) % 3, scores,
+                           probs)
+    json_scores = json.loads(json.dumps(record))['scores']
+    assert json_scores[0][0] == -0.021847 and [im['scores'] for im in data['images']] == json_scores
+    page, errors, _ = open_page(browser, write_page(str(tmp_path / 'p.html'), data))
+    for i in range(n):
+        page.click(f'#grid .card[data-index="{i}"]')
+        shown = page.eval_on_selector_all('#detail-scores tr', 'rs => rs.map(r => r.cells[2].textContent)')
+        assert shown == [f'{s:.6f}' for s in json_scores[i]]
+        page.click('#close')
+    page.select_option('#sort', 'score')
+    for b in range(3):
+        page.select_option('#block', str(b))
+        for direction, sign in (('desc', -1), ('asc', 1)):
+            page.select_option('#direction', direction)
+            assert grid_order(page) == sorted(range(n), key=lambda i: (sign * json_scores[i][b], i))
+    assert errors == []
+
+
+def test_page_and_policy_json_predict_by_one_rule():
+    # argmax's rule on both: a NaN above every number (all NaN, a diverged model: class 0), a tie to the lower
+    # class; topk (the page's) put class 4 first on all NaN and on equal probabilities
+    nan = float('nan')
+    probs = torch.tensor([[nan] * 8, [1 / 8] * 8, [.1, .2, .3, .3, .02, .02, .03, .03]])
+    data, record = collect('m', 'b', ['b0'], [str(c) for c in range(8)], [thumb((9, 9, 9))] * 3, np.zeros(3, int),
+                           np.zeros((3, 1)), probs, base_probs=probs.flip(0))
+    assert record['predictions'] == [0, 0, 2] == probs.argmax(1).tolist()
+    assert record['baseline_predictions'] == [2, 0, 0]
+    assert [im['top5'][0][0] for im in data['images']] == record['predictions']
+    assert [im['base_top5'][0][0] for im in data['images']] == record['baseline_predictions']
+    assert [[c for c, _ in im['top5']] for im in data['images']] == [[0, 1, 2, 3, 4], [0, 1, 2, 3, 4], [2, 3, 1, 0, 6]]
 
 
 def test_page_without_baseline_hides_its_top5(browser, tmp_path):
@@ -319,6 +378,12 @@ def test_policy_of_a_diverged_model(browser, tmp_path):
     assert all(row[2] is None for row in result['scores']) and all(row[0] is not None for row in result['scores'])
     page, errors, _ = open_page(browser, out / 'policy.html')
     assert page.locator('#grid .card').count() == 6 and errors == []
+    # the page predicts what policy.json does (it showed the top class of topk over NaN, policy.json argmax's)
+    names = result['classes']
+    for i in range(6):
+        assert page.text_content(f'#grid .card[data-index="{i}"] .pred') == '\u2192 ' + names[result['predictions'][i]]
+    page.click('#grid .card[data-index="0"]')
+    assert page.eval_on_selector_all('#detail-top5 li', 'ls => ls[0].textContent') == f'{names[0]} NaN%'
 
 
 def test_policy_shows_progress_in_a_terminal(tmp_path, monkeypatch):

@@ -5,22 +5,23 @@ through each with timm's evaluation loader while `policy.ScalePolicy` records th
 to the output folder: `policy.html` (the page of `report.page`, self-contained), the PNG plots of
 `report.plots` (`class_ranking.png`, `embedding_class.png`, `embedding_score.png`, `strip.png`, and
 with a baseline `improvement.png`) and `policy.json` (the scores, block names, targets and
-predictions, for other analyses).
+predictions, for other analyses: the numbers the page shows, both made by `collect`).
 """
 import argparse
 import base64
 import io
 import os
 from contextlib import nullcontext
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 
 from .. import policy
 from .._io import check_outside_cwd, staged_dir, write_json
 from . import page, plots
 
-__all__ = ['run']
+__all__ = ['run', 'collect']
 
 
 def _thumbnails(dataset, size: int) -> List[str]:
@@ -63,9 +64,36 @@ def _predict(model, dataset, args, device, amp_autocast, recorder: Optional[poli
     return torch.cat(probs), torch.cat(targets)
 
 
-def _top5(probs: torch.Tensor) -> List[List[List[float]]]:
-    p, c = probs.topk(min(5, probs.shape[1]), dim=1)
-    return [[[int(ci), round(float(pi), 4)] for ci, pi in zip(cs, ps)] for cs, ps in zip(c, p)]
+def _ranked(probs: torch.Tensor) -> List[List[List[float]]]:
+    """Each image's top 5, [[class index, probability to 4 decimals], ...], most probable first; its first class is
+    the prediction, on the page and in policy.json alike. One rule, torch.argmax's: a NaN ranks above every number
+    (a diverged model's outputs are all NaN: it predicts class 0) and of equal ones the lower class index first
+    (topk orders neither: its top class can differ from argmax's)."""
+    p, c = probs.sort(dim=1, descending=True, stable=True)
+    k = min(5, probs.shape[1])
+    return [[[int(ci), round(float(pi), 4)] for ci, pi in zip(cs, ps)] for cs, ps in zip(c[:, :k], p[:, :k])]
+
+
+def collect(model: str, baseline: Optional[str], blocks: List[str], classes: List[str], thumbs: List[str],
+            targets: np.ndarray, scores: np.ndarray, probs: torch.Tensor, base_probs: Optional[torch.Tensor] = None
+            ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """(the data of `report.page`, the content of policy.json) for N images and B Elastic blocks.
+
+    targets (N,) class indices; scores (N, B) the scale policy; probs and base_probs (N, classes) the two
+    models' probabilities (base_probs None without a baseline). Both hold the same numbers: the scores
+    rounded once to `page.SCORE_DECIMALS` (the page shows and sorts by these) and the predictions of `_ranked`.
+    """
+    rounded = [[round(float(v), page.SCORE_DECIMALS) for v in row] for row in scores]
+    top5 = _ranked(probs)
+    base_top5 = _ranked(base_probs) if base_probs is not None else [None] * len(targets)
+    data = dict(model=model, baseline=baseline, blocks=blocks, classes=classes, images=[
+        dict(thumb=thumbs[i], target=int(targets[i]), top5=top5[i], base_top5=base_top5[i], scores=rounded[i])
+        for i in range(len(targets))])
+    record = dict(model=model, baseline=baseline, blocks=blocks, classes=classes,
+                  targets=[int(t) for t in targets], predictions=[row[0][0] for row in top5],
+                  baseline_predictions=[row[0][0] for row in base_top5] if base_probs is not None else None,
+                  scores=rounded)
+    return data, record
 
 
 def run(args: argparse.Namespace) -> Dict[str, Any]:
@@ -123,10 +151,9 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             return os.path.join(staged, name)
 
         s, t = recorder.scores.numpy(), targets.numpy()
-        pred = probs.argmax(1).numpy()
-        base_pred = base_probs.argmax(1).numpy() if base_probs is not None else None
-        correct = pred == t
-        base_correct = base_pred == t if base_pred is not None else None
+        data, record = collect(args.model, args.baseline or None, names, classes, thumbs, t, s, probs, base_probs)
+        correct = np.asarray(record['predictions']) == t
+        base_correct = np.asarray(record['baseline_predictions']) == t if base_probs is not None else None
         plots.plot_class_ranking(policy.class_ranking(s, t, classes), out('class_ranking.png'))
         no_embedding = policy.embedding_problem(s)
         if not no_embedding:
@@ -137,16 +164,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             if base_correct is not None:
                 plots.plot_improvement_density(policy.improvement_density(embedding, correct, base_correct),
                                                out('improvement.png'))
-        top5 = _top5(probs)
-        base_top5 = _top5(base_probs) if base_probs is not None else [None] * len(t)
-        data = dict(model=args.model, baseline=args.baseline or None, blocks=names, classes=classes, images=[
-            dict(thumb=thumbs[i], target=int(t[i]), top5=top5[i], base_top5=base_top5[i],
-                 scores=[round(float(v), 5) for v in s[i]]) for i in range(len(t))])
         page.write_page(out('policy.html'), data)
-        write_json(out('policy.json'), dict(
-            model=args.model, baseline=args.baseline or None, blocks=names, classes=classes, targets=t.tolist(),
-            predictions=pred.tolist(), baseline_predictions=base_pred.tolist() if base_pred is not None else None,
-            scores=[[round(float(v), 6) for v in row] for row in s]))
+        write_json(out('policy.json'), record)
     return dict(folder=args.out, files=files, images=len(t), blocks=len(names), model=args.model,
                 no_embedding=no_embedding,
                 baseline=args.baseline or None, top1=100. * float(correct.mean()),

@@ -4,14 +4,16 @@
 dict of the same shape), with everything inline: no network, no CDN, thumbnails as data URIs. The
 page shows a grid of images, each with its true class, the Elastic model's prediction and its
 per-block policy strip (red: high resolution, S > 0; blue: low); it sorts by class or by S at any
-block (or the mean over blocks), filters by class name, and a click opens the image's per-block
-scores and both models' top-5.
+block (or the mean over blocks), filters by class (a class's exact name selects that class alone, other text
+the classes whose names contain it, in any case), and a click opens the image's per-block scores and both
+models' top-5.
 
 `data` holds: `model` (name), `baseline` (name or None), `blocks` (B block names), `classes`
 (class names), `images`: one dict per image with `thumb` (a data URI), `target` (class index),
 `top5` ([[class index, probability], ...], the Elastic model's), `base_top5` (the baseline's or
-None) and `scores` (B floats). The grid is built once; sorting moves the cards and filtering hides
-them, so a few thousand images stay responsive.
+None) and `scores` (B floats, shown with `SCORE_DECIMALS` decimals: `timm-elastic policy` rounds them so, once,
+and writes the same numbers to policy.json). The grid is built once; sorting moves the cards and filtering
+hides them, so a few thousand images stay responsive.
 """
 import html
 import json
@@ -19,7 +21,11 @@ from typing import Any, Dict
 
 from .._io import json_finite, write_text
 
-__all__ = ['render_page', 'write_page', 'check_page_data', 'CHROMIUM', 'CHROMIUM_ARGS']
+__all__ = ['render_page', 'write_page', 'check_page_data', 'SCORE_DECIMALS', 'CHROMIUM', 'CHROMIUM_ARGS']
+
+# The scores' precision in policy.json and on the page. The page shows them as they are, not rounded again: two
+# roundings (to this, then fewer digits) can move the last digit shown away from the value of policy.json
+SCORE_DECIMALS = 6
 
 # Opening the page headless where there is no network (the tests, benchmarks/policy_page.py): Debian's
 # chromium, with the flags that keep it from background connections and updates
@@ -49,7 +55,8 @@ def render_page(data: Dict[str, Any]) -> str:
     # '>' or '&') is written as itself; they occur only inside strings, where the escapes mean the same
     payload = json.dumps(json_finite(data), separators=(',', ':'), allow_nan=False)
     payload = payload.replace('<', '\\u003c').replace('>', '\\u003e').replace('&', '\\u0026')
-    return _TEMPLATE.replace('__TITLE__', html.escape(title)).replace('__DATA__', payload)
+    return _TEMPLATE.replace('__TITLE__', html.escape(title)).replace('__DECIMALS__', str(SCORE_DECIMALS)) \
+        .replace('__DATA__', payload)
 
 
 def write_page(path: str, data: Dict[str, Any]) -> str:
@@ -116,7 +123,7 @@ header label { margin-right: 12px; }
 <script>
 "use strict";
 const DATA = JSON.parse(document.getElementById('policy-data').textContent);
-const IMAGES = DATA.images, CLASSES = DATA.classes, BLOCKS = DATA.blocks;
+const IMAGES = DATA.images, CLASSES = DATA.classes, BLOCKS = DATA.blocks, DECIMALS = __DECIMALS__;
 // JSON's null is a NaN of the model (a diverged one): shown as NaN, sorted last, grey in the strips
 const num = x => x === null ? NaN : x;
 for (const im of IMAGES) {
@@ -178,13 +185,26 @@ function order() {
   else idx.sort((a, c) => nan(a) - nan(c) || (nan(a) ? 0 : sign * (key(a) - key(c))) || a - c);
   return idx;
 }
+// The classes a filter text selects (null: all): a class's exact name, as the list offers it, that class alone
+// though other names contain it ('cat', 'tiger cat'); else the names equal to the text in any case; else the
+// names that contain it
+const LOWER = CLASSES.map(c => c.toLowerCase());
+function selected(value) {
+  const text = value.trim().toLowerCase();
+  if (text === '') return null;
+  for (const match of [c => CLASSES[c] === value, c => LOWER[c] === text, c => LOWER[c].includes(text)]) {
+    const hits = new Set(CLASSES.map((_, c) => c).filter(match));
+    if (hits.size) return hits;
+  }
+  return new Set();
+}
 function update() {
   const idx = order();
-  const text = document.getElementById('filter').value.trim().toLowerCase();
+  const classes = selected(document.getElementById('filter').value);
   let shown = 0;
   const frag = document.createDocumentFragment();
   for (const i of idx) {
-    const hide = text !== '' && !CLASSES[IMAGES[i].target].toLowerCase().includes(text);
+    const hide = classes !== null && !classes.has(IMAGES[i].target);
     cards[i].hidden = hide;
     if (!hide) shown++;
     frag.appendChild(cards[i]);
@@ -216,7 +236,7 @@ function show(i) {
     const bar = document.createElement('div');
     bar.className = 'bar'; bar.style.background = colour(s);
     bar.style.width = `${Math.round(100 * Math.abs(s) / LIMIT)}%`;
-    const cells = [`${b + 1}`, BLOCKS[b], s.toFixed(4)].map(t => { const td = document.createElement('td');
+    const cells = [`${b + 1}`, BLOCKS[b], s.toFixed(DECIMALS)].map(t => { const td = document.createElement('td');
       td.textContent = t; return td; });
     const td = document.createElement('td'); td.style.width = '80px'; td.append(bar);
     tr.append(...cells, td);
