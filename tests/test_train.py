@@ -432,6 +432,32 @@ def test_a_model_folder_that_is_not_there_or_a_folder_as_checkpoint(tmp_path, mo
     assert sorted(os.listdir(tmp_path)) == ['model']
 
 
+def test_a_file_for_the_output_folder_or_a_bad_backend_is_refused_before_training(tmp_path, monkeypatch):
+    """--output naming a file was a NotADirectoryError traceback; an --experiment that is a file failed after a
+    whole epoch, in the first write. --dist-backend nccl on the CPU (or a name torch does not know) was a
+    traceback on every process of the torchrun, after they met."""
+    from timm_elastic.train import UsageError
+    parse = build_parser().parse_args
+    (tmp_path / 'file').write_text('mine')
+    (tmp_path / 'runs').mkdir()
+    (tmp_path / 'runs' / 'e').write_text('mine')
+    for flags, error in (
+            (['--output', str(tmp_path / 'file')], f'--output: {tmp_path / "file"} is a file, not a folder; choose '
+                                                   'another --output'),
+            (['--output', str(tmp_path / 'runs'), '--experiment', 'e'],
+             f'--experiment: {tmp_path / "runs" / "e"} is a file, not a folder; choose another --experiment')):
+        with pytest.raises(UsageError, match=re.escape(error)):
+            train(parse(['train', *flags, '-j', '0', *SMALL]))
+    assert (tmp_path / 'file').read_text() == (tmp_path / 'runs' / 'e').read_text() == 'mine'
+    monkeypatch.setenv('WORLD_SIZE', '2')  # as torchrun sets it
+    for backend, error in (('nccl', '--dist-backend nccl needs CUDA; on --device cpu use gloo (the default)'),
+                           ('bogus', "--dist-backend 'bogus' is not a torch.distributed backend; known: gloo, nccl")):
+        with pytest.raises(UsageError, match=re.escape(error)):
+            train(parse(['train', '--dist-backend', backend, '--device', 'cpu', '--output', str(tmp_path / 'x'),
+                         '-j', '0', *SMALL]))
+    assert not (tmp_path / 'x').exists()
+
+
 def test_second_order_optimizer(tmp_path):
     """--opt adahessian, timm's second-order optimiser: the loss is backpropagated with create_graph, as timm's
     train.py does, and AdaHessian's Hessian estimate, taken through the gradients of every layer, the Elastic

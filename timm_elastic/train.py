@@ -420,6 +420,14 @@ def _init_device(args: argparse.Namespace) -> torch.device:
     if args.device.startswith('cuda') and not torch.cuda.is_available():
         raise UsageError(f'--device {args.device}: CUDA is not available on this machine (use --device cpu)')
     args.dist_backend = getattr(args, 'dist_backend', None) or ('nccl' if args.device.startswith('cuda') else 'gloo')
+    if os.environ.get('WORLD_SIZE', '1') != '1':  # found by torch after the processes meet: a traceback on each
+        import torch.distributed as dist
+        known = [b for b in dist.Backend.backend_list if b != 'undefined']
+        if args.dist_backend not in known:
+            raise UsageError(f'--dist-backend {args.dist_backend!r} is not a torch.distributed backend; known: '
+                             f'{", ".join(known)}')
+        if args.dist_backend == 'nccl' and not args.device.startswith('cuda'):
+            raise UsageError(f'--dist-backend nccl needs CUDA; on --device {args.device} use gloo (the default)')
     device = init_distributed_device(args)
     return device
 
@@ -819,10 +827,15 @@ def output_root(args: argparse.Namespace) -> str:
 def _check_new_experiment(args: argparse.Namespace) -> None:
     """Refuse to start a run in an `--experiment` folder that holds another's results: its summary.csv
     would be emptied and its checkpoints replaced (timm's saver overwrites model_best and last). `--resume`
-    continues the run of the folder its checkpoint lies in; into another folder only if that holds no run."""
+    continues the run of the folder its checkpoint lies in; into another folder only if that holds no run. A
+    file where a folder goes is refused too (found after the first epoch, in the first write)."""
+    root = output_root(args)
+    folder = os.path.join(root, args.experiment) if args.experiment else None
+    for flag, path in (('--output', root), ('--experiment', folder)):
+        if path and os.path.lexists(path) and not os.path.isdir(path):
+            raise UsageError(f'{flag}: {path} is a file, not a folder; choose another {flag}')
     if not args.experiment:  # timm's default names are new folders (date and time)
         return
-    folder = os.path.join(output_root(args), args.experiment)
     if not os.path.isdir(folder):
         return
     if args.resume and os.path.dirname(os.path.abspath(args.resume)) == os.path.abspath(folder):
