@@ -97,6 +97,11 @@ def test_head_window_reproduces_the_original_fixed_pool():
         assert not torch.allclose(original(x), model(x), atol=1e-4)
         x = torch.randn(1, 3, 448, 448)  # 14x14: four windows averaged = the global average
         torch.testing.assert_close(original(x), model(x), rtol=1e-4, atol=1e-5)
+        # below 7x7 (96: 3x3, 161x96: 6x3) the map is one window, the global average (a converted release's
+        # config has head_window 7: stress tests at 96 raised torch's "Output size is too small")
+        for size in ((96, 96), (161, 96)):
+            x = torch.randn(1, 3, *size)
+            torch.testing.assert_close(original(x), model(x), rtol=1e-5, atol=1e-5)
         assert original.forward_head(original.forward_features(x), pre_logits=True).shape == (1, 1024)
 
 

@@ -21,8 +21,9 @@ multiples of 32 (so the baselines are registered here, not borrowed):
   timm's and the original DLA raise a size mismatch at, e.g., 240x240;
 - `head_window=7` reproduces the original head, a fixed 7x7 average pool (at 256x256 it averages the
   top-left 7x7 of the 8x8 map) followed by a global average, which is what the paper does for its
-  larger test sizes ("change the last average pooling layer accordingly", Sec. 4.2); the default
-  is timm's global pool, identical at 224x224;
+  larger test sizes ("change the last average pooling layer accordingly", Sec. 4.2); a map smaller than
+  7x7 (inputs below 193x193, where the original fails) is averaged whole; the default is timm's global
+  pool, identical at 224x224 and below;
 - gradient checkpointing per level;
 - `output_stride` 16 or 8 (timm's DLA has 32 only), for DeepLab-style heads: the last one or two levels
   work at the resolution before them (their stride-2 convolution and 2x2 max pools at every position,
@@ -140,7 +141,7 @@ class ElasticDLA(DLA):
             baseline.
         elastic_ratio, elastic_resample: see `timm_elastic.layers.Elastic`.
         head_window: None for timm's global average pool; 7 for the original head (a fixed 7x7
-            average pool, then a global average over its windows).
+            average pool, then a global average over its windows; a smaller map is one window).
         output_stride: 32 (default), 16 or 8 (see the module docstring).
 
     Input: (N, in_chans, H, W) with H, W >= 32; output (N, num_classes).
@@ -232,7 +233,8 @@ class ElasticDLA(DLA):
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         window = self.head_window
         if window is not None:
-            x = F.avg_pool2d(x, window)
+            # a map smaller than the window (inputs below 193x193) is averaged whole; the original fails there
+            x = F.avg_pool2d(x, (min(window, x.shape[-2]), min(window, x.shape[-1])))
         x = self.global_pool(x)
         x = self.head_drop(x)
         if pre_logits:
