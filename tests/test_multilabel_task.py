@@ -91,7 +91,7 @@ def logits_of(checkpoint, root, split, size):
 @pytest.mark.slow
 def test_train_and_validate_on_coco_match_the_models_outputs(coco, tmp_path):
     """Training lowers the loss; validate's metrics are multilabel_metrics of the model's outputs computed
-    here (the original's whole-image resize), its loss the BCE summed over classes; the results file has
+    here (the original's whole-image resize), its loss the BCE's mean (validate_multi's); the results file has
     every metric, per object-size combination too."""
     out = tmp_path / 'runs'
     proc = cli('train', '--task', 'multilabel', '--data-dir', str(coco), '--model', 'resnext_tiny_elastic',
@@ -114,7 +114,7 @@ def test_train_and_validate_on_coco_match_the_models_outputs(coco, tmp_path):
     want = multilabel_metrics(logits, targets)
     for k, v in want.items():
         assert got[k] == pytest.approx(v, abs=1e-6), k
-    loss = F.binary_cross_entropy_with_logits(logits, targets, reduction='none').sum(1).mean()
+    loss = F.binary_cross_entropy_with_logits(logits, targets)
     assert got['loss'] == pytest.approx(float(loss), rel=1e-5)
     assert got['count'] == 21 and got['num_classes'] == 3 and got['task'] == 'multilabel'
     annotated = {a['image_id'] for a in json.loads((coco / 'annotations' / 'instances_val2014.json').read_text())[
@@ -148,6 +148,18 @@ def test_the_loss_is_the_originals_bce_times_the_classes():
     logits, targets = torch.randn(6, 80, generator=g), (torch.rand(6, 80, generator=g) < 0.1).float()
     assert float(BCEPerImage()(logits, targets)) == pytest.approx(
         float(torch.nn.BCEWithLogitsLoss()(logits, targets) * 80), rel=1e-6)
+
+
+def test_the_evaluation_loss_is_the_originals_validation_loss():
+    """The original's validate_multi reports `BCEWithLogitsLoss()(output, target)`, without the training's
+    factor 80 (it was reported 80 times larger here)."""
+    from timm_elastic.tasks import get_task
+    task = get_task('multilabel')
+    g = torch.Generator().manual_seed(0)
+    logits, targets = torch.randn(6, 80, generator=g), (torch.rand(6, 80, generator=g) < 0.1)
+    records = task.per_image(logits, targets)
+    assert task.metrics(records)['loss'] == pytest.approx(
+        float(torch.nn.BCEWithLogitsLoss()(logits, targets.float())), rel=1e-6)
 
 
 @pytest.mark.slow

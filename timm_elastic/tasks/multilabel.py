@@ -18,12 +18,13 @@ scikit-learn's `average_precision_score`), which the multi-label literature repo
 
 `MultiLabel` is the task (`--task multilabel`) that the training loop calls: the built-in data's
 multi-label mode or MS COCO (`tasks.coco`), binary cross-entropy summed over the classes and averaged
-over the images (the original's `BCEWithLogitsLoss() * 80`: its mean over images and classes times the
-80 classes), these metrics, per object-size combination too. Table 4's rows report F1-O over the images
-of each combination: the paper calls the rows "accuracy" without defining it for multi-label data, and
-the original's `validate_multi` counts per-size hits (`tp_size`, `fn_size`, a recall per object size)
-that it never prints; F1-O is the paper's headline metric and the F1 of its Fig. 7, and every metric is
-kept per combination in the results.
+over the images for training (the original's `BCEWithLogitsLoss() * 80`: its mean over images and classes
+times the 80 classes) and its mean over images and classes for evaluation (the original's `validate_multi`
+reports `BCEWithLogitsLoss()` without the factor), these metrics, per object-size combination too.
+Table 4's rows report F1-O over the images of each combination: the paper calls the rows "accuracy"
+without defining it for multi-label data, and the original's `validate_multi` counts per-size hits
+(`tp_size`, `fn_size`, a recall per object size) that it never prints; F1-O is the paper's headline
+metric and the F1 of its Fig. 7, and every metric is kept per combination in the results.
 """
 import argparse
 import os
@@ -160,7 +161,9 @@ class MultiLabel(Task):
 
     def per_image(self, logits: torch.Tensor, target: torch.Tensor) -> Dict[str, torch.Tensor]:
         target = target.to(logits.dtype)
-        loss = F.binary_cross_entropy_with_logits(logits, target, reduction='none').sum(1)
+        # the evaluation's loss as the original's validate_multi reports it: BCEWithLogitsLoss(), the mean over images
+        # and classes (its training loss is 80 times that, `BCEPerImage`)
+        loss = F.binary_cross_entropy_with_logits(logits, target, reduction='none').mean(1)
         return {'loss': loss.cpu(), 'logits': logits.cpu(), 'target': target.bool().cpu()}
 
     def metrics(self, results: Dict[str, torch.Tensor]) -> Dict[str, Any]:
