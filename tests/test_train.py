@@ -458,6 +458,22 @@ def test_a_file_for_the_output_folder_or_a_bad_backend_is_refused_before_trainin
     assert not (tmp_path / 'x').exists()
 
 
+def test_policy_refuses_another_tasks_checkpoint_without_naming_a_flag_it_lacks(tmp_path):
+    """policy advised `use it with --task multilabel`, a flag it does not have."""
+    import argparse
+    from timm_elastic.report.demo import run
+    from timm_elastic.train import UsageError
+    path = str(tmp_path / 'ml.pth.tar')
+    torch.save({'state_dict': timm.create_model('resnext_tiny_elastic', num_classes=8).state_dict(),
+                'arch': 'resnext_tiny_elastic', 'args': argparse.Namespace(task='multilabel')}, path)
+    with pytest.raises(UsageError, match=re.escape(
+            f'--checkpoint {path!r} was trained with --task multilabel; this command takes checkpoints of --task '
+            'classify only')):
+        run(build_parser().parse_args(['policy', '--checkpoint', path, '--out', str(tmp_path / 'p'),
+                                       '--val-num-samples', '8', '-j', '0', '--no-progress']))
+    assert not (tmp_path / 'p').exists()
+
+
 def test_second_order_optimizer(tmp_path):
     """--opt adahessian, timm's second-order optimiser: the loss is backpropagated with create_graph, as timm's
     train.py does, and AdaHessian's Hessian estimate, taken through the gradients of every layer, the Elastic

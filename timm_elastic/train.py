@@ -615,7 +615,7 @@ def train(args: argparse.Namespace, datasets=None) -> Dict[str, Any]:
     train_ds, eval_ds, data_classes = datasets or create_datasets(args)
     resume = _load_checkpoint_dict(args.resume, '--resume') if args.resume else None
     if resume is not None:
-        _check_checkpoint_task(resume, args.resume, '--resume', task.name)
+        _check_checkpoint_task(resume, args.resume, '--resume', task.name, args)
     num_classes = args.num_classes or data_classes
     if num_classes is None:
         raise UsageError('--num-classes is needed: the classes of --data-dir could not be read')
@@ -907,7 +907,7 @@ def load_for_eval(args: argparse.Namespace, data_classes: Optional[int], device:
                          f"--use-ema evaluates the EMA weights of a {ckpt_flag}; released weights have none")
     task = task_of(args)
     if ckpt is not None:
-        _check_checkpoint_task(ckpt, args.checkpoint, ckpt_flag, task.name)
+        _check_checkpoint_task(ckpt, args.checkpoint, ckpt_flag, task.name, args)
     if not args.model:
         args.model = _recorded_model(ckpt, args.checkpoint, args)
     if ckpt is not None:
@@ -942,11 +942,15 @@ def _recorded_elastic_options(args: argparse.Namespace, ckpt: Dict[str, Any]) ->
             setattr(args, key, getattr(saved, key))
 
 
-def _check_checkpoint_task(ckpt: Dict[str, Any], path: str, flag: str, task: str) -> None:
+def _check_checkpoint_task(ckpt: Dict[str, Any], path: str, flag: str, task: str,
+                           args: argparse.Namespace) -> None:
     """Refuse a checkpoint that `timm-elastic train` made for another --task (its outputs mean something
     else); checkpoints of other scripts record no task and pass."""
     saved = getattr(ckpt.get('args'), 'task', None)
     if saved and saved != task:
+        if not hasattr(args, 'task'):  # a command of one task (policy: single-label classification)
+            raise UsageError(f'{flag} {path!r} was trained with --task {saved}; this command takes checkpoints of '
+                             f'--task {task} only')
         raise UsageError(f'{flag} {path!r} was trained with --task {saved}; use it with --task {saved}')
 
 
