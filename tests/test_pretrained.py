@@ -175,6 +175,23 @@ def test_a_failed_download_is_one_clear_error(server, hub_cache, mode, says):
         assert server.hits[PATH] == 2 and cached_files(hub_cache) == [f'{ARCH}.pth.tar']
 
 
+@pytest.mark.parametrize('content,says', [
+    (b'<!DOCTYPE html><html><body>moved</body></html>', 'is an HTML page'),
+    (b'', 'is empty (0 bytes)'),
+])
+def test_a_file_that_is_not_a_checkpoint_is_one_clear_error(tmp_path, content, says):
+    """pretrained_cfg_overlay=dict(file=...), the README's offline route: torch.load's errors came through as
+    they were (for an HTML page: 'retry with weights_only=False', which would run what the file holds)."""
+    path = tmp_path / f'{ARCH}.pth.tar'
+    path.write_bytes(content)
+    with pytest.raises(timm_elastic.PretrainedWeightsError) as info:
+        timm.create_model(MODEL, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    message = str(info.value)
+    assert message.startswith(f'could not load the pretrained weights of {MODEL}.in1k from the file {path}: ')
+    assert says in message and 'weights_only' not in message
+    assert info.value.__context__ is None and info.value.__cause__ is None
+
+
 def test_other_errors_stay_what_they_are(server, hub_cache):
     """Only a failure to get or read the weights becomes a PretrainedWeightsError."""
     with pytest.raises(TypeError, match='no_such_argument'):

@@ -10,7 +10,7 @@ next call downloads it again instead of failing on it forever.
 """
 import os
 import traceback
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 from urllib.parse import urlparse
 
 import torch
@@ -39,10 +39,13 @@ def build_elastic(model_cls: Callable, variant: str, pretrained: bool = False, *
             model_cls, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
     except Exception as e:
         cfg = _pretrained_cfg(variant, kwargs) if pretrained and _raised_in_load_pretrained(e) else None
-        url = _url_loaded(cfg) if cfg is not None else None
-        if url is None:
-            raise
-        error = _download_error(variant, cfg, kwargs.get('cache_dir'), url, e)
+        load_from, location = _source(cfg) if cfg is not None else (None, None)
+        if load_from == 'url':
+            error = _download_error(variant, cfg, kwargs.get('cache_dir'), location, e)
+        else:
+            error = _file_error(variant, cfg, location, e) if load_from == 'file' else None
+            if error is None:
+                raise
     raise error  # outside the handler: the user reads this error, not urllib's or torch.load's traceback
 
 
@@ -56,15 +59,28 @@ def _pretrained_cfg(variant: str, kwargs: Dict[str, Any]):
                                   pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'))
 
 
-def _url_loaded(cfg) -> Optional[str]:
-    """The URL timm reads the weights of `cfg` from, or None if it reads a file, a state dict or the
-    Hub (timm's order, `timm.models._builder._resolve_pretrained_source`)."""
+def _source(cfg) -> Tuple[Optional[str], Any]:
+    """Where timm reads the weights of `cfg` from: ('url', URL), ('file', path), or another source of timm's
+    order (`timm.models._builder._resolve_pretrained_source`: a state dict, the Hub), (None, None) for a timm
+    without it."""
     from timm.models import _builder
     resolve = getattr(_builder, '_resolve_pretrained_source', None)
     if resolve is None:  # another timm: leave its error as it is
+        return None, None
+    return resolve(cfg.to_dict())
+
+
+def _file_error(variant: str, cfg, path: str, error: Exception) -> Optional[PretrainedWeightsError]:
+    """For weights read from a file (`pretrained_cfg_overlay=dict(file=...)`) that is not a readable checkpoint:
+    what it is, as `timm-elastic convert` says it (torch.load's error advised weights_only=False for an HTML page);
+    None where the file reads (the error was the conversion's, which says what does not fit)."""
+    try:
+        load_original(path)
         return None
-    load_from, location = resolve(cfg.to_dict())
-    return location if load_from == 'url' else None
+    except (CheckpointError, OSError) as e:
+        name = f'{variant}.{cfg.tag}' if cfg.tag else variant
+        return PretrainedWeightsError(f'could not load the pretrained weights of {name} from the file {path}: '
+                                      f'{e}', '', path, error)
 
 
 def _cached_path(url: str, cache_dir: Optional[str]) -> str:
