@@ -288,7 +288,8 @@ def test_pickled_code_is_never_run(tmp_path):
     with pytest.raises(CheckpointError, match='pickled objects other than tensors .*weights_only=True'):
         from_original(str(path))
     assert not marker.exists()
-    # and through timm's own loader (the pretrained file path)
-    with pytest.raises(RuntimeError, match='weights_only=True blocked'):
+    # and through timm's own loader (the pretrained file path), said as convert says it
+    with pytest.raises(timm_elastic.PretrainedWeightsError, match='pickled objects other than tensors .*weights_only'
+                                                                  '=True and never run code'):
         timm.create_model('dla_x60', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
     assert not marker.exists()
