@@ -140,6 +140,24 @@ def test_voc_reader_layouts_and_lists(tmp_path):
     assert np.array_equal(np.asarray(flipped[0][1]), masks['2008_000001'][:, ::-1])
 
 
+def test_voc_reader_takes_the_originals_root(tmp_path):
+    """The README's --data-dir /data/VOCdevkit is the original's root (VOCSegmentation('data/VOCdevkit') joins
+    VOC2012): a folder holding VOC2012/ is read as the VOC2012 folder and a folder holding VOCdevkit/VOC2012/
+    are; a folder that is none of the three says which layouts are read."""
+    from timm_elastic.tasks.segmentation import VOCSegmentationData
+    masks = write_voc(tmp_path / 'VOCdevkit' / 'VOC2012')
+    for root in (tmp_path / 'VOCdevkit', tmp_path, tmp_path / 'VOCdevkit' / 'VOC2012'):
+        val = VOCSegmentationData(str(root), 'val')
+        assert val.voc_root == str(tmp_path / 'VOCdevkit' / 'VOC2012'), root
+        assert np.array_equal(np.asarray(val[0][1]), masks['2008_000001'])
+    assert len(VOCSegmentationData(str(tmp_path / 'VOCdevkit'), 'train_aug')) == 3
+    (tmp_path / 'other').mkdir()
+    layouts = (r"no split list 'val': .*other/ImageSets/Segmentation/val.txt does not exist; .*other is not a VOC2012 "
+               r"folder \(holding ImageSets/Segmentation/\) and holds neither VOC2012/ nor VOCdevkit/VOC2012/$")
+    with pytest.raises(FileNotFoundError, match=layouts):
+        VOCSegmentationData(str(tmp_path / 'other'), 'val')
+
+
 def test_voc_reader_errors(tmp_path):
     from timm_elastic.tasks.segmentation import VOCSegmentationData
     voc = tmp_path / 'VOC2012'
@@ -214,6 +232,62 @@ def test_deeplabv3_bad_names():
         create_model('deeplabv3_resnext77')
     with pytest.raises(ValueError, match='DeepLabV3 takes a timm ResNet-family backbone'):
         create_model('deeplabv3_dla_x60_elastic')
+
+
+def test_backbone_kwargs_the_model_sets_are_refused():
+    """output_stride (DeepLabV3's 16, DLA-up's 32), pretrained, num_classes and DeepLabV3's global_pool are set by
+    the segmentation model: one-line ValueErrors that say so (they were timm's "got multiple values for keyword
+    argument"); the backbone's other arguments pass."""
+    from timm_elastic.segmentation import create_model
+    for name, kwargs, message in (
+            ('deeplabv3_resnext_tiny', dict(output_stride=8), r"output_stride itself \(output_stride=16: DeepLabV3's"),
+            ('dlaup_dla_x60', dict(output_stride=16), r"output_stride itself \(output_stride=32: DLA-up's"),
+            ('deeplabv3_resnext_tiny', dict(num_classes=3, global_pool='avg'),
+             r"num_classes / global_pool itself \(num_classes=0: the backbone has no classifier"),
+            ('dlaup_dla_x60', dict(pretrained=True), r"pretrained itself \(pretrained=False: create_model's "
+                                                     'pretrained_backbone')):
+        with pytest.raises(ValueError, match=f"^'{name}' sets its backbone's {message}.*the other arguments of "
+                                             'timm.create_model'):
+            create_model(name, backbone_kwargs=kwargs)
+    model = create_model('deeplabv3_resnext_tiny', num_classes=3, backbone_kwargs=dict(drop_path_rate=0.1))
+    assert model.output_stride == 16 and model.backbone.layer4[0].drop_path.drop_prob == pytest.approx(0.1)
+
+
+def test_a_release_converts_for_other_classes_and_backbone_options():
+    """from_original(segmentation release, num_classes=N) keeps every weight but the final classifier convolution
+    (DeepLabV3's aspp.conv3, DLA-up's fc.0 and its fixed bilinear up of one kernel per class), newly initialised,
+    with a warning, as the classification path does; other keyword arguments go to the backbone. They were
+    "got multiple values for keyword argument 'num_classes'" and "unexpected keyword argument 'drop_rate'"."""
+    from original import as_release, stand_in_state
+    from timm_elastic.convert import from_original
+    from timm_elastic.segmentation import _depthwise_up
+    for arch, fresh, kwargs in (('seg_resnext50_elastic', ['aspp.conv3.weight', 'aspp.conv3.bias'],
+                                 dict(arch='seg_resnext50_elastic', drop_path_rate=0.1)),
+                                ('seg_dla60x', ['fc.0.weight', 'fc.0.bias', 'up.weight'], dict(drop_rate=0.1))):
+        state = stand_in_state(arch)
+        release = from_original(state, arch=arch).state_dict()
+        with pytest.warns(UserWarning, match=f'the checkpoint has 21 classes and the model 5: {fresh[0]}, {fresh[1]} '
+                                             'are left newly initialised, for fine-tuning'):
+            model = from_original(as_release(state), num_classes=5, **kwargs)  # DLA's architecture inferred
+        assert model.num_classes == 5 and not model.training
+        ours = model.state_dict()
+        assert ours.keys() == release.keys()
+        assert [k for k in ours if not torch.equal(ours[k], release[k])] == [k for k in fresh if k in ours]
+        assert all(ours[k].shape[0] == 5 for k in fresh)
+        with torch.no_grad():
+            assert model(torch.randn(1, 3, 33, 33)).shape[1] == 5
+        if 'dla' in arch:  # the fixed upsampling: bilinear (the stand-in's is random, a release's bilinear)
+            assert torch.equal(ours['up.weight'], _depthwise_up(5, 2).weight.detach())
+    state = stand_in_state('seg_dla60x')
+    with pytest.raises(TypeError, match=r"takes num_classes, bn_momentum, backbone_kwargs and the keyword arguments of "
+                                        r"its backbone's timm.create_model\('dla_x60'\): .*unexpected keyword argument "
+                                        "'no_such_option'"):
+        from_original(state, arch='seg_dla60x', no_such_option=1)
+    with pytest.raises(ValueError, match=r"'dlaup_dla_x60' sets its backbone's output_stride itself"):
+        from_original(state, arch='seg_dla60x', output_stride=8)
+    with pytest.raises(TypeError, match='loads the checkpoint itself; do not pass pretrained_backbone'):
+        from_original(state, arch='seg_dla60x', pretrained_backbone=True)
+    assert from_original(state, arch='seg_dla60x', num_classes=21, bn_momentum=0.2).fc[0].weight.shape[0] == 21
 
 
 @pytest.mark.slow

@@ -429,7 +429,9 @@ def from_original(
             (with or without the `state_dict` wrapper and the `module.` prefix).
         arch: the original architecture name (`ORIGINALS`, e.g. 'dla60x_elastic', or `SEG_ORIGINALS`, e.g.
             'seg_resnext50_elastic' for a released PASCAL VOC DeepLabV3); inferred from the keys when omitted.
-        **create_kwargs: passed to `timm.create_model`. By default the model is built as the original
+        **create_kwargs: passed to `timm.create_model` (for a segmentation release: `num_classes`,
+            `bn_momentum` and `backbone_kwargs` of `timm_elastic.segmentation.create_model`, the other keyword
+            arguments to its backbone's `timm.create_model`). By default the model is built as the original
             computes (DLA: `head_window=7`) with the checkpoint's number of classes; a different
             `num_classes` keeps every weight but the classifier, with a warning (for fine-tuning).
 
@@ -468,16 +470,7 @@ def from_original(
             except CheckpointError:
                 pass
         raise CheckpointError(f'not a checkpoint of {arch} ({spec.model}){hint}: {e}') from None
-    if replace_head:
-        warnings.warn(
-            f'the checkpoint has {num_classes} classes and the model {model.num_classes}: {", ".join(classifier)} '
-            f'are left newly initialised, for fine-tuning', stacklevel=2)
-        for k in classifier:
-            converted.pop(k, None)
-        result = model.load_state_dict(converted, strict=False)
-        assert not result.unexpected_keys and set(result.missing_keys) <= set(classifier), result
-    else:
-        model.load_state_dict(converted, strict=True)
+    _load_converted(model, converted, num_classes, classifier, stacklevel=3)
     tag = release_tag(arch, num_classes)
     if tag is not None and not replace_head:
         model.pretrained_cfg = release_pretrained_cfg(spec.model, tag)
@@ -488,36 +481,57 @@ def from_original(
     return model.eval()
 
 
-def _seg_convert(state: Mapping[str, torch.Tensor], arch: str, model: nn.Module) -> Dict[str, torch.Tensor]:
+def _seg_convert(state: Mapping[str, torch.Tensor], arch: str, model: nn.Module,
+                 any_shape: Sequence[str] = ()) -> Dict[str, torch.Tensor]:
     """A segmentation release's state dict in `model`'s layout: the backbone's part converted as the
     ImageNet model of its architecture is (the original holds DeepLab's backbone modules at the top level and
-    DLASeg's under `base.`, as ours does), the head's / decoder's keys as they are."""
+    DLASeg's under `base.`, as ours does), the head's / decoder's keys as they are. `any_shape`: head keys whose
+    shape is not checked (a classifier that is being replaced)."""
     prefix = 'backbone.' if hasattr(model, 'backbone') else 'base.'
     shapes = _shapes(model)
     target = {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in shapes.items()}
     if prefix == 'base.':
         state = {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state.items()
                  if not k.startswith(_SEG_UNUSED)}
-    converted = convert_state_dict(state, target, ORIGINALS[arch[len('seg_'):]].two_path)
+    converted = convert_state_dict(state, target, ORIGINALS[arch[len('seg_'):]].two_path, any_shape=any_shape)
     return {(prefix + k if prefix + k in shapes else k): v for k, v in converted.items()}
 
 
-def _seg_from_original(state: Mapping[str, torch.Tensor], arch: Optional[str], **create_kwargs) -> nn.Module:
+def _seg_from_original(state: Mapping[str, torch.Tensor], arch: Optional[str], num_classes: Optional[int] = None,
+                       bn_momentum: Optional[float] = None, backbone_kwargs: Optional[Dict[str, Any]] = None,
+                       **kwargs) -> nn.Module:
     """`from_original` for a released segmentation model (`SEG_ORIGINALS`): the `timm_elastic.segmentation`
     model whose forward is the original's (DeepLab: logits at the input size; DLA-up: log-probabilities,
-    cropped), every tensor loaded strictly (but DLASeg's unused backbone classifier and DLA projections)."""
-    from .segmentation import create_model
-    head = state.get('aspp.conv3.weight', state.get('fc.0.weight'))
-    num_classes = int(head.shape[0]) if head is not None and head.dim() == 4 else 21
+    cropped), every tensor loaded strictly (but DLASeg's unused backbone classifier and DLA projections).
 
-    def build(a: str) -> nn.Module:
-        return create_model(SEG_ORIGINALS[a], num_classes=num_classes, **create_kwargs)
+    `num_classes`, `bn_momentum` and `backbone_kwargs` are `segmentation.create_model`'s; any other keyword
+    argument joins `backbone_kwargs` (the backbone's `timm.create_model` arguments). A
+    `num_classes` other than the release's keeps every weight but the final classifier convolution's (DeepLabV3's
+    `aspp.conv3`, DLA-up's `fc.0`, and DLA-up's fixed bilinear `up`, which has one kernel per class), with a
+    warning, for fine-tuning."""
+    from .segmentation import DLASeg, create_model
+    if 'pretrained_backbone' in kwargs:
+        raise TypeError('from_original loads the checkpoint itself; do not pass pretrained_backbone')
+    head = state.get('aspp.conv3.weight', state.get('fc.0.weight'))
+    release_classes = int(head.shape[0]) if head is not None and head.dim() == 4 else 21
+    options = dict(backbone_kwargs={**(backbone_kwargs or {}), **kwargs} or None, bn_momentum=bn_momentum)
+
+    def build(a: str, classes: int, **opts) -> nn.Module:
+        try:
+            return create_model(SEG_ORIGINALS[a], num_classes=classes, **opts)
+        except TypeError as e:
+            if 'unexpected keyword argument' not in str(e):
+                raise
+            backbone = ORIGINALS[a[len('seg_'):]].model
+            raise TypeError(f'from_original of a segmentation release takes num_classes, bn_momentum, backbone_kwargs '
+                            f'and the keyword arguments of its backbone\'s timm.create_model({backbone!r}): {e}'
+                            ) from None
 
     if arch is None:
         why = {}
         for a in SEG_ORIGINALS:
-            with torch.device('meta'):  # shapes only
-                candidate = build(a)
+            with torch.device('meta'):  # shapes only, of the release (the options may not apply to every backbone)
+                candidate = build(a, release_classes)
             try:
                 _seg_convert(state, a, candidate)
             except CheckpointError as e:
@@ -530,13 +544,35 @@ def _seg_from_original(state: Mapping[str, torch.Tensor], arch: Optional[str], *
                 f'closest is {closest}: {why[closest]}' if not fits else
                 f'the checkpoint fits several segmentation architectures ({", ".join(fits)}); pass arch=')
         arch = fits[0]
-    model = build(arch)
+    model = build(arch, release_classes if num_classes is None else num_classes, **options)
+    replace_head = model.num_classes != release_classes
+    classifier = (f'{model.classifier}.weight', f'{model.classifier}.bias')
+    up = ('up.weight',) if isinstance(model, DLASeg) else ()  # one fixed bilinear kernel per class
     try:
-        converted = _seg_convert(state, arch, model)
+        converted = _seg_convert(state, arch, model, any_shape=classifier + up if replace_head else ())
     except CheckpointError as e:
         raise CheckpointError(f'not a checkpoint of {arch}: {e}') from None
-    model.load_state_dict(converted, strict=True)
+    _load_converted(model, converted, release_classes, classifier, extra=up, stacklevel=4,
+                    note=f' (and up.weight, the fixed bilinear upsampling, is built for {model.num_classes} classes)'
+                    if up else '')
     return model.eval()
+
+
+def _load_converted(model: nn.Module, converted: Dict[str, torch.Tensor], classes: int, classifier: Sequence[str],
+                    extra: Sequence[str] = (), note: str = '', stacklevel: int = 2) -> None:
+    """Load a converted state dict into `model`: strictly, or, when the model has other than the checkpoint's
+    `classes`, every tensor but the `classifier`'s (and `extra` ones made for the class count), with a warning
+    (for fine-tuning). `stacklevel`: the warning's, as warnings.warn counts it here (2: this function's caller)."""
+    if model.num_classes == classes:
+        model.load_state_dict(converted, strict=True)
+        return
+    warnings.warn(f'the checkpoint has {classes} classes and the model {model.num_classes}: {", ".join(classifier)} '
+                  f'are left newly initialised, for fine-tuning{note}', stacklevel=stacklevel)
+    fresh = (*classifier, *extra)
+    for k in fresh:
+        converted.pop(k, None)
+    result = model.load_state_dict(converted, strict=False)
+    assert not result.unexpected_keys and set(result.missing_keys) <= set(fresh), result
 
 
 def release_tag(arch: str, num_classes: int) -> Optional[str]:

@@ -220,7 +220,10 @@ def create_model(name: str, num_classes: Optional[int] = None, pretrained_backbo
         num_classes: output classes (default 21, PASCAL VOC's; a converted release's own: another number is refused,
             as its classifier holds that many).
         pretrained_backbone: initialise the backbone with its ImageNet weights (timm's `pretrained=True`).
-        backbone_kwargs: more keyword arguments for `timm.create_model` of the backbone.
+        backbone_kwargs: more keyword arguments for `timm.create_model` of the backbone (`drop_path_rate`,
+            `in_chans`, the Elastic options...); those the model sets itself (`pretrained`, `num_classes`,
+            `output_stride`: DeepLabV3's 16, DLA-up's 32; DeepLabV3's `global_pool`) are refused with a
+            ValueError.
         bn_momentum: the momentum of every BatchNorm's running statistics; None keeps the original's (DeepLabV3:
             0.05 in the backbone, 0.0003 in the head, made for its 33,000 iterations on PASCAL VOC; DLA-up:
             PyTorch's 0.1). In a run of a few hundred iterations 0.0003 leaves the head's statistics near their
@@ -257,11 +260,22 @@ def _create(name: str, num_classes: Optional[int], pretrained_backbone: bool,
     backbone_name = name[len(prefix):]
     if not timm.is_model(backbone_name):
         raise ValueError(f'{name!r}: {backbone_name!r} is not a timm model')
-    kwargs = dict(pretrained=pretrained_backbone, num_classes=0, **(backbone_kwargs or {}))
-    if prefix == 'dlaup_':
-        return DLASeg(timm.create_model(backbone_name, **kwargs), num_classes)
-    backbone = timm.create_model(backbone_name, global_pool='', output_stride=OUTPUT_STRIDE, **kwargs)
-    return DeepLabV3(backbone, num_classes)
+    # the backbone's arguments that the segmentation model sets itself
+    own = dict(pretrained=(pretrained_backbone, "create_model's pretrained_backbone"),
+               num_classes=(0, "the backbone has no classifier, the model's classes are create_model's num_classes"))
+    if prefix == 'deeplabv3_':
+        own.update(global_pool=('', 'the ASPP reads the unpooled features'),
+                   output_stride=(OUTPUT_STRIDE, "DeepLabV3's, as the original trains and evaluates it"))
+    else:
+        own.update(output_stride=(32, "DLA-up's, whose decoder merges the levels at strides 2 to 32, as the "
+                                      "original's"))
+    fixed = [k for k in own if k in (backbone_kwargs or {})]
+    if fixed:
+        raise ValueError(f'{name!r} sets its backbone\'s {" / ".join(fixed)} itself (' + '; '.join(
+            f'{k}={own[k][0]!r}: {own[k][1]}' for k in fixed) + '); backbone_kwargs takes the other arguments of '
+            f'timm.create_model({backbone_name!r})')
+    backbone = timm.create_model(backbone_name, **{k: v for k, (v, _) in own.items()}, **(backbone_kwargs or {}))
+    return DLASeg(backbone, num_classes) if prefix == 'dlaup_' else DeepLabV3(backbone, num_classes)
 
 
 def folder_config(path: str) -> Dict[str, Any]:
