@@ -103,6 +103,84 @@ def test_the_loss_is_the_originals_cross_entropy_and_dla_outputs_are_aligned():
         SegmentationLoss()(logits[:, :, :5, :5], target)
 
 
+def test_a_batch_without_scored_pixels_has_zero_loss_and_others_the_originals():
+    """A batch whose pixels are all 255 contributes 0 (not the mean's 0 / 0 = NaN, which made the epoch's train
+    loss NaN) and no gradient; any other batch's loss and gradients are the original's
+    CrossEntropyLoss(ignore_index=255), bit for bit."""
+    from timm_elastic.tasks import get_task
+    loss_fn = get_task('segment').train_loss(None, mixup=False)  # what the loop trains with
+    g = torch.Generator().manual_seed(0)
+    for shape in ((2, 5, 8, 8), (3, 21, 13, 9)):
+        logits = torch.randn(*shape, generator=g, requires_grad=True)
+        target = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=g)
+        target[torch.rand(target.shape, generator=g) < 0.3] = IGNORE_INDEX
+        target[0] = IGNORE_INDEX  # an image without a scored pixel in a batch that has some
+        want = torch.nn.CrossEntropyLoss(ignore_index=255)(logits, target)
+        want_grad, = torch.autograd.grad(want, logits)
+        got = loss_fn(logits, target)
+        got_grad, = torch.autograd.grad(got, logits)
+        assert torch.equal(got, want) and torch.equal(got_grad, want_grad)
+    logits = torch.randn(2, 5, 8, 8, generator=g, requires_grad=True)
+    none = torch.full((2, 8, 8), IGNORE_INDEX)
+    assert torch.isnan(F.cross_entropy(logits, none, ignore_index=255))  # the mean's 0 / 0
+    got = loss_fn(logits, none)
+    got.backward()
+    assert got.item() == 0. and torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+def test_eval_loss_leaves_out_images_without_scored_pixels():
+    """The evaluation loss is the mean over images of each image's pixel mean, over the images that have a
+    scored pixel: an all-255 image has no loss (it counted as 0 and halved the mean); NaN where no image has
+    one. mIoU is the same either way."""
+    from timm_elastic.tasks import get_task
+    task = get_task('segment')
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(3, 4, 9, 9, generator=g)
+    target = torch.randint(0, 4, (3, 9, 9), generator=g)
+    target[0, :3] = IGNORE_INDEX
+    target[1] = IGNORE_INDEX
+    own = [float(F.cross_entropy(logits[i:i + 1], target[i:i + 1], ignore_index=255)) for i in (0, 2)]
+    got = task.summarize(task.per_image(logits, target), None)
+    assert got['loss'] == pytest.approx(sum(own) / 2, rel=1e-6) and got['count'] == 3
+    scored = task.summarize(task.per_image(logits[[0, 2]], target[[0, 2]]), None)
+    assert got['miou'] == scored['miou'] and got['loss'] == pytest.approx(scored['loss'], rel=1e-12)
+    # per combination too: a combination of unscored images only has a NaN loss, and its mIoU
+    got = task.summarize(task.per_image(logits, target), [('small',), ('large',), ('small',)])
+    assert got['per_combination']['small']['loss'] == pytest.approx(sum(own) / 2, rel=1e-6)
+    assert np.isnan(got['per_combination']['large']['loss'])
+    nothing = task.summarize(task.per_image(logits[1:2], target[1:2]), None)
+    assert np.isnan(nothing['loss']) and nothing['miou'] == 0.
+    # a NaN of the model's (a diverged one, here on one image) is not left out: the loss says NaN
+    diverged = logits.clone()
+    diverged[2] = float('nan')
+    assert np.isnan(task.summarize(task.per_image(diverged, target), None)['loss'])
+
+
+def test_crop_pct_and_interpolation_are_refused():
+    """--crop-pct / --interpolation were accepted and ignored by --task segment (train and validate; the train
+    banner printed crop_pct 1.0, lanczos against them): refused as the augmentation flags are, when given."""
+    from timm_elastic.cli import build_parser
+    from timm_elastic.tasks import get_task
+    from timm_elastic.train import UsageError
+    task = get_task('segment')
+    config = dict(input_size=(3, 33, 33), mean=MEAN, std=STD, interpolation='bilinear', crop_pct=0.875)
+    for command in ('train', 'validate'):
+        for flags, named in ((['--crop-pct', '0.9'], '--crop-pct'), (['--interpolation', 'bicubic'], '--interpolation'),
+                             (['--crop-pct', '1.0', '--interpolation', 'lanczos'], '--crop-pct / --interpolation')):
+            args = build_parser().parse_args([command, '--task', 'segment', *flags])
+            checks = [lambda: task.data_config(config, args)]  # what validate and train call
+            if command == 'train':
+                checks.append(lambda: task.check_train_args(args))  # before the data and the model are read
+            for check in checks:
+                with pytest.raises(UsageError, match=f'^{named} do not apply to --task segment, which resizes no '
+                                                     'image but by the random rescale of training'):
+                    check()
+        args = build_parser().parse_args([command, '--task', 'segment'])  # the defaults are not refused
+        if command == 'train':
+            task.check_train_args(args)
+        assert task.data_config(config, args)['crop_pct'] == 1.0
+
+
 def test_per_image_counts_sum_to_the_originals_miou():
     from timm_elastic.tasks import get_task
     task = get_task('segment')
@@ -395,6 +473,7 @@ def test_the_poly_schedule_is_the_originals():
                    'stride 32, so the crop must be larger than 32 pixels'),
     ('classifier', '--task segment trains the segmentation models: deeplabv3_<backbone>'),
     ('mixup', '--mixup do not apply to --task segment'),
+    ('crop_pct', '--crop-pct / --interpolation do not apply to --task segment, which resizes no image'),
     ('batch_of_one', '--model deeplabv3_resnext_tiny_elastic trains on at least 2 images per process (-b)'),
     ('classify_checkpoint', 'was trained with --task classify; use it with --task classify'),
     # an RGB mask with grey labels (0..20 pass the label check) and a mask of another size than its image
@@ -423,9 +502,9 @@ def test_bad_inputs_are_one_line_errors(tmp_path, case, message):
     elif case == 'small_crop':
         proc = cli('train', '--task', 'segment', '--model', 'dlaup_dla_x60_elastic', '--img-size', '32',
                    '--output', str(tmp_path), *QUICK)
-    elif case in ('classifier', 'mixup', 'batch_of_one'):
+    elif case in ('classifier', 'mixup', 'crop_pct', 'batch_of_one'):
         flag = {'classifier': ['--model', 'resnext_tiny_elastic'], 'mixup': ['--mixup', '0.2'],
-                'batch_of_one': ['-b', '1']}[case]
+                'crop_pct': ['--crop-pct', '0.9', '--interpolation', 'bicubic'], 'batch_of_one': ['-b', '1']}[case]
         proc = cli('train', '--task', 'segment', *flag, '--output', str(tmp_path), *QUICK)
     else:
         import argparse

@@ -4,7 +4,8 @@
 lists in `ImageSets/Segmentation/<split>.txt`) through torchvision's `VOCSegmentation`, never downloading.
 torchvision takes the standard splits (train, val, trainval) of `ROOT/VOCdevkit/VOC2012`; other lists
 (the usual `train_aug.txt` of the SBD-augmented set, whose masks are in `SegmentationClassAug/`) and a
-root that is the VOC2012 folder itself are read with the same conventions and torchvision's item reader.
+root that is the VOC2012 folder itself or holds it (the original's `data/VOCdevkit`) are read with the same
+conventions and torchvision's item reader.
 A list line is an image id, or, as in the original's `list/*.txt`, an image path and a mask path relative
 to the VOC2012 folder.
 
@@ -98,7 +99,8 @@ class VOCSegmentationData(VOCSegmentation):
     mask's pixels are class indices, 255 ignored), through `transforms(image, mask)` when given.
 
     Args:
-        root: the VOC2012 folder (holding `JPEGImages/`), or a folder holding `VOCdevkit/VOC2012/`.
+        root: the VOC2012 folder (holding `JPEGImages/`), or a folder holding `VOC2012/` (as the original's
+            `data/VOCdevkit`) or `VOCdevkit/VOC2012/` (as torchvision's root).
         split: the name of a list in `ImageSets/Segmentation/` (`train`, `val`, `trainval`, `train_aug`...);
             `validation` (timm's name) is `val` where no `validation.txt` exists.
         transforms: applied to the (image, mask) pair.
@@ -111,15 +113,21 @@ class VOCSegmentationData(VOCSegmentation):
 
     def __init__(self, root: str, split: str = 'train', transforms: Optional[Callable] = None):
         nested = os.path.join(root, 'VOCdevkit', 'VOC2012')
-        voc_root = nested if os.path.isdir(nested) else root
+        # ROOT/VOCdevkit/VOC2012 (torchvision's root), ROOT/VOC2012 (the original's root, `data/VOCdevkit`), or
+        # the VOC2012 folder itself
+        voc_root = next((d for d in (nested, os.path.join(root, 'VOC2012')) if os.path.isdir(d)), root)
         lists = os.path.join(voc_root, 'ImageSets', 'Segmentation')
         if split == 'validation' and not os.path.isfile(os.path.join(lists, 'validation.txt')):
             split = 'val'  # timm's name of the evaluation split (the commands' default), PASCAL VOC's list
         list_file = os.path.join(lists, f'{split}.txt')
         if not os.path.isfile(list_file):
-            there = sorted(f[:-4] for f in os.listdir(lists) if f.endswith('.txt')) if os.path.isdir(lists) else []
-            raise FileNotFoundError(f'no split list {split!r}: {list_file} does not exist'
-                                    + (f' (lists there: {", ".join(there)})' if there else ''))
+            if os.path.isdir(lists):
+                there = sorted(f[:-4] for f in os.listdir(lists) if f.endswith('.txt'))
+                where = f' (lists there: {", ".join(there)})' if there else ''
+            else:
+                where = (f'; {root} is not a VOC2012 folder (holding ImageSets/Segmentation/) and holds neither '
+                         'VOC2012/ nor VOCdevkit/VOC2012/')
+            raise FileNotFoundError(f'no split list {split!r}: {list_file} does not exist{where}')
         self.split, self.voc_root = split, voc_root
         with open(list_file) as f:  # torchvision's reader takes one id per line, no blank line
             plain = all(len(line.split()) == 1 for line in f)
@@ -244,10 +252,26 @@ def _align(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 class SegmentationLoss(torch.nn.Module):
     """The original's loss: cross-entropy over the pixels whose label is not 255, averaged over them (the
-    DLA-up model's log-probabilities give the same value: log-softmax leaves them unchanged)."""
+    DLA-up model's log-probabilities give the same value: log-softmax leaves them unchanged). A batch without
+    such a pixel gives 0, and no gradient (the original's mean is 0 / 0, NaN, there)."""
 
     def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(output, _align(output, target), ignore_index=IGNORE_INDEX)
+        target = _align(output, target)
+        # the sum over the scored pixels divided by their count: bit for bit the mean of `ignore_index`'s reduction
+        # (which divides the same sum by the same count) where there is one, a count of 1 where there is none
+        scored = (target != IGNORE_INDEX).sum().clamp(min=1)
+        return F.cross_entropy(output, target, ignore_index=IGNORE_INDEX, reduction='sum') / scored
+
+
+def _check_resize_flags(args: argparse.Namespace) -> None:
+    """Refuse --crop-pct / --interpolation, which `data_config` overrides: train and validate both."""
+    from ..train import UsageError
+    used = [f for f, v in (('--crop-pct', getattr(args, 'crop_pct', None) is not None),
+                           ('--interpolation', getattr(args, 'interpolation', None))) if v]
+    if used:
+        raise UsageError(f'{" / ".join(used)} do not apply to --task segment, which resizes no image but by the random '
+                         'rescale of training (Lanczos, as the original) and pads and cuts an --img-size crop (at the '
+                         'centre in evaluation)')
 
 
 def _paired(dataset) -> bool:
@@ -287,6 +311,7 @@ class Segment(Task):
         if used:
             raise UsageError(f'{" / ".join(used)} do not apply to --task segment, which augments as the original: '
                              'a flip (--hflip), a random rescale (--scale, default 0.5 2) and a random crop')
+        _check_resize_flags(args)
         if args.batch_size < 2 and _architecture_of(args.model or '').startswith('deeplabv3_'):
             raise UsageError(f'--model {args.model} trains on at least 2 images per process (-b): the BatchNorm after '
                              "its ASPP's image pooling sees one value per channel for a single image (the original's "
@@ -326,8 +351,10 @@ class Segment(Task):
     def data_config(self, config: Dict[str, Any], args: argparse.Namespace, model=None) -> Dict[str, Any]:
         """The crop (`--img-size` / `--input-size`; default 513 on `--data-dir`, as the original, and the
         built-in images' side on the built-in data), refused when it leaves the model's deepest features a
-        single pixel (at most its stride)."""
+        single pixel (at most its stride). --crop-pct and --interpolation are refused: the images are padded and
+        cut, never resized but by training's random rescale."""
         from ..train import UsageError
+        _check_resize_flags(args)
         if getattr(args, 'input_size', None) is None and getattr(args, 'img_size', None) is None:
             config = dict(config, input_size=(3, 513, 513) if args.data_dir else (3, 64, 64))
         # what SegmentationTransform does: images are padded and cut, never resized but by the random rescale
@@ -372,13 +399,16 @@ class Segment(Task):
         scored = (target != IGNORE_INDEX).flatten(1).sum(1)
         pred = logits.argmax(1)
         counts = [inter_and_union(p, t, logits.shape[1]) for p, t in zip(pred, target)]
-        return {'loss': (loss / scored.clamp(min=1)).cpu(),
+        # an image without a scored pixel (all 255) has no loss: `scored` leaves it out of the mean of `metrics`
+        return {'loss': (loss / scored.clamp(min=1)).cpu(), 'scored': (scored > 0).cpu(),
                 'inter': torch.stack([c[0] for c in counts]).cpu(), 'union': torch.stack([c[1] for c in counts]).cpu()}
 
     def metrics(self, results: Dict[str, torch.Tensor]) -> Dict[str, Any]:
         inter, union = results['inter'].sum(0), results['union'].sum(0)
         names = self.classes if self.classes is not None and len(self.classes) == len(inter) else None
-        out: Dict[str, Any] = OrderedDict(loss=float(results['loss'].double().mean()))
+        # the mean of the images' pixel means, over the images with a scored pixel (NaN where none has one; a
+        # diverged model's NaN stays NaN)
+        out: Dict[str, Any] = OrderedDict(loss=float(results['loss'][results['scored']].double().mean()))
         out.update(iou_metrics(inter, union, names))
         return out
 
