@@ -3,6 +3,7 @@ validate on a tiny PASCAL VOC folder read through torchvision's reader and on th
 mIoU against the model's own outputs scored by the original's arithmetic, exact resume, DDP with two CPU
 processes, `compare --task segment`, and one-line errors for bad inputs."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -154,6 +155,27 @@ def test_eval_loss_leaves_out_images_without_scored_pixels():
     diverged = logits.clone()
     diverged[2] = float('nan')
     assert np.isnan(task.summarize(task.per_image(diverged, target), None)['loss'])
+
+
+def test_validate_refuses_a_registry_model_whose_head_pretrained_leaves_random(tmp_path):
+    """validate --model deeplabv3_<backbone> --pretrained gave the backbone its ImageNet weights and scored the
+    randomly initialised ASPP head (a different mIoU each run); the same model with a --checkpoint is evaluated."""
+    from timm_elastic.cli import build_parser
+    from timm_elastic.train import UsageError, validate
+    parse = build_parser().parse_args
+    for model, head in (('deeplabv3_resnext_tiny', 'ASPP head'), ('dlaup_dla_x60', 'DLA-up decoder and classifier')):
+        with pytest.raises(UsageError, match=re.escape(
+                f"--pretrained gives {model} its backbone's ImageNet weights only; its {head} would be scored at "
+                'random initialisation: evaluate a trained run (--checkpoint), or a converted release')):
+            validate(parse(['validate', '--task', 'segment', '--model', model, '--pretrained', '--val-num-samples',
+                            '4', '-j', '0', '--no-progress']))
+    import timm_elastic.segmentation as seg
+    path = str(tmp_path / 'm.pth.tar')
+    torch.save({'state_dict': seg.create_model('deeplabv3_resnext_tiny', num_classes=9).state_dict(),
+                'arch': 'deeplabv3_resnext_tiny'}, path)
+    got = validate(parse(['validate', '--task', 'segment', '--checkpoint', path, '--pretrained', '--val-num-samples',
+                          '4', '-j', '0', '--no-progress']))
+    assert got['count'] == 4
 
 
 def test_crop_pct_and_interpolation_are_refused():

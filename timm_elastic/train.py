@@ -912,6 +912,8 @@ def load_for_eval(args: argparse.Namespace, data_classes: Optional[int], device:
         args.model = _recorded_model(ckpt, args.checkpoint, args)
     if ckpt is not None:
         _recorded_elastic_options(args, ckpt)
+    elif task.partly_pretrained(args.model):  # a randomly initialised part would be scored (as without weights)
+        raise UsageError(task.partly_pretrained(args.model))
     num_classes = args.num_classes or data_classes
     if ckpt is not None and not args.num_classes:
         num_classes = _checkpoint_classes(ckpt, task.classifier(args.model)) or num_classes

@@ -56,6 +56,11 @@ class Task:
         return (f'unknown model {name!r}; the Elastic models are {", ".join(list_models())} (timm-elastic models), '
                 'and any timm model works')
 
+    def partly_pretrained(self, name: str) -> Optional[str]:
+        """Why `--pretrained` leaves part of model `name` at random initialisation (an error for evaluating it
+        without a checkpoint), or None where it gives it every weight or none (timm's error then)."""
+        return None
+
     def classifier(self, model: str) -> Optional[str]:
         """The module of `--model NAME` whose output rows are the classes (what a checkpoint's class count is
         read from), or None where it is not known."""

@@ -331,6 +331,15 @@ class Segment(Task):
                 f'deeplabv3_resnext50_elastic, deeplabv3_resnext_tiny_elastic) or dlaup_<backbone> (a DLA model, '
                 f'e.g. dlaup_dla_x60_elastic), got --model {name}')
 
+    def partly_pretrained(self, name: str) -> Optional[str]:
+        if not name.startswith(('deeplabv3_', 'dlaup_')):
+            return None  # a converted release's folder (local-dir:, hf-hub:) holds every weight
+        head = 'ASPP head' if name.startswith('deeplabv3_') else 'DLA-up decoder and classifier'
+        return (f'--pretrained gives {name} its backbone\'s ImageNet weights only; its {head} would be scored at '
+                'random initialisation: evaluate a trained run (--checkpoint), or a converted release '
+                '(timm-elastic convert deeplab_<arch>_pascal_v3_original_epoch50.pth --out DIR, then --model '
+                'local-dir:DIR --pretrained)')
+
     def classifier(self, model: str) -> Optional[str]:
         from ..segmentation import DeepLabV3, DLASeg
         return DeepLabV3.classifier if model.startswith('deeplabv3_') else \
