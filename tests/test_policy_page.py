@@ -358,6 +358,14 @@ def test_policy_of_identical_images_has_no_embedding(browser, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert sorted(os.listdir(out)) == ['class_ranking.png', 'policy.html', 'policy.json']
     assert sorted(os.listdir(tmp_path)) == ['data', 'e.pth.tar', 'out']  # no staging folder left behind
+    # --force replaces a folder of policy's outputs only: one that holds the run's checkpoint (or its data, a
+    # user's files) was deleted with it
+    proc = cli('policy', '--checkpoint', str(tmp_path / 'e.pth.tar'), '--data-dir', str(data), '--out',
+               str(tmp_path), '--force')
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"timm-elastic policy: error: --out '{tmp_path}' holds files that policy does not write (data, e.pth.tar, "
+        "out); --force replaces only a folder of its outputs: choose another --out"], proc.stderr
+    assert sorted(os.listdir(tmp_path)) == ['data', 'e.pth.tar', 'out']
 
 
 def test_policy_of_a_diverged_model(browser, tmp_path):

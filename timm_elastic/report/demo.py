@@ -21,7 +21,11 @@ from .. import policy
 from .._io import check_outside_cwd, staged_dir, write_json
 from . import page, plots
 
-__all__ = ['run', 'collect']
+__all__ = ['run', 'collect', 'OUTPUTS']
+
+# the files `run` writes (some of them: the t-SNE plots need a spread of policies, improvement.png a baseline)
+OUTPUTS = ('policy.html', 'policy.json', 'class_ranking.png', 'embedding_class.png', 'embedding_score.png',
+           'strip.png', 'improvement.png')
 
 
 def _thumbnails(dataset, size: int) -> List[str]:
@@ -110,8 +114,14 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         check_outside_cwd(args.out)
     except ValueError as e:
         raise UsageError(f'--out: {e}') from None
-    if os.path.isdir(args.out) and os.listdir(args.out) and not getattr(args, 'force', False):
+    held = sorted(os.listdir(args.out)) if os.path.isdir(args.out) else []
+    if held and not getattr(args, 'force', False):
         raise UsageError(f'--out {args.out!r} holds files already; pass --force to replace the folder')
+    others = [f for f in held if f not in OUTPUTS]
+    if others:  # the run's checkpoints, its data, a user's files: --force would delete them with the folder
+        raise UsageError(f'--out {args.out!r} holds files that policy does not write ({", ".join(others[:3])}'
+                         f'{", ..." if len(others) > 3 else ""}); --force replaces only a folder of its outputs: '
+                         'choose another --out')
     for flag, value in (('--thumb-size', args.thumb_size), ('--perplexity', args.perplexity)):
         if not value > 0:
             raise UsageError(f'{flag} must be positive, got {value}')
