@@ -178,6 +178,28 @@ def test_validate_refuses_a_registry_model_whose_head_pretrained_leaves_random(t
     assert got['count'] == 4
 
 
+def test_drop_is_refused():
+    """--drop was accepted and did nothing: timm's dropout is in the classifier head, which the segmentation
+    models do not run (their outputs in training are the same, bit for bit, with drop_rate 0.9 and 0)."""
+    import timm_elastic.segmentation as seg
+    from timm_elastic.cli import build_parser
+    from timm_elastic.tasks import get_task
+    from timm_elastic.train import UsageError
+    x = torch.randn(2, 3, 40, 40)
+    outputs = []
+    for rate in (0., 0.9):
+        torch.manual_seed(0)
+        model = seg.create_model('deeplabv3_resnext_tiny', backbone_kwargs=dict(drop_rate=rate)).train()
+        torch.manual_seed(1)
+        outputs.append(model(x))
+    assert torch.equal(*outputs)
+    args = build_parser().parse_args(['train', '--task', 'segment', '--drop', '0.2'])
+    with pytest.raises(UsageError, match=re.escape("--drop 0.2 does not apply to --task segment: timm's dropout is "
+                                                   'before a classifier head')):
+        get_task('segment').check_train_args(args)
+    get_task('segment').check_train_args(build_parser().parse_args(['train', '--task', 'segment']))
+
+
 def test_crop_pct_and_interpolation_are_refused():
     """--crop-pct / --interpolation were accepted and ignored by --task segment (train and validate; the train
     banner printed crop_pct 1.0, lanczos against them): refused as the augmentation flags are, when given."""

@@ -312,6 +312,9 @@ class Segment(Task):
             raise UsageError(f'{" / ".join(used)} do not apply to --task segment, which augments as the original: '
                              'a flip (--hflip), a random rescale (--scale, default 0.5 2) and a random crop')
         _check_resize_flags(args)
+        if args.drop:
+            raise UsageError(f'--drop {args.drop:g} does not apply to --task segment: timm\'s dropout is before a '
+                             'classifier head, which deeplabv3_ / dlaup_ models do not run (--drop-path works)')
         if args.batch_size < 2 and _architecture_of(args.model or '').startswith('deeplabv3_'):
             raise UsageError(f'--model {args.model} trains on at least 2 images per process (-b): the BatchNorm after '
                              "its ASPP's image pooling sees one value per channel for a single image (the original's "
