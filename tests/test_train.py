@@ -474,6 +474,29 @@ def test_policy_refuses_another_tasks_checkpoint_without_naming_a_flag_it_lacks(
     assert not (tmp_path / 'p').exists()
 
 
+def test_resume_with_another_number_of_processes_says_it_is_not_exact(tmp_path, caplog):
+    """A run resumed under another number of processes trains on (each process draws its own random numbers, so
+    the result differs from the uninterrupted run's), and said nothing."""
+    flags = ['-j', '0', '--train-num-samples', '32', '--val-num-samples', '16', '-b', '16', '--no-progress',
+             '--log-interval', '0', '--output', str(tmp_path), '--experiment', 'r']
+    train(build_parser().parse_args(['train', '--epochs', '1', *flags]))
+    last = tmp_path / 'r' / 'last.pth.tar'
+    ckpt = torch.load(last, map_location='cpu', weights_only=False)
+    assert ckpt['args'].world_size == 1
+    ckpt['args'].world_size = 2  # as a torchrun of two processes saves it
+    torch.save(ckpt, last)
+    with caplog.at_level('WARNING', logger='timm_elastic.train'):
+        train(build_parser().parse_args(['train', '--epochs', '2', '--resume', str(last), *flags]))
+    said = [r.getMessage() for r in caplog.records if r.levelname == 'WARNING']
+    assert said == [f'--resume {last}: the run trained in 2 processes, this one has 1; it continues, but not as the '
+                    'run would have (every process draws its own random numbers): resume is exact with the same '
+                    'number'], said
+    caplog.clear()
+    with caplog.at_level('WARNING', logger='timm_elastic.train'):  # the same number (1, saved by that run): no word
+        train(build_parser().parse_args(['train', '--epochs', '3', '--resume', str(last), *flags]))
+    assert [r for r in caplog.records if r.levelname == 'WARNING'] == []
+
+
 def test_second_order_optimizer(tmp_path):
     """--opt adahessian, timm's second-order optimiser: the loss is backpropagated with create_graph, as timm's
     train.py does, and AdaHessian's Hessian estimate, taken through the gradients of every layer, the Elastic

@@ -616,6 +616,11 @@ def train(args: argparse.Namespace, datasets=None) -> Dict[str, Any]:
     resume = _load_checkpoint_dict(args.resume, '--resume') if args.resume else None
     if resume is not None:
         _check_checkpoint_task(resume, args.resume, '--resume', task.name, args)
+        saved = getattr(resume.get('args'), 'world_size', None)
+        if saved and saved != args.world_size and _is_primary(args):  # it runs, but draws other random numbers
+            _logger.warning(f'--resume {args.resume}: the run trained in {saved} process{"es" * (saved > 1)}, this '
+                            f'one has {args.world_size}; it continues, but not as the run would have (every '
+                            'process draws its own random numbers): resume is exact with the same number')
     num_classes = args.num_classes or data_classes
     if num_classes is None:
         raise UsageError('--num-classes is needed: the classes of --data-dir could not be read')
