@@ -497,6 +497,31 @@ def test_resume_with_another_number_of_processes_says_it_is_not_exact(tmp_path, 
     assert [r for r in caplog.records if r.levelname == 'WARNING'] == []
 
 
+def test_a_progress_bar_gives_logging_back_when_the_work_raises(monkeypatch):
+    """While a bar shows (in a terminal), log lines are written through tqdm; an exception in the epoch (or
+    Ctrl-C) left them redirected for the rest of the process (compare's next run, a caller's own logging)."""
+    import io
+    import logging
+    from timm_elastic.train import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    monkeypatch.setattr(sys, 'stderr', Terminal())
+    root = logging.getLogger()
+    console = logging.StreamHandler(sys.stderr)  # as timm's setup_default_logging has it
+    root.addHandler(console)
+    try:
+        before = list(root.handlers)
+        with pytest.raises(KeyboardInterrupt):
+            with Progress(4, 'epoch 1/1', build_parser().parse_args(['validate'])) as progress:
+                assert progress.bar is not None and root.handlers != before  # redirected while it shows
+                raise KeyboardInterrupt
+        assert root.handlers == before
+    finally:
+        root.removeHandler(console)
+
+
 def test_second_order_optimizer(tmp_path):
     """--opt adahessian, timm's second-order optimiser: the loss is backpropagated with create_graph, as timm's
     train.py does, and AdaHessian's Hessian estimate, taken through the gradients of every layer, the Elastic

@@ -509,6 +509,12 @@ class Progress:
         if self.bar is not None:
             self.bar.set_postfix(values, refresh=False)
 
+    def __enter__(self) -> 'Progress':
+        return self
+
+    def __exit__(self, *exc) -> None:  # closed when the work raises too: logging is redirected while a bar shows
+        self.close()
+
     def close(self) -> None:
         if self._logging is not None:
             self._logging.__exit__(None, None, None)
@@ -530,19 +536,15 @@ def evaluate(model: nn.Module, loader, args: argparse.Namespace, device: torch.d
     model.eval()
     indices = list(iter(loader.sampler)) if loader.sampler is not None else None
     records: Dict[str, List[torch.Tensor]] = {}
-    own = progress is None
-    if own:
-        progress = Progress(len(loader), phase, args)
-    for x, y in progress.track(loader, phase):
-        x, y = x.to(device), y.to(device)
-        if args.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with amp_autocast():
-            out = model(x)
-        for k, v in task.per_image(out.float(), y).items():
-            records.setdefault(k, []).append(v)
-    if own:
-        progress.close()
+    with Progress(len(loader), phase, args) if progress is None else nullcontext(progress) as progress:
+        for x, y in progress.track(loader, phase):
+            x, y = x.to(device), y.to(device)
+            if args.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with amp_autocast():
+                out = model(x)
+            for k, v in task.per_image(out.float(), y).items():
+                records.setdefault(k, []).append(v)
     if not records:
         raise UsageError('the evaluation data has no images')
     results = {k: torch.cat(v) for k, v in records.items()}
@@ -726,20 +728,19 @@ def train(args: argparse.Namespace, datasets=None) -> Dict[str, Any]:
         if args.distributed and hasattr(loader_train.sampler, 'set_epoch'):
             loader_train.sampler.set_epoch(epoch)
         # one bar per epoch (counted from 1; summary.csv counts from 0): its training batches, then evaluation's
-        progress = Progress(len(loader_train) + len(loader_eval) * (1 if model_ema is None else 2),
-                            f'epoch {epoch + 1}/{num_epochs}', args)
-        train_metrics = _train_one_epoch(
-            epoch, num_epochs, model, loader_train, optimizer, train_loss_fn, args, device, lr_scheduler,
-            amp_autocast, loss_scaler, model_ema, mixup_fn, progress)
-        if args.distributed and args.dist_bn in ('broadcast', 'reduce'):
-            distribute_bn(model, args.world_size, args.dist_bn == 'reduce')
-        eval_metrics = evaluate(model, loader_eval, args, device, amp_autocast, combinations, progress)
-        if model_ema is not None:
+        with Progress(len(loader_train) + len(loader_eval) * (1 if model_ema is None else 2),
+                      f'epoch {epoch + 1}/{num_epochs}', args) as progress:
+            train_metrics = _train_one_epoch(
+                epoch, num_epochs, model, loader_train, optimizer, train_loss_fn, args, device, lr_scheduler,
+                amp_autocast, loss_scaler, model_ema, mixup_fn, progress)
             if args.distributed and args.dist_bn in ('broadcast', 'reduce'):
-                distribute_bn(model_ema, args.world_size, args.dist_bn == 'reduce')
-            eval_metrics = evaluate(model_ema, loader_eval, args, device, amp_autocast, combinations, progress,
-                                    'eval ema')
-        progress.close()
+                distribute_bn(model, args.world_size, args.dist_bn == 'reduce')
+            eval_metrics = evaluate(model, loader_eval, args, device, amp_autocast, combinations, progress)
+            if model_ema is not None:
+                if args.distributed and args.dist_bn in ('broadcast', 'reduce'):
+                    distribute_bn(model_ema, args.world_size, args.dist_bn == 'reduce')
+                eval_metrics = evaluate(model_ema, loader_eval, args, device, amp_autocast, combinations, progress,
+                                        'eval ema')
         lr = optimizer.param_groups[0]['lr']
         if not args.sched_on_updates:
             lr_scheduler.step(epoch + 1, eval_metrics[eval_metric])

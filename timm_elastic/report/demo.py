@@ -54,8 +54,8 @@ def _predict(model, dataset, args, device, amp_autocast, recorder: Optional[poli
     loader = _eval_loader(dataset, args.batch_size, args, resolve_config(args, model), device)
     probs, targets = [], []
     model.eval()
-    progress = Progress(len(loader), name, args)
-    with recorder if recorder is not None else nullcontext(), torch.no_grad():
+    with Progress(len(loader), name, args) as progress, recorder if recorder is not None else nullcontext(), \
+            torch.no_grad():
         for x, y in progress.track(loader):
             x = x.to(device)
             if args.channels_last:
@@ -64,7 +64,6 @@ def _predict(model, dataset, args, device, amp_autocast, recorder: Optional[poli
                 logits = model(x)
             probs.append(logits.float().softmax(-1).cpu())
             targets.append(y.cpu())
-    progress.close()
     return torch.cat(probs), torch.cat(targets)
 
 
