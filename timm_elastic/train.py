@@ -99,9 +99,9 @@ def _builtin_dataset(split: str, num_samples: Optional[int], seed: int, cache: b
         raise UsageError(f'the built-in data: {e}') from None
 
 
-# the folder names of timm's create_dataset for splits (its search for --train-split / --val-split: synonyms of
-# train and validation), and test's
-_SPLIT_FOLDERS = ('train', 'training', 'val', 'valid', 'validation', 'eval', 'evaluation', 'test')
+# the folder names timm's create_dataset looks for a split under (its synonyms of train and of validation)
+_SPLIT_SYNONYMS = (('train', 'training'), ('val', 'valid', 'validation', 'eval', 'evaluation'))
+_SPLIT_FOLDERS = (*(name for group in _SPLIT_SYNONYMS for name in group), 'test')  # test's too
 
 
 def _check_split_folder(data_dir: str, split: str) -> None:
@@ -110,7 +110,7 @@ def _check_split_folder(data_dir: str, split: str) -> None:
     then read every split as one (a validation that scored the training images too). Refused in that case."""
     name = split.split('[')[0]
     synonyms = [name]
-    for group in (('train', 'training'), ('val', 'valid', 'validation', 'eval', 'evaluation')):
+    for group in _SPLIT_SYNONYMS:
         if name in group:
             synonyms += group
     if any(os.path.exists(os.path.join(data_dir, s)) for s in synonyms):
@@ -617,7 +617,7 @@ def train(args: argparse.Namespace, datasets=None) -> Dict[str, Any]:
     train_ds, eval_ds, data_classes = datasets or create_datasets(args)
     resume = _load_checkpoint_dict(args.resume, '--resume') if args.resume else None
     if resume is not None:
-        _check_checkpoint_task(resume, args.resume, '--resume', task.name, args)
+        _check_checkpoint_task(resume, args.resume, '--resume', args)
         saved = getattr(resume.get('args'), 'world_size', None)
         if saved and saved != args.world_size and _is_primary(args):  # it runs, but draws other random numbers
             _logger.warning(f'--resume {args.resume}: the run trained in {saved} process{"es" * (saved > 1)}, this '
@@ -713,7 +713,7 @@ def train(args: argparse.Namespace, datasets=None) -> Dict[str, Any]:
             model=model, optimizer=optimizer, args=_plain_args(args), model_ema=model_ema, amp_scaler=loss_scaler,
             checkpoint_dir=output_dir, recovery_dir=output_dir, decreasing=eval_metric == 'loss',
             max_history=args.checkpoint_hist)
-        if resume is not None and os.path.dirname(os.path.abspath(args.resume)) == os.path.abspath(output_dir) \
+        if resume is not None and _continues_in(args.resume, output_dir) \
                 and hasattr(saver, 'load_state_dict_from_checkpoint'):
             saver.load_state_dict_from_checkpoint(args.resume)
         trim_summary(os.path.join(output_dir, 'summary.csv'), start_epoch)
@@ -830,6 +830,17 @@ def output_root(args: argparse.Namespace) -> str:
     return args.output or './output/train'
 
 
+def first_names(names: Sequence[str]) -> str:
+    """The first three of `names` for a message, '...' after them if there are more."""
+    return ', '.join([*names[:3], *(['...'] if len(names) > 3 else [])])
+
+
+def _continues_in(resume: str, folder: str) -> bool:
+    """Whether `--resume RESUME` continues the run of `folder` (its checkpoint lies there), rather than starting
+    from that checkpoint in another folder."""
+    return bool(resume) and os.path.dirname(os.path.abspath(resume)) == os.path.abspath(folder)
+
+
 def _check_new_experiment(args: argparse.Namespace) -> None:
     """Refuse to start a run in an `--experiment` folder that holds another's results: its summary.csv
     would be emptied and its checkpoints replaced (timm's saver overwrites model_best and last). `--resume`
@@ -844,12 +855,12 @@ def _check_new_experiment(args: argparse.Namespace) -> None:
         return
     if not os.path.isdir(folder):
         return
-    if args.resume and os.path.dirname(os.path.abspath(args.resume)) == os.path.abspath(folder):
-        return  # continues the run there (as `train` decides where it writes)
+    if _continues_in(args.resume, folder):
+        return
     held = sorted(f for f in os.listdir(folder) if f == 'summary.csv' or f.endswith('.pth.tar'))
     if not held:
         return
-    files = f'{", ".join(held[:3])}{", ..." if len(held) > 3 else ""}'
+    files = first_names(held)
     if args.resume:
         raise UsageError(f'--experiment {args.experiment!r}: {folder} holds another run ({files}), not the one of '
                          f'--resume {args.resume}; continue that run in its own folder, or name a new --experiment')
@@ -913,13 +924,15 @@ def load_for_eval(args: argparse.Namespace, data_classes: Optional[int], device:
                          f"--use-ema evaluates the EMA weights of a {ckpt_flag}; released weights have none")
     task = task_of(args)
     if ckpt is not None:
-        _check_checkpoint_task(ckpt, args.checkpoint, ckpt_flag, task.name, args)
+        _check_checkpoint_task(ckpt, args.checkpoint, ckpt_flag, args)
     if not args.model:
         args.model = _recorded_model(ckpt, args.checkpoint, args)
     if ckpt is not None:
         _recorded_elastic_options(args, ckpt)
-    elif task.partly_pretrained(args.model):  # a randomly initialised part would be scored (as without weights)
-        raise UsageError(task.partly_pretrained(args.model))
+    else:
+        partly = task.partly_pretrained(args.model)
+        if partly:  # a randomly initialised part would be scored (as without weights)
+            raise UsageError(partly)
     num_classes = args.num_classes or data_classes
     if ckpt is not None and not args.num_classes:
         num_classes = _checkpoint_classes(ckpt, task.classifier(args.model)) or num_classes
@@ -950,10 +963,10 @@ def _recorded_elastic_options(args: argparse.Namespace, ckpt: Dict[str, Any]) ->
             setattr(args, key, getattr(saved, key))
 
 
-def _check_checkpoint_task(ckpt: Dict[str, Any], path: str, flag: str, task: str,
-                           args: argparse.Namespace) -> None:
-    """Refuse a checkpoint that `timm-elastic train` made for another --task (its outputs mean something
-    else); checkpoints of other scripts record no task and pass."""
+def _check_checkpoint_task(ckpt: Dict[str, Any], path: str, flag: str, args: argparse.Namespace) -> None:
+    """Refuse a checkpoint that `timm-elastic train` made for another --task than `args`' (its outputs mean
+    something else); checkpoints of other scripts record no task and pass."""
+    task = task_of(args).name
     saved = getattr(ckpt.get('args'), 'task', None)
     if saved and saved != task:
         if not hasattr(args, 'task'):  # a command of one task (policy: single-label classification)

@@ -42,10 +42,12 @@ def build_elastic(model_cls: Callable, variant: str, pretrained: bool = False, *
         load_from, location = _source(cfg) if cfg is not None else (None, None)
         if load_from == 'url':
             error = _download_error(variant, cfg, kwargs.get('cache_dir'), location, e)
+        elif load_from == 'file':
+            error = _file_error(variant, cfg, location, e)
         else:
-            error = _file_error(variant, cfg, location, e) if load_from == 'file' else None
-            if error is None:
-                raise
+            error = None
+        if error is None:  # not a failure to get or read the weights: timm's error as it is
+            raise
     raise error  # outside the handler: the user reads this error, not urllib's or torch.load's traceback
 
 

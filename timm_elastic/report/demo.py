@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     what was written: `{'folder', 'files', 'images', 'blocks', 'model', 'baseline', 'top1',
     'baseline_top1', 'no_embedding'}` (the last: why the t-SNE plots are missing, or None)."""
     from ..train import UsageError, _class_names, _init_device, amp_context, baseline_args, create_datasets, \
-        load_for_eval
+        first_names, load_for_eval
     if args.baseline_checkpoint and not args.baseline:
         raise UsageError('--baseline-checkpoint needs --baseline NAME (the model it holds)')
     if os.path.exists(args.out) and not os.path.isdir(args.out):
@@ -118,9 +118,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         raise UsageError(f'--out {args.out!r} holds files already; pass --force to replace the folder')
     others = [f for f in held if f not in OUTPUTS]
     if others:  # the run's checkpoints, its data, a user's files: --force would delete them with the folder
-        raise UsageError(f'--out {args.out!r} holds files that policy does not write ({", ".join(others[:3])}'
-                         f'{", ..." if len(others) > 3 else ""}); --force replaces only a folder of its outputs: '
-                         'choose another --out')
+        raise UsageError(f'--out {args.out!r} holds files that policy does not write ({first_names(others)}); '
+                         '--force replaces only a folder of its outputs: choose another --out')
     for flag, value in (('--thumb-size', args.thumb_size), ('--perplexity', args.perplexity)):
         if not value > 0:
             raise UsageError(f'{flag} must be positive, got {value}')
