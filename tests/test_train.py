@@ -816,16 +816,22 @@ def test_dataset_download_reaches_timms_reader(monkeypatch):
         assert seen.pop() == ('torch/cifar10', 'train', download)
 
 
+def _image_folder(root, per_class: int) -> None:
+    """train/ and validation/ of classes a and b, `per_class` black 8x8 PNGs each."""
+    from PIL import Image
+    for split in ('train', 'validation'):
+        for c in ('a', 'b'):
+            (root / split / c).mkdir(parents=True)
+            for i in range(per_class):
+                Image.new('RGB', (8, 8)).save(root / split / c / f'{i}.png')
+
+
 def test_a_split_that_is_not_there_is_refused(tmp_path):
     """timm's create_dataset reads the whole --data-dir when no folder has the split's name: a mistyped --split
     of a folder with train/ and validation/ scored both splits as one (320 images for 64). Refused; a folder of
     class folders alone is still read as the split (timm's use of it); the built-in data names its splits."""
-    from PIL import Image
     from timm_elastic.train import UsageError, create_datasets
-    for split in ('train', 'validation'):
-        for c in ('a', 'b'):
-            (tmp_path / 'd' / split / c).mkdir(parents=True)
-            Image.new('RGB', (8, 8)).save(tmp_path / 'd' / split / c / '0.png')
+    _image_folder(tmp_path / 'd', 1)
     parse = build_parser().parse_args
     data = str(tmp_path / 'd')
     with pytest.raises(UsageError, match=re.escape(
@@ -840,6 +846,42 @@ def test_a_split_that_is_not_there_is_refused(tmp_path):
     with pytest.raises(UsageError, match=re.escape(
             "the built-in data: split must be one of 'train', 'validation', got 'bogus'")):
         create_datasets(parse(['validate', '--split', 'bogus', '--val-num-samples', '8']), training=False)
+
+
+def test_image_counts_of_data_read_whole_are_refused(tmp_path, monkeypatch):
+    """--train-num-samples / --val-num-samples size the built-in data; timm's create_dataset drops num_samples for
+    an image folder (and torch/, hfds/, COCO, VOC): `validate --data-dir D --val-num-samples 8` scored every
+    image of D. Refused there; timm's iterable readers (tfds/, wds/, hfids/) still get the count."""
+    import timm.data
+    from timm_elastic.train import UsageError, create_datasets
+    _image_folder(tmp_path / 'd', 3)
+    parse = build_parser().parse_args
+    data = str(tmp_path / 'd')
+    with pytest.raises(UsageError, match=re.escape(
+            f"--val-num-samples 2: --data-dir {data!r} is read whole; the image counts size the built-in data (no "
+            "--data-dir) and timm's iterable datasets (tfds/, wds/, hfids/) only")):
+        create_datasets(parse(['validate', '--data-dir', data, '--val-num-samples', '2']), training=False)
+    with pytest.raises(UsageError, match=re.escape("--train-num-samples 2 and --val-num-samples 1: --dataset "
+                                                   "torch/cifar10 is read whole")):
+        create_datasets(parse(['train', '--data-dir', data, '--dataset', 'torch/cifar10', '--train-num-samples', '2',
+                               '--val-num-samples', '1']))
+    with pytest.raises(UsageError, match='--train-num-samples 2: --data-dir'):
+        create_datasets(parse(['compare', '--data-dir', data, '--train-num-samples', '2']))
+    # compare --task segment's 2000 training images are the built-in data's: a --data-dir is read whole
+    assert parse(['compare', '--task', 'segment', '--data-dir', data]).train_num_samples is None
+    train, val, _ = create_datasets(parse(['train', '--data-dir', data]))
+    assert (len(train), len(val)) == (6, 6)
+    seen = []
+
+    def reader(name, **kwargs):
+        seen.append((name, kwargs['num_samples']))
+        raise RuntimeError('recorded')
+    monkeypatch.setattr(timm.data, 'create_dataset', reader)
+    for name in ('tfds/x', 'wds/x', 'hfids/x'):
+        with pytest.raises(UsageError, match='recorded'):
+            create_datasets(parse(['validate', '--data-dir', data, '--dataset', name, '--val-num-samples', '2']),
+                            training=False)
+        assert seen.pop() == (name, 2)
 
 
 def test_a_greyscale_image_folder_with_in_chans_1(tmp_path):

@@ -152,7 +152,7 @@ def _train_defaults(args: argparse.Namespace, compare: bool) -> None:
     if args.task == 'segment':
         values['model'] = 'deeplabv3_' + values['model']
         if compare:  # (cli help of --bn-momentum and --train-num-samples says why)
-            values.update(bn_momentum=0.1, train_num_samples=2000)
+            values.update(bn_momentum=0.1, train_num_samples=None if args.data_dir else 2000)
         else:
             from .tasks.segmentation import original_recipe
             values.update(original_recipe(args.model or values['model']))
@@ -322,13 +322,15 @@ def _add_data_args(p: argparse.ArgumentParser, training: bool) -> None:
         g.add_argument('--val-split', metavar='NAME', default='validation',
                        help='validation split (default: validation)')
         g.add_argument('--train-num-samples', type=int, metavar='N', default=None,
-                       help='images in the built-in training split (default: its default size, 6000; compare '
+                       help='images in the built-in training split, or of an iterable timm dataset (tfds/, wds/, '
+                            'hfids/); other --data-dir data is read whole (default: its default size, 6000; compare '
                             '--task segment: 2000, so that its six runs take under 5 minutes on 2 CPU cores)')
     else:
         g.add_argument('--split', dest='val_split', metavar='NAME', default='validation',
                        help='split to evaluate (default: validation)')
     g.add_argument('--val-num-samples', type=int, metavar='N', default=None,
-                   help='images in the built-in validation split (default: its default size)')
+                   help='images in the built-in validation split, or of an iterable timm dataset (default: its '
+                        'default size)')
     g.add_argument('--data-seed', type=int, metavar='N', default=0,
                    help='seed that generates the built-in dataset (default: 0)')
 

@@ -121,6 +121,25 @@ def _check_split_folder(data_dir: str, split: str) -> None:
                          f'{", ".join(held)} (timm would read the whole folder, every split, as {split!r})')
 
 
+# the readers of timm's create_dataset that take num_samples (its iterable datasets); every other reads a split whole
+_SIZED_READERS = ('tfds/', 'wds/', 'hfids/')
+
+
+def _check_num_samples(args: argparse.Namespace, name: str, training: bool) -> None:
+    """--train-num-samples / --val-num-samples size the built-in data; of a --data-dir, timm's create_dataset uses
+    them only for its iterable readers and drops them for every other (an image folder, torch/, hfds/, COCO, VOC):
+    refused there rather than read the whole split while the user asked for N images."""
+    if name.startswith(_SIZED_READERS):
+        return
+    flags = (('--train-num-samples', getattr(args, 'train_num_samples', None) if training else None),
+             ('--val-num-samples', args.val_num_samples))
+    given = [f'{flag} {value}' for flag, value in flags if value is not None]
+    if given:
+        what = f'--dataset {name}' if name else f'--data-dir {args.data_dir!r}'
+        raise UsageError(f'{" and ".join(given)}: {what} is read whole; the image counts size the built-in data '
+                         f'(no --data-dir) and timm\'s iterable datasets ({", ".join(_SIZED_READERS)}) only')
+
+
 def create_datasets(args: argparse.Namespace, training: bool = True):
     """(train dataset or None, eval dataset, number of classes) for `args`."""
     from timm.data import create_dataset
@@ -152,6 +171,7 @@ def create_datasets(args: argparse.Namespace, training: bool = True):
                          f'timm-elastic data --out DIR and pass --data-dir DIR without --dataset')
     if not os.path.isdir(args.data_dir) and '/' not in name:
         raise UsageError(f'--data-dir {args.data_dir!r} does not exist or is not a folder')
+    _check_num_samples(args, name, training)
 
     def make(split: str, is_training: bool):
         own = task.read_dataset(args, split, is_training)
