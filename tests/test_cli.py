@@ -65,6 +65,14 @@ def test_models_json_and_filter():
     for r in rows:
         assert timm.is_model(r['model'])
         assert abs(r['params_m'] / r['paper_params_m'] - 1) < 0.005
+    # the twins too, as the table lists them (--json printed [] for them)
+    proc = run('models', '--filter', 'resnext_tiny*', '--json')
+    assert proc.returncode == 0, proc.stderr
+    (row,) = json.loads(proc.stdout)
+    assert (row['model'], row['twin'], row['img_size']) == ('resnext_tiny_elastic', 'resnext_tiny', 64)
+    for name, key in (('resnext_tiny_elastic', 'params_m'), ('resnext_tiny', 'twin_params_m')):
+        assert row[key] * 1e6 == pytest.approx(sum(p.numel() for p in timm.create_model(name).parameters()))
+    assert abs(row['gmacs'] / row['twin_gmacs'] - 1) < 0.021  # README: within 2.1%
 
 
 def test_module_entry_point():

@@ -324,6 +324,7 @@ def test_the_stress_test_without_matplotlib(tmp_path):
     ('mixup', '--mixup make single-label soft targets; --task multilabel trains on its 0/1 targets'),
     ('metric', '--eval-metric top1 is not a metric of --task multilabel; use one of map, f1_o, f1_c, loss'),
     ('stress_sizes', '--stress-sizes must be at least 32 pixels, got 16'),
+    ('stress_sizes_twice', '--stress-sizes repeats 64; each size is evaluated once'),  # stress' rule (merged before)
 ])
 def test_bad_inputs_are_one_line_errors(coco, tmp_path, case, message):
     ckpt = tmp_path / 'm.pth.tar'
@@ -368,8 +369,9 @@ def test_bad_inputs_are_one_line_errors(coco, tmp_path, case, message):
     elif case in ('mixup', 'metric'):
         flag = ['--mixup', '0.2'] if case == 'mixup' else ['--eval-metric', 'top1']
         proc = cli('train', '--task', 'multilabel', *flag, '--output', str(tmp_path), *QUICK)
-    elif case == 'stress_sizes':
-        proc = cli('compare', '--task', 'multilabel', '--stress-sizes', '16', '64', '--output', str(tmp_path), *QUICK)
+    elif case.startswith('stress_sizes'):
+        sizes = ['16', '64'] if case == 'stress_sizes' else ['64', '32', '64']
+        proc = cli('compare', '--task', 'multilabel', '--stress-sizes', *sizes, '--output', str(tmp_path), *QUICK)
     elif case in ('wrong_classes', 'classify_checkpoint'):
         proc = cli('validate', '--task', 'multilabel', '--checkpoint', str(ckpt), '--data-dir', str(root), '--split',
                    'val', *QUICK[:3]) if case == 'wrong_classes' else \

@@ -1,6 +1,7 @@
 """The scale policy score (paper Sec. 4.1.1): S = A_high - A_low per Elastic block and image."""
 import copy
 import os
+import re
 import sys
 from collections import OrderedDict
 
@@ -326,6 +327,44 @@ def test_plots_are_written_as_png(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ['by_class.png', 'by_s.png', 'd.png', 'rank.png', 'strip.png']
     with pytest.raises(ValueError, match='exactly one of values='):
         report.plot_embedding(e, str(tmp_path / 'x.png'))
+
+
+def test_titles_fit_their_figures(tmp_path, monkeypatch):
+    """Fig. 5's title was cut at both sides ('...high resolution (S > 0) to lo') in the 8-class figure of the
+    built-in data: every title lies inside its figure, for few classes and many."""
+    from timm_elastic.report import plots
+    drawn = []
+    save = plots._save
+    monkeypatch.setattr(plots, '_save', lambda fig, path: (drawn.append(fig), save(fig, path))[1])
+    for n in (2, 8, 40):
+        ranking = [(f'class{i}', 0.5 - i / n, 3) for i in range(n)]
+        plots.plot_class_ranking(ranking, str(tmp_path / f'rank{n}.png'))
+    plots.plot_stress({'top1': {64: [1.5]}}, str(tmp_path / 'fig7.png'), 'resnext_tiny_elastic relative to '
+                      'resnext_tiny per test size (1 seed)')
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    for fig in drawn:
+        canvas = FigureCanvasAgg(fig)  # the renderer savefig used for PNG
+        canvas.draw()
+        renderer = canvas.get_renderer()
+        for ax in fig.axes:
+            box = ax.title.get_window_extent(renderer)
+            assert box.x0 >= 0 and box.x1 <= fig.bbox.x1, (ax.get_title(), box, fig.bbox)
+
+
+def test_plots_take_the_format_of_their_extension(tmp_path):
+    """stress --plot fig.svg wrote PNG bytes under the .svg name: the extension picks the format (matplotlib's
+    savefig rule), PNG without one; one that matplotlib does not write is refused."""
+    from timm_elastic.report.plots import plot_stress
+    relative = {'top1': {64: [1.5, 2.5], 128: [-1.0, None]}}
+    heads = {'fig.svg': b'<?xml', 'fig.pdf': b'%PDF', 'fig.PNG': b'\x89PNG', 'fig': b'\x89PNG', 'fig.jpg': b'\xff\xd8'}
+    for name, head in heads.items():
+        path = plot_stress(relative, str(tmp_path / name), 'Fig. 7')
+        with open(path, 'rb') as f:
+            assert f.read().startswith(head), name
+    with pytest.raises(ValueError, match=re.escape("fig.txt': matplotlib does not write .txt files; name the file "
+                                                   ".png, .svg, .pdf or another of ")):
+        plot_stress(relative, str(tmp_path / 'fig.txt'), 'Fig. 7')
+    assert sorted(os.listdir(tmp_path)) == sorted(heads)
 
 
 def test_embedding_of_many_classes_has_a_colour_bar(tmp_path):

@@ -436,6 +436,7 @@ def test_a_file_for_the_output_folder_or_a_bad_backend_is_refused_before_trainin
     """--output naming a file was a NotADirectoryError traceback; an --experiment that is a file failed after a
     whole epoch, in the first write. --dist-backend nccl on the CPU (or a name torch does not know) was a
     traceback on every process of the torchrun, after they met."""
+    from timm_elastic.compare import compare
     from timm_elastic.train import UsageError
     parse = build_parser().parse_args
     (tmp_path / 'file').write_text('mine')
@@ -445,9 +446,16 @@ def test_a_file_for_the_output_folder_or_a_bad_backend_is_refused_before_trainin
             (['--output', str(tmp_path / 'file')], f'--output: {tmp_path / "file"} is a file, not a folder; choose '
                                                    'another --output'),
             (['--output', str(tmp_path / 'runs'), '--experiment', 'e'],
-             f'--experiment: {tmp_path / "runs" / "e"} is a file, not a folder; choose another --experiment')):
+             f'--experiment: {tmp_path / "runs" / "e"} is a file, not a folder; choose another --experiment'),
+            (['--output', str(tmp_path / 'runs'), '--experiment', 'e/seed0'],  # a file above it: a traceback
+             f'--experiment: {tmp_path / "runs" / "e"} is a file, not a folder; choose another --experiment'),
+            (['--output', str(tmp_path / 'file' / 'x')], f'--output: {tmp_path / "file"} is a file, not a folder')):
         with pytest.raises(UsageError, match=re.escape(error)):
             train(parse(['train', *flags, '-j', '0', *SMALL]))
+        # compare's runs lie in folders under its --experiment (e/seed0/resnext_tiny): refused before any work
+        monkeypatch.setattr('timm_elastic.compare.create_datasets', lambda *a: pytest.fail('the data came first'))
+        with pytest.raises(UsageError, match=re.escape(error.replace('e/seed0', 'e'))):
+            compare(parse(['compare', *[f.replace('e/seed0', 'e') for f in flags], '-j', '0', *SMALL]))
     assert (tmp_path / 'file').read_text() == (tmp_path / 'runs' / 'e').read_text() == 'mine'
     monkeypatch.setenv('WORLD_SIZE', '2')  # as torchrun sets it
     for backend, error in (('nccl', '--dist-backend nccl needs CUDA; on --device cpu use gloo (the default)'),
@@ -763,6 +771,10 @@ def test_progress_bar_in_a_terminal_only(tmp_path):
      '--pretrained: could not load the weights of resnext50_32x4d (LocalEntryNotFoundError: '),
     (['compare', '--model', 'resnext50_elastic'], "--model 'resnext50_elastic' has no registered non-Elastic twin"),
     (['compare', '--seeds', '1', '1'], '--seeds must be distinct integers of 0 or more, got 1 1'),
+    # one checkpoint fits one model of the pair: the twin trained from it, then the Elastic model's load failed
+    (['compare', '--resume', '/no/such.pth.tar'], '--resume: compare trains each model of the pair from scratch, '
+                                                  'once per seed; timm-elastic train --resume starts or continues one'),
+    (['compare', '--initial-checkpoint', 'a.pth.tar'], '--initial-checkpoint: compare trains each model of the pair'),
     (['train', '--in-chans', '1'], "--in-chans 1 reads the images as greyscale through timm's create_dataset (an "
                                    "image folder, torch/..., hfds/...); the built-in data's images are RGB"),
     (['train', '--in-chans', '2'], '--in-chans 2: the loaders read images as RGB (3 channels) or, with --in-chans 1'),
@@ -773,6 +785,8 @@ def test_progress_bar_in_a_terminal_only(tmp_path):
      "--results-file '.' is a folder; name a file in it"),
     (['stress', '--model', 'resnext_tiny_elastic', '--pretrained', '--baseline', 'resnext_tiny', '--plot',
       '/no/such/dir/fig7.png'], "--plot '/no/such/dir/fig7.png': its folder does not exist"),
+    (['stress', '--model', 'resnext_tiny_elastic', '--pretrained', '--baseline', 'resnext_tiny', '--plot',
+      'fig7.txt'], "--plot 'fig7.txt': matplotlib does not write .txt files"),  # (.svg held PNG bytes)
     # flags that would be ignored
     (['stress', '--model', 'resnext_tiny_elastic', '--pretrained', '--sizes', '64', '32', '64'],
      '--sizes repeats 64; each size is evaluated once'),
@@ -790,7 +804,8 @@ def test_progress_bar_in_a_terminal_only(tmp_path):
 ])
 def test_bad_arguments_are_one_line_errors(tmp_path, args, message):
     env = dict(os.environ, HF_HUB_OFFLINE='1', HF_HOME=str(tmp_path / 'hf'))  # an empty Hub cache, no network
-    proc = cli(*args, '--output', str(tmp_path), *SMALL, env=env) if args[0] in ('train', 'compare') else \
+    small = SMALL[4:] if '--data-dir' in args else SMALL  # the image counts are the built-in data's
+    proc = cli(*args, '--output', str(tmp_path), *small, env=env) if args[0] in ('train', 'compare') else \
         cli(*args, env=env)
     assert proc.returncode == 2
     err = proc.stderr.strip().splitlines()

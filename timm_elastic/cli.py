@@ -36,23 +36,28 @@ def _models(args: argparse.Namespace) -> int:
         if params:
             row.update(original_unused_params_m=params / 1e6, original_unused_gmacs=gmacs)
         rows.append(row)
-    if args.json:
-        print(json.dumps(rows, indent=2))
+    # the small twins, each at its own input size: the pair's counts in one row
+    twin_rows = []
+    for elastic, base in twins:
+        row = dict(model=elastic, twin=base)
+        for name, key in ((elastic, ''), (base, 'twin_')):
+            model = timm.create_model(name)
+            size = model.pretrained_cfg['input_size']
+            row.update({f'{key}params_m': count_params(model) / 1e6, f'{key}gmacs': count_gmacs(model, size)})
+        twin_rows.append(dict(row, img_size=size[1]))
+    if args.json:  # one list: the paper's models (a paper_row), then the twins (a twin)
+        print(json.dumps(rows + twin_rows, indent=2))
         return 0
     if rows:
         _print_paper_rows(rows, args.img_size)
-    if twins:
+    if twin_rows:
         print('\nSmall twins for training on a CPU (not in the paper): each Elastic model beside its non-Elastic twin, '
               'at its own input size.')
-        for elastic, base in twins:
-            counts = {}
-            for name in (elastic, base):
-                model = timm.create_model(name)
-                size = model.pretrained_cfg['input_size']
-                counts[name] = count_params(model) / 1e6, count_gmacs(model, size)
-            (pe, ge), (pb, gb) = counts[elastic], counts[base]
-            print(f'{elastic:<22} {pe:.3f}M params, {ge * 1e3:.1f} MMACs at {size[1]}x{size[2]}; twin {base}: '
-                  f'{pb:.3f}M ({_diff(pe, pb).strip()}), {gb * 1e3:.1f} MMACs ({_diff(ge, gb).strip()})')
+        for r in twin_rows:
+            pe, ge, pb, gb = r['params_m'], r['gmacs'], r['twin_params_m'], r['twin_gmacs']
+            print(f'{r["model"]:<22} {pe:.3f}M params, {ge * 1e3:.1f} MMACs at {r["img_size"]}x{r["img_size"]}; '
+                  f'twin {r["twin"]}: {pb:.3f}M ({_diff(pe, pb).strip()}), {gb * 1e3:.1f} MMACs '
+                  f'({_diff(ge, gb).strip()})')
     return 0
 
 
@@ -632,7 +637,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the baseline's weights (without it: its pretrained weights, with --pretrained)")
     p.add_argument('--sizes', type=int, nargs='+', metavar='N', default=[96, 224, 448, 896],
                    help="square test sizes in pixels (default: the paper's 96 224 448 896)")
-    p.add_argument('--plot', metavar='PNG', default='', help='write the relative improvements as a bar chart')
+    p.add_argument('--plot', metavar='FILE', default='',
+                   help='write the relative improvements as a bar chart, in the format of its extension (.png, .svg, '
+                        '.pdf, ...; PNG without one)')
     p.add_argument('--results-file', metavar='PATH', default='',
                    help='also write every metric per model and size as JSON')
     _add_run_args(p, batch_size=128)

@@ -28,7 +28,7 @@ import time
 from collections import OrderedDict
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 
-from .train import UsageError, create_datasets, output_root, task_of, train
+from .train import UsageError, check_output_paths, create_datasets, output_root, task_of, train
 
 __all__ = ['DEFAULT_SEEDS', 'Spread', 'spread', 'compare', 'twin_of', 'runs_folder', 'format_comparison',
            'stress_relative']
@@ -73,17 +73,21 @@ def compare(args: argparse.Namespace) -> Dict[str, List[Dict[str, Any]]]:
     if args.data_dir:
         raise UsageError('compare trains on the built-in dataset; leave out --data-dir (timm-elastic train takes it)')
     seeds = _check_seeds(args.seeds)
+    given = [flag for flag, value in (('--resume', args.resume), ('--initial-checkpoint', args.initial_checkpoint))
+             if value]
+    if given:  # one checkpoint holds one model: it fits the twin or the Elastic model, never both
+        raise UsageError(f'{" / ".join(given)}: compare trains each model of the pair from scratch, once per seed; '
+                         f'timm-elastic train {given[0]} starts or continues one run')
     task = task_of(args)
     stress = task.name == 'multilabel' and getattr(args, 'stress_sizes', None) != []
     if task.name != 'multilabel' and getattr(args, 'stress_sizes', None):  # it would be ignored
         raise UsageError(f"--stress-sizes: compare's stress test is --task multilabel's (the paper's Fig. 7); for "
                          f'--task {task.name}, timm-elastic stress evaluates the runs\' checkpoints at other sizes')
     if stress:
-        from .stress import MIN_SIZE
-        small = [s for s in args.stress_sizes or () if s < MIN_SIZE]
-        if small:
-            raise UsageError(f'--stress-sizes must be at least {MIN_SIZE} pixels, got {" ".join(map(str, small))}')
+        from .stress import check_sizes
+        check_sizes('--stress-sizes', args.stress_sizes or ())
     experiment = args.experiment or 'compare-' + time.strftime('%Y%m%d-%H%M%S')
+    check_output_paths(args, experiment)
     folder = os.path.join(output_root(args), experiment)
     if os.path.isdir(folder) and os.listdir(folder):  # (each run's folder would be refused, with train's advice)
         held = 'a comparison already (compare.json)' if os.path.exists(os.path.join(folder, 'compare.json')) else \

@@ -11,8 +11,8 @@ import copy
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-__all__ = ['PAPER_SIZES', 'PAPER_TRAIN_SIZE', 'BUILTIN_SIZES', 'scaled_sizes', 'stress_test', 'relative_improvement',
-           'relative_per_size', 'stress_metrics', 'format_stress', 'run']
+__all__ = ['PAPER_SIZES', 'PAPER_TRAIN_SIZE', 'BUILTIN_SIZES', 'scaled_sizes', 'check_sizes', 'stress_test',
+           'relative_improvement', 'relative_per_size', 'stress_metrics', 'format_stress', 'run']
 
 PAPER_SIZES = (96, 224, 448, 896)
 PAPER_TRAIN_SIZE = 224
@@ -32,6 +32,17 @@ def scaled_sizes(train_size: int, sizes: Sequence[int] = PAPER_SIZES) -> List[in
         if size not in out:
             out.append(size)
     return out
+
+
+def check_sizes(flag: str, sizes: Sequence[int]) -> None:
+    """Refuse test sizes below MIN_SIZE or given twice (the second would replace the first's results)."""
+    from .train import UsageError
+    bad = [s for s in sizes if s < MIN_SIZE]
+    if bad:
+        raise UsageError(f'{flag} must be at least {MIN_SIZE} pixels, got {" ".join(map(str, bad))}')
+    repeated = sorted({s for s in sizes if list(sizes).count(s) > 1})
+    if repeated:
+        raise UsageError(f'{flag} repeats {" ".join(map(str, repeated))}; each size is evaluated once')
 
 
 def stress_test(model, dataset, args: argparse.Namespace, device, sizes: Sequence[int], amp_autocast=None,
@@ -82,12 +93,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     task = task_of(args)
     if args.baseline_checkpoint and not args.baseline:
         raise UsageError('--baseline-checkpoint needs --baseline NAME (the model it holds)')
-    bad = [s for s in args.sizes if s < MIN_SIZE]
-    if bad:
-        raise UsageError(f'--sizes must be at least {MIN_SIZE} pixels, got {" ".join(map(str, bad))}')
-    repeated = sorted({s for s in args.sizes if args.sizes.count(s) > 1})
-    if repeated:
-        raise UsageError(f'--sizes repeats {" ".join(map(str, repeated))}; each size is evaluated once')
+    check_sizes('--sizes', args.sizes)
     unused = [flag for flag, value in (('--img-size', args.img_size), ('--input-size', args.input_size),
                                        ('--crop-pct', args.crop_pct)) if value is not None]
     if unused:  # they would be ignored
@@ -98,6 +104,11 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     if args.plot:  # known before the evaluations, not after them
         from .policy import require
         require('matplotlib', '--plot')
+        from .report.plots import plot_format
+        try:
+            plot_format(args.plot)
+        except ValueError as e:
+            raise UsageError(f'--plot {e}') from None
     device = _init_device(args)
     amp_autocast, _ = amp_context(args, device)
     _, dataset, data_classes = create_datasets(args, training=False)

@@ -855,6 +855,17 @@ def first_names(names: Sequence[str]) -> str:
     return ', '.join([*names[:3], *(['...'] if len(names) > 3 else [])])
 
 
+def check_output_paths(args: argparse.Namespace, experiment: Optional[str]) -> None:
+    """Refuse an --output, or an --experiment folder under it, where a file stands at the path or at a folder
+    above it: the first write fails there (after an epoch: timm's get_outdir)."""
+    root = output_root(args)
+    for flag, path in (('--output', root), ('--experiment', os.path.join(root, experiment) if experiment else '')):
+        while path and not os.path.lexists(path):
+            path = os.path.dirname(path)
+        if path and not os.path.isdir(path):
+            raise UsageError(f'{flag}: {path} is a file, not a folder; choose another {flag}')
+
+
 def _continues_in(resume: str, folder: str) -> bool:
     """Whether `--resume RESUME` continues the run of `folder` (its checkpoint lies there), rather than starting
     from that checkpoint in another folder."""
@@ -866,13 +877,10 @@ def _check_new_experiment(args: argparse.Namespace) -> None:
     would be emptied and its checkpoints replaced (timm's saver overwrites model_best and last). `--resume`
     continues the run of the folder its checkpoint lies in; into another folder only if that holds no run. A
     file where a folder goes is refused too (found after the first epoch, in the first write)."""
-    root = output_root(args)
-    folder = os.path.join(root, args.experiment) if args.experiment else None
-    for flag, path in (('--output', root), ('--experiment', folder)):
-        if path and os.path.lexists(path) and not os.path.isdir(path):
-            raise UsageError(f'{flag}: {path} is a file, not a folder; choose another {flag}')
+    check_output_paths(args, args.experiment)
     if not args.experiment:  # timm's default names are new folders (date and time)
         return
+    folder = os.path.join(output_root(args), args.experiment)
     if not os.path.isdir(folder):
         return
     if _continues_in(args.resume, folder):

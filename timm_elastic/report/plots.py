@@ -1,10 +1,12 @@
-"""PNG plots of the scale policy analyses (paper Fig. 5 and the three panels of Fig. 6) and of the scale
+"""Plots of the scale policy analyses (paper Fig. 5 and the three panels of Fig. 6) and of the scale
 stress test (Fig. 7).
 
 Each function takes what a `timm_elastic.policy` function returned and a path, draws on its own
-matplotlib `Figure` (no pyplot state, no display needed) and writes the PNG atomically.
+matplotlib `Figure` (no pyplot state, no display needed) and writes it atomically, in the format of the path's
+extension (`plot_format`: PNG without one).
 """
 import io
+import os
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
@@ -15,15 +17,31 @@ from ..policy import require
 __all__ = ['plot_class_ranking', 'plot_embedding', 'plot_strip', 'plot_improvement_density', 'plot_stress']
 
 
+_FOR = 'plotting (the scale policy, the stress test)'
+
+
 def _figure(size: Tuple[float, float]):
-    require('matplotlib', 'plotting (the scale policy, the stress test)')
+    require('matplotlib', _FOR)
     from matplotlib.figure import Figure
     return Figure(figsize=size, dpi=100, layout='constrained')
 
 
+def plot_format(path: str) -> str:
+    """The format matplotlib writes `path` in: its extension's (png, svg, pdf, ...), png without one. A name whose
+    extension matplotlib does not write is a ValueError (an .svg named file held PNG bytes before)."""
+    require('matplotlib', _FOR)
+    from matplotlib.backend_bases import FigureCanvasBase
+    ext = os.path.splitext(path)[1][1:].lower()
+    known = FigureCanvasBase.get_supported_filetypes()
+    if ext and ext not in known:
+        raise ValueError(f'{path!r}: matplotlib does not write .{ext} files; name the file .png, .svg, .pdf or '
+                         f'another of {", ".join(sorted(known))}')
+    return ext or 'png'
+
+
 def _save(fig, path: str) -> str:
     buf = io.BytesIO()
-    fig.savefig(buf, format='png')
+    fig.savefig(buf, format=plot_format(path))
     write_bytes(path, buf.getvalue())
     return path
 
@@ -31,14 +49,14 @@ def _save(fig, path: str) -> str:
 def plot_class_ranking(ranking: Sequence[Tuple[str, float, int]], path: str) -> str:
     """Fig. 5: one bar per class, its mean score S, in the order of `policy.class_ranking`."""
     names = [r[0] for r in ranking]
-    fig = _figure((max(4., 0.35 * len(names) + 1.5), 3.5))
+    fig = _figure((max(5.5, 0.35 * len(names) + 1.5), 3.5))  # the title's width
     ax = fig.add_subplot()
     values = [r[1] for r in ranking]
     ax.bar(range(len(names)), values, color=['tab:red' if v > 0 else 'tab:blue' for v in values])
     ax.set_xticks(range(len(names)), names, rotation=60, ha='right', fontsize=8)
     ax.axhline(0, color='black', linewidth=0.5)
     ax.set_ylabel('mean scale policy score S')
-    ax.set_title('Classes by scale policy: high resolution (S > 0) to low (S < 0)')
+    ax.set_title('Classes by scale policy: high resolution (S > 0) to low (S < 0)', fontsize=10)
     return _save(fig, path)
 
 
