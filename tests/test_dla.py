@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from timm.models.dla import DLA, DlaBottleneck
 
+from timm_elastic.layers import Elastic
 from timm_elastic.models.dla import ElasticDlaBottleneck
 
 
@@ -103,6 +104,13 @@ def test_head_window_reproduces_the_original_fixed_pool():
             x = torch.randn(1, 3, *size)
             torch.testing.assert_close(original(x), model(x), rtol=1e-5, atol=1e-5)
         assert original.forward_head(original.forward_features(x), pre_logits=True).shape == (1, 1024)
+        # without a global pool the map is returned as it is, as timm's models do (the window pooled it: 1x1 at 256)
+        x = torch.randn(1, 3, 256, 256)
+        for m in (timm.create_model('dla_x60', num_classes=0, global_pool='', head_window=7).eval(), original):
+            m.reset_classifier(0, '')
+            torch.testing.assert_close(m(x), m.forward_features(x))
+        original.prune_intermediate_layers([3])
+        assert original(x).shape == (1, 256, 32, 32)
 
 
 @pytest.mark.parametrize('kwargs,error,match', [
@@ -117,6 +125,14 @@ def test_bad_model_args(kwargs, error, match):
 def test_baselines_take_no_elastic_args():
     with pytest.raises(TypeError, match=r'elastic_ratio given to a DLA without Elastic blocks'):
         timm.create_model('dla_x60', elastic_ratio=0.25)
+
+
+def test_model_kwargs_override_the_architecture_as_timms_do():
+    """timm's entry points let a kwarg replace the architecture's value (dict(model_args, **kwargs)): `elastic`
+    of the DLA baselines did not (dict() got multiple values for keyword argument 'elastic')."""
+    with torch.device('meta'):
+        model = timm.create_model('dla_x60', elastic=True)
+    assert any(isinstance(m, Elastic) for m in model.modules())
 
 
 def test_unused_original_projections():

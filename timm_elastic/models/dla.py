@@ -232,7 +232,7 @@ class ElasticDLA(DLA):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         window = self.head_window
-        if window is not None:
+        if window is not None and not self.global_pool.is_identity():  # global_pool='' keeps the map, as timm's
             # a map smaller than the window (inputs below 193x193) is averaged whole; the original fails there
             x = F.avg_pool2d(x, (min(window, x.shape[-2]), min(window, x.shape[-1])))
         x = self.global_pool(x)
@@ -284,12 +284,12 @@ _DLA_X102 = dict(
 
 @register_model
 def dla_x60(pretrained: bool = False, **kwargs) -> ElasticDLA:
-    return _create_dla_elastic('dla_x60', pretrained, **dict(_DLA_X60, elastic=False, **kwargs))
+    return _create_dla_elastic('dla_x60', pretrained, **{**_DLA_X60, 'elastic': False, **kwargs})
 
 
 @register_model
 def dla_x102(pretrained: bool = False, **kwargs) -> ElasticDLA:
-    return _create_dla_elastic('dla_x102', pretrained, **dict(_DLA_X102, elastic=False, **kwargs))
+    return _create_dla_elastic('dla_x102', pretrained, **{**_DLA_X102, 'elastic': False, **kwargs})
 
 
 @register_model
