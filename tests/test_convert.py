@@ -3,6 +3,7 @@ original architecture, through every entry point (from_original, timm's pretrain
 and clear errors for everything that is not such a checkpoint."""
 import hashlib
 import os
+import re
 
 import pytest
 import timm
@@ -277,6 +278,31 @@ class _RunsCode:
 
     def __reduce__(self):
         return os.mkdir, (self.path,)
+
+
+@pytest.mark.parametrize('name', ['resnext_tiny_elastic', 'resnext50_elastic'])
+def test_a_timm_state_dict_with_more_keys_loads_as_timm_loads_one(tmp_path, name):
+    """A file in timm's layout with a key the model lacks (an auxiliary head, a filter-mode resampler) was taken
+    for an original checkpoint: pretrained_strict=False, which timm's own models load with a warning, raised
+    "has no original ELASTIC architecture" (or "not a checkpoint of ..."). timm's load now decides: strict names
+    the key, non-strict leaves it out."""
+    sd = timm.create_model(name).state_dict()
+    sd['extra.weight'] = torch.zeros(3)
+    path = tmp_path / 'extra.pth'
+    torch.save(sd, path)
+    overlay = dict(file=str(path))
+    model = timm.create_model(name, pretrained=True, pretrained_strict=False, pretrained_cfg_overlay=overlay)
+    got = model.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in sd.items() if k != 'extra.weight')
+    with pytest.raises(RuntimeError, match='Unexpected key.*"extra.weight"'):
+        timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay)
+    if name == 'resnext_tiny_elastic':  # a dict of another model: what is missing, then that nothing converts
+        del sd['fc.weight']
+        torch.save(sd, path)
+        with pytest.raises(CheckpointError, match=re.escape(
+                'not a state dict of resnext_tiny_elastic (1 of its keys missing, e.g. fc.weight), and '
+                'resnext_tiny_elastic has no original ELASTIC architecture to convert from')):
+            timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay)
 
 
 def test_pickled_code_is_never_run(tmp_path):

@@ -613,14 +613,23 @@ def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: nn.Modul
     adapting = model.num_classes != cfg.get('num_classes')
     if all(k in target or (adapting and k in classifier) for k in state_dict):
         return state_dict  # timm's layout already (our Hub weights)
+    free = [cfg['first_conv'] + '.weight'] + (list(classifier) if adapting else [])
+    # every key of the model there, in its shape, beside others: timm's layout with more keys, which timm's load
+    # reports (pretrained_strict=True) or leaves out (pretrained_strict=False), as for its own models
+    extended = all(k in state_dict and (k in free or _shape(state_dict[k]) == shape) for k, shape in target.items())
     arch = original_of(name)
     if arch is None:
+        if extended:
+            return state_dict
+        missing = [k for k in target if k not in state_dict]
         raise CheckpointError(
-            f'{name} has no original ELASTIC architecture to convert from; models with released weights: '
+            f'not a state dict of {name} ({len(missing)} of its keys missing, e.g. {_few(missing)}), and {name} '
+            f'has no original ELASTIC architecture to convert from; models with released weights: '
             f'{", ".join(spec.model for spec in ORIGINALS.values())}')
-    free = [cfg['first_conv'] + '.weight'] + (list(classifier) if adapting else [])
     target.update({k: () for k in free if k not in target})
     try:
         return convert_state_dict(state_dict, target, ORIGINALS[arch].two_path, any_shape=free)
     except CheckpointError as e:
+        if extended:
+            return state_dict
         raise CheckpointError(f'not a checkpoint of {arch} ({name}): {e}') from None
