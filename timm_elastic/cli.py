@@ -291,6 +291,8 @@ def _run(args: argparse.Namespace) -> int:
     import timm_elastic  # noqa: F401  (registers the models, whatever TIMM_ELASTIC_AUTOLOAD says)
     if args.module:
         import importlib.util
+        if not getattr(sys.flags, 'safe_path', False):  # python -m finds modules in the working folder (not with -P)
+            sys.path.insert(0, os.getcwd())
         try:
             found = importlib.util.find_spec(args.target) is not None
         except ImportError:  # a parent package that is not there
