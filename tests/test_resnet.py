@@ -105,3 +105,13 @@ def test_drop_path_reaches_elastic_blocks():
     with torch.no_grad():
         assert torch.equal(block.train()(x), torch.relu(x))
         assert not torch.allclose(block.eval()(x), torch.relu(x))
+
+
+def test_bad_kwargs_are_said_as_the_dla_and_densenet_say_them():
+    with pytest.raises(ValueError, match='^output_stride must be 8, 16 or 32, got 12$'):  # timm's bare assert
+        timm.create_model('resnext_tiny_elastic', output_stride=12)
+    # the registered twin (timm's Bottleneck raised an unexpected-keyword TypeError from inside timm)
+    with pytest.raises(TypeError, match=r'^elastic_ratio, elastic_resample given to resnext_tiny, which has no '
+                                        r'Elastic blocks$'):
+        timm.create_model('resnext_tiny', elastic_ratio=0.25, elastic_resample='nearest')
+    assert timm.create_model('resnext_tiny_elastic', elastic_ratio=0.25, output_stride=16)

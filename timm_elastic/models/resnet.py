@@ -180,7 +180,15 @@ ELASTIC_STAGES = (StageBlocks(True), StageBlocks(True), StageBlocks(True), Stage
 def _create_resnet_elastic(variant: str, pretrained: bool = False, **kwargs) -> ResNet:
     # Elastic options arrive as model kwargs (timm.create_model(name, elastic_ratio=...)); the
     # blocks take them, so they travel in block_args
-    block_args = dict(kwargs.pop('block_args', None) or {}, **pop_elastic_args(kwargs))
+    output_stride = kwargs.get('output_stride', 32)
+    if output_stride not in (8, 16, 32):  # timm's ResNet asserts it, without a word
+        raise ValueError(f'output_stride must be 8, 16 or 32, got {output_stride}')
+    elastic_args = pop_elastic_args(kwargs)
+    block = kwargs.get('block')
+    if elastic_args and not any(isinstance(b, StageBlocks) and b.elastic for b in
+                                (block if isinstance(block, (tuple, list)) else (block,))):
+        raise TypeError(f'{", ".join(elastic_args)} given to {variant}, which has no Elastic blocks')
+    block_args = dict(kwargs.pop('block_args', None) or {}, **elastic_args)
     return build_elastic(ResNet, variant, pretrained, block_args=block_args, **kwargs)
 
 
