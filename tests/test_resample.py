@@ -613,6 +613,20 @@ def test_scripted_and_traced_models_need_no_custom_op():
             assert 'timm_elastic::' not in str(m.inlined_graph)
 
 
+@pytest.mark.parametrize('mode', timm_elastic.RESAMPLE_MODES)
+def test_a_trace_serves_other_sizes(mode):
+    """torch.jit.trace records what one input runs: traced at an even size, 'filter' models failed at odd ones
+    (the in-place sum of equal sizes was recorded, not the test that chose it)."""
+    model = tiny(elastic_resample=mode).eval()
+    with torch.no_grad():
+        for p in model.parameters():  # trained filters, not their bilinear / average start
+            p.add_(torch.randn_like(p), alpha=0.01)
+        traced = torch.jit.trace(model, torch.randn(1, 3, 64, 64))
+        for size in ((65, 65), (33, 47), (40, 36)):
+            x = torch.randn(2, 3, *size)
+            torch.testing.assert_close(traced(x), model(x), rtol=1e-5, atol=1e-5)
+
+
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
 
 

@@ -452,8 +452,9 @@ class _DirectUpAdd(torch.autograd.Function):
 def _merge(up: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """`out + up`, `up` cropped to `out`'s size. Run eagerly, the sum is written into `up` where the
     sizes agree: `up` must be a new tensor that no autograd node saved (true of FilterUp's).
-    Compiled, it stays out of place, so that inductor computes U inside the sum's kernel."""
-    if up.shape == out.shape and up.dtype == out.dtype and not torch.compiler.is_compiling():
+    Compiled, it stays out of place, so that inductor computes U inside the sum's kernel; traced too."""
+    if up.shape == out.shape and up.dtype == out.dtype and not torch.compiler.is_compiling() \
+            and not torch.jit.is_tracing():  # a trace records one branch: the crop serves every size
         return up.add_(out)
     return out + up[:, :, :out.shape[-2], :out.shape[-1]]
 
