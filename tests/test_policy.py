@@ -331,7 +331,7 @@ def test_plots_are_written_as_png(tmp_path):
 
 def test_titles_fit_their_figures(tmp_path, monkeypatch):
     """Fig. 5's title was cut at both sides ('...high resolution (S > 0) to lo') in the 8-class figure of the
-    built-in data: every title lies inside its figure, for few classes and many."""
+    built-in data: every title lies inside its figure, for few classes and many. Fig. 7 without a bar says why."""
     from timm_elastic.report import plots
     drawn = []
     save = plots._save
@@ -342,13 +342,19 @@ def test_titles_fit_their_figures(tmp_path, monkeypatch):
     plots.plot_stress({'top1': {64: [1.5]}}, str(tmp_path / 'fig7.png'), 'resnext_tiny_elastic relative to '
                       'resnext_tiny per test size (1 seed)')
     from matplotlib.backends.backend_agg import FigureCanvasAgg
+    # a chart without a bar (every value n/a: a baseline at 0) says why instead of showing empty axes
+    plots.plot_stress({'f1_o': {32: [None, None]}, 'f1_c': {32: [None, None]}}, str(tmp_path / 'na.png'), 'n/a')
+    assert [t.get_text() for t in drawn[-1].axes[0].texts] == [
+        'n/a at every size: the baseline scored 0,\nso no relative improvement exists']
+    assert not drawn[-2].axes[0].texts  # (a chart with bars has no such note)
     for fig in drawn:
         canvas = FigureCanvasAgg(fig)  # the renderer savefig used for PNG
         canvas.draw()
         renderer = canvas.get_renderer()
         for ax in fig.axes:
-            box = ax.title.get_window_extent(renderer)
-            assert box.x0 >= 0 and box.x1 <= fig.bbox.x1, (ax.get_title(), box, fig.bbox)
+            for text in (ax.title, *ax.texts):
+                box = text.get_window_extent(renderer)
+                assert box.x0 >= 0 and box.x1 <= fig.bbox.x1, (text.get_text(), box, fig.bbox)
 
 
 def test_plots_take_the_format_of_their_extension(tmp_path):

@@ -134,6 +134,9 @@ def plot_stress(relative, path: str, title: str) -> str:
         ax.bar(x, [v.mean() for v in values], width, label=labels.get(m, m))
         if any(len(v) > 1 for v in values):
             ax.vlines(x, [v.min() for v in values], [v.max() for v in values], color='black', linewidth=1)
+    if all(v is None for m in metrics for s in sizes for v in relative[m][s]):  # no bar at all: say why
+        ax.text(0.5, 0.7, 'n/a at every size: the baseline scored 0,\nso no relative improvement exists',
+                transform=ax.transAxes, ha='center', va='center', fontsize=9)
     ax.set_xticks(range(len(sizes)), [f'{s}x{s}' for s in sizes])
     ax.axhline(0, color='black', linewidth=0.5)
     ax.set_xlabel('test size')
