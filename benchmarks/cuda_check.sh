@@ -3,8 +3,8 @@
 # measuring. Runs from the repository root with the machine's own python3 (torch, triton, timm), the
 # package from the working tree (PYTHONPATH; nothing installed). Every section appends to $OUT/check.log as
 # it goes and the speed runs write their JSON after every row, so a run cut short keeps what it finished
-# (and $OUT holds 6 files at most). Pick sections with SECTIONS, in the order given; NAME:SECONDS stops a
-# section after that many seconds (the rest still run):
+# ($OUT holds 10 files at most: check.log and one JSON per speed or host run). Pick sections with SECTIONS, in
+# the order given; NAME:SECONDS stops a section after that many seconds (the rest still run):
 #   versions  torch / triton / timm / GPU; what CUDA's autocast does to upsampling and to the Elastic blocks
 #   tests     the CUDA tests: the Triton kernels through the ops, their second derivatives, autocast dtypes,
 #             compiled training, the scale policy's scores under CUDA autocast
@@ -21,6 +21,10 @@
 #   floor     the five pairs, eager bf16 channels_last training, resampling free (the floor)
 #   compile   resnext50 pair under torch.compile, bf16 channels_last (COMPILE_MODES, default train,infer);
 #             then the Triton kernels inductor generated that use atomics (none expected)
+# Every name and limit is checked before anything runs, then that a CUDA device is visible to $PYTHON (default
+# python3). Exit status: 0 when every command exited 0; 1 when one failed or ran out of its section's time
+# (check.log says which) or no CUDA device is visible; 2 for a bad SECTIONS; 128 + the signal's number when
+# stopped by TERM or INT (the outer `timeout` below): the running command is stopped with it, the log says so.
 # ROUNDS (default 4) and MIN_TIME (default 0.5 s) set the speed runs' interleaved rounds and round length.
 # One 15-minute lease (a start takes 1-2 minutes of it) fits one call of about 590 s, or two calls when the second
 # follows at once (the machine is given back after 30 s idle).
@@ -41,26 +45,93 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 SPEED=(benchmarks/speed.py --device cuda --rounds "${ROUNDS:-4}" --min-time "${MIN_TIME:-0.5}" --warmup 3)
 LOG="$OUT/check.log"
-LIMIT=  # seconds the current section may still run (empty: no limit)
+NAMES="versions tests ops models breakdown host gap infer fp16 floor compile"
+SECTIONS=${SECTIONS:-versions tests ops models breakdown fp16 floor compile}
+LIMIT=    # seconds the current section may still run (empty: no limit)
+RUNNING=  # the running command's pid (under a limit its `timeout`, which passes a signal on to the command)
+FILTER=   # the pid of the filter that copies the running command's output to the log
+CURRENT=  # the running section's name
+FAILED=() # the commands that failed or ran out of time, as "NAME (exit N)"
+STATE=$(mktemp -d)  # the filter's FIFO and the inductor cache this script makes: outside $OUT, removed at exit
+trap 'rm -rf "$STATE"' EXIT
+
+log() { echo "$*" | tee -a "$LOG"; }
+
+refuse() {  # refuse STATUS MESSAGE: say why nothing runs, on stderr and in the log, and exit
+    echo "cuda_check.sh: $2" | tee -a "$LOG" >&2
+    exit "$1"
+}
+
+stop() {  # stop SIGNAL: TERM or INT from outside (the outer `timeout`): pass it on to the running command
+    trap - TERM INT
+    if [[ -n $RUNNING ]]; then
+        kill -"$1" "$RUNNING" 2>/dev/null
+        wait "$RUNNING"
+    fi
+    [[ -z $FILTER ]] || wait "$FILTER"
+    log "=== stopped by SIG$1 after $SECONDS s${CURRENT:+, in section $CURRENT}: the sections after it did not run"
+    exit $((128 + $(kill -l "$1")))
+}
+trap 'stop TERM' TERM
+trap 'stop INT' INT
 
 section() {  # section NAME COMMAND...: run (within the section's limit), log to $LOG, report its time
-    local name=$1 start=$SECONDS
+    local name=$1 start=$SECONDS rc run
     shift
-    echo "=== $name: $*" | tee -a "$LOG"
+    log "=== $name: $*"
+    run=("$@")
     if [[ -n $LIMIT ]]; then
         local left=$((END - SECONDS))
         if ((left <= 0)); then
-            echo "=== $name: skipped, the section's $LIMIT s are spent" | tee -a "$LOG"
+            log "=== $name: skipped, the section's $LIMIT s are spent"
             return
         fi
-        timeout --signal=INT --kill-after=10 "$left" "$@" 2>&1
+        # its own process group: at the limit the command's children are stopped too
+        run=(timeout --signal=INT --kill-after=10 "$left" "$@")
+    fi
+    # the command runs in the background, so that a signal to this script is handled at once (`stop`); the
+    # filter ignores TERM and INT, so that the log keeps what the command says until it has stopped
+    rm -f "$STATE/fifo" && mkfifo "$STATE/fifo"
+    (
+        trap '' TERM INT
+        grep --line-buffered -v -e '^USDT' -e 'SyncActivityProfilerHandler' <"$STATE/fifo" | tee -a "$LOG"
+    ) &
+    FILTER=$! CURRENT=$name
+    "${run[@]}" <&0 >"$STATE/fifo" 2>&1 &
+    RUNNING=$!
+    wait "$RUNNING"
+    rc=$?
+    RUNNING=
+    wait "$FILTER"
+    FILTER= CURRENT=
+    if ((rc == 0)); then
+        log "=== $name: exit 0, $((SECONDS - start)) s"
+    elif [[ -n $LIMIT ]] && ((rc == 124 || rc == 137)); then
+        log "=== $name: exit $rc, $((SECONDS - start)) s: stopped at the section's limit of $LIMIT s"
+        FAILED+=("$name (timed out)")
     else
-        "$@" 2>&1
-    fi | grep -v -e '^USDT' -e 'SyncActivityProfilerHandler' | tee -a "$LOG"
-    echo "=== $name: exit ${PIPESTATUS[0]}, $((SECONDS - start)) s" | tee -a "$LOG"
+        log "=== $name: exit $rc, $((SECONDS - start)) s"
+        FAILED+=("$name (exit $rc)")
+    fi
 }
 
-for s in ${SECTIONS:-versions tests ops models breakdown fp16 floor compile}; do
+# every section name and limit first: a typo found after minutes of measuring costs the lease
+[[ -n ${SECTIONS// /} ]] || refuse 2 "SECTIONS names no section: use $NAMES, each as NAME or NAME:SECONDS"
+for s in $SECTIONS; do
+    name=${s%%:*}
+    if [[ " $NAMES " != *" $name "* ]]; then
+        refuse 2 "unknown section '$name' in SECTIONS=\"$SECTIONS\": use $NAMES, each as NAME or NAME:SECONDS"
+    fi
+    if [[ $s == *:* && ! ${s#*:} =~ ^[1-9][0-9]*$ ]]; then
+        refuse 2 "section '$s' in SECTIONS: its limit after ':' is a whole number of seconds > 0, e.g. $name:120"
+    fi
+done
+cuda=$("$PY" -c 'import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)' 2>&1)
+if [[ ! ${cuda##*$'\n'} =~ ^[1-9][0-9]*$ ]]; then
+    refuse 1 "no CUDA device is visible to $PY (torch.cuda.device_count(): ${cuda##*$'\n'}): nothing run"
+fi
+
+for s in $SECTIONS; do
     LIMIT=
     if [[ $s == *:* ]]; then
         LIMIT=${s#*:} s=${s%%:*}
@@ -127,19 +198,25 @@ EOF
             --json "$OUT/models_free.json"
         ;;
     compile)
-        export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/cuda_check_inductor}
-        rm -rf "$TORCHINDUCTOR_CACHE_DIR"
-        section compile "$PY" "${SPEED[@]}" --pairs resnext50 --settings compile-bf16-cl,eager-bf16-cl \
+        if [[ -n ${TORCHINDUCTOR_CACHE_DIR:-} ]]; then  # yours: kept, what it held is reused and counted below
+            log "=== compile: the inductor cache is TORCHINDUCTOR_CACHE_DIR=$TORCHINDUCTOR_CACHE_DIR (kept as it is)"
+            cache=$TORCHINDUCTOR_CACHE_DIR
+        else  # a new one, so that compilation is timed and the kernels counted below are this run's
+            cache=$(mktemp -d "$STATE/inductor.XXXXXX")
+        fi
+        TORCHINDUCTOR_CACHE_DIR=$cache section compile "$PY" "${SPEED[@]}" --pairs resnext50 --settings compile-bf16-cl,eager-bf16-cl \
             --modes "${COMPILE_MODES:-train,infer}" --json "$OUT/compile.json"
         LIMIT=  # the check below reads files: it runs even when the compilation spent the section's time
         # calls only: every inductor kernel's metadata reads 'atomic_add_found': False
         section compile bash -c 'echo "inductor Triton kernels: $(grep -rlE "@triton.jit" "$0" | wc -l) files, \
 with atomic calls: $(grep -rlE "atomic_[a-z]+ *\(" "$0" | wc -l)"; grep -rlE "atomic_[a-z]+ *\(" "$0" | head' \
-            "$TORCHINDUCTOR_CACHE_DIR"
-        ;;
-    *)
-        echo "unknown section $s (versions tests ops models breakdown host gap infer fp16 floor compile)" >&2
-        exit 2
+            "$cache"
         ;;
     esac
 done
+if ((${#FAILED[@]})); then
+    failed=$(printf ', %s' "${FAILED[@]}")
+    log "=== done after $SECONDS s: ${#FAILED[@]} command(s) failed or ran out of time: ${failed:2}"
+    exit 1
+fi
+log "=== done after $SECONDS s: every command exited 0"

@@ -20,8 +20,10 @@ the GPU):
     python benchmarks/launch_overhead.py                    # CUDA, batch 1, 256 channels at 56x56, bf16
     TRITON_INTERPRET=1 python benchmarks/launch_overhead.py --device cpu --size 8x6   # the code path, no GPU
 
-With `--device cpu` (Triton's interpreter, TRITON_INTERPRET=1) the rows exercise the same code, but `launch`
-is the interpreter running the kernel: its numbers mean nothing.
+With `--device cpu` (Triton's interpreter, TRITON_INTERPRET=1) the rows `direct`, `prelude` and `launch` call
+the Triton launcher and kernel as on CUDA (`launch` is the interpreter running the kernel: its numbers mean
+nothing), but `op` is not the same code: on the CPU the custom op dispatches to its generic CPU kernel
+(PyTorch's pooling), not to the Triton launcher. It checks that the script runs, not what it measures.
 """
 import argparse
 import os
@@ -32,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _usage import at_least, output_path  # noqa: E402
 from resample_ops import DTYPES, host_ms  # noqa: E402
 
 from timm_elastic._io import write_json  # noqa: E402
@@ -108,6 +111,8 @@ def main(argv=None) -> None:
     parser.add_argument('--dtype', default='bf16', help='fp32, bf16 or fp16 (default: bf16)')
     parser.add_argument('--json', metavar='PATH', help='also write the results as JSON')
     args = parser.parse_args(argv)
+    at_least(parser, args, 1, 'batch_size')
+    output_path(parser, args.json)
     if args.device == 'cuda' and not torch.cuda.is_available():
         parser.error('--device cuda: no CUDA device is available (on the CPU: TRITON_INTERPRET=1 ... --device cpu)')
     if args.device == 'cpu' and os.environ.get('TRITON_INTERPRET') != '1':
@@ -119,6 +124,8 @@ def main(argv=None) -> None:
     try:
         c, side = (int(v) for v in args.size.split('x'))
     except ValueError:
+        c = side = 0
+    if min(c, side) < 1:
         parser.error(f'--size takes CHANNELSxSIDE (positive integers), e.g. 256x56, got {args.size!r}')
     x = torch.randn(args.batch_size, c, side, side, device=args.device, dtype=DTYPES[args.dtype]).contiguous(
         memory_format=torch.channels_last)

@@ -20,6 +20,9 @@ import numpy as np
 
 from timm_elastic.report.page import CHROMIUM, CHROMIUM_ARGS
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _usage import at_least  # noqa: E402
+
 
 def page_data(n: int, blocks: int, thumb_size: int, seed: int = 0):
     from timm_elastic.data import CLASSES, ScaleShapes
@@ -47,6 +50,7 @@ def main(argv=None) -> int:
     p.add_argument('--rounds', type=int, default=5, help='page loads to time (default: 5)')
     p.add_argument('--chromium', default=CHROMIUM, help=f'the browser (default: {CHROMIUM})')
     args = p.parse_args(argv)
+    at_least(p, args, 1, 'images', 'blocks', 'thumb_size', 'rounds')
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:

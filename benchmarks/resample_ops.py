@@ -36,6 +36,7 @@ program than the package's (resample_triton.TILE, NUM_WARPS), one row per combin
 """
 import argparse
 import contextlib
+import os
 import sys
 import time
 from typing import Callable, Dict, List, Tuple
@@ -46,6 +47,9 @@ import torch.nn.functional as F
 import timm_elastic  # noqa: F401  (registers the timm_elastic ops)
 from timm_elastic._io import write_json
 from timm_elastic.layers.resample import AvgDown, InterpolateUp
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _usage import at_least, output_path  # noqa: E402
 
 SIZES: List[Tuple[int, int]] = [(256, 56), (512, 28), (1024, 14)]  # (channels, side)
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
@@ -152,6 +156,9 @@ def main(argv=None) -> None:
                         '(default: the package\'s)')
     parser.add_argument('--json', metavar='PATH', help='also write the results as JSON')
     args = parser.parse_args(argv)
+    at_least(parser, args, 1, 'batch_size', 'threads')
+    at_least(parser, args, 0, 'min_time')
+    output_path(parser, args.json)
     if args.device not in ('cpu', 'cuda'):
         parser.error(f'--device must be cpu or cuda, got {args.device!r}')
     if args.device == 'cuda' and not torch.cuda.is_available():
@@ -188,7 +195,7 @@ def main(argv=None) -> None:
         variants = [(t, w) for t in tiles for w in warps]
     if args.device == 'cpu':
         torch.set_num_threads(args.threads)
-    n = args.batch_size or (64 if args.device == 'cuda' else 8)
+    n = (64 if args.device == 'cuda' else 8) if args.batch_size is None else args.batch_size
     where = torch.cuda.get_device_name() if args.device == 'cuda' else f'CPU, {torch.get_num_threads()} threads'
     lines = [f'Resampling ops, PyTorch / timm-elastic ({where}; torch {torch.__version__}; batch {n}, '
              f'{args.dtype}, {args.layout}, timed by {args.timer})', '',

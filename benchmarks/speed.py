@@ -11,18 +11,24 @@ Measured per setting (`--settings`, names `{eager|compile}-{fp32|bf16|fp16}[-cl]
 fp32 or autocast to bf16 / fp16, channels_last or not):
 - `infer`: eval mode under `torch.inference_mode()`;
 - `train`: one SGD step (forward, cross-entropy, backward, SGD with momentum), train mode;
-  and its peak memory: on CUDA `torch.cuda.max_memory_allocated`; on the CPU the tensors alive at
-  the step's start (parameters, buffers, optimizer state, batch) plus the highest net allocation
-  during the step, read from the profiler's memory events.
+  and its peak memory: the model's own tensors alive at the step's start (parameters, buffers, optimizer
+  state, batch) plus the highest net allocation during the step: on the CPU read from the profiler's memory
+  events, on CUDA `torch.cuda.max_memory_allocated` during the step less `torch.cuda.memory_allocated` at its
+  start (so that neither counts the other model's tensors, which share the device; CUDA's allocator rounds
+  each block up to 512 bytes).
 For `compile-*` settings the Elastic model's graph breaks are counted with `torch._dynamo.explain`.
-Per Elastic row, `resample share`: the part of a step spent in resampling and the branch sum, from the
+Per eager Elastic row, `resample share`: the part of a step spent in resampling and the branch sum, from the
 profiler (two steps; device time of the ops on CUDA, CPU time on the CPU, over the profiled steps' time);
 for `ours`, also the bytes those ops must move at least (each input read once, each result written once,
 counted on the meta device) and the bandwidth that makes over their time.
 Ops counted: `timm_elastic::*` (pooling, U fused with the sum, their gradients) and, for `--resample aten`,
 aten's average pooling and upsampling and their gradients (with the network's own average pooling,
-DenseNet's transitions and DLA's head, and without the sum, an `aten::add` like the residual's). Fused
-by inductor (inference under torch.compile), it cannot be told apart; `--resample free` has none: blank.
+DenseNet's transitions and DLA's head, and without the sum, an `aten::add` like the residual's).
+Blank for `--resample free` (no such ops) and for every `compile-*` row: inductor fuses PyTorch's ops into
+its own kernels (inference, and `aten` in training), and in compiled training the graph calls D's forward,
+`timm_elastic::avg_down2x`, with gradients off as an op overload of one tensor argument, which leaves no
+profiler event of that name (only its kernel's, bare `aten::` ops or a Triton launch): its time cannot be
+told apart, while its bytes would be counted (`shares_resampling`).
 
 `--resample` runs the Elastic model with other resampling, each variant against the same baseline:
 - `ours` (default): the package as installed;
@@ -63,6 +69,9 @@ import torch.nn.functional as F
 import timm
 import timm_elastic
 from timm_elastic._io import write_json
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _usage import at_least, output_path  # noqa: E402
 
 # Elastic model -> the stock timm model it replaces (issue 6)
 PAIRS: Dict[str, str] = {
@@ -241,19 +250,26 @@ class Runner:
         return time.perf_counter() - t
 
     def peak_memory(self) -> int:
-        """Peak bytes of live tensors during one step (see the module docstring)."""
-        if self.device.type == 'cuda':
-            self.sync()
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.step()
-            self.sync()
-            return torch.cuda.max_memory_allocated(self.device)
+        """Peak bytes of this model's live tensors during one step: its own tensors alive at the step's start
+        and the highest net allocation during the step (see the module docstring). The same quantity on both
+        devices: what other objects hold on the device (the other model of the pair) is in neither term."""
         # set_to_none: no gradients are alive at the step's start, as in `step`
         self.optimizer.zero_grad(set_to_none=True) if self.optimizer else None
         alive = [self.x, self.y, *self.model.parameters(), *self.model.buffers()]
         if self.optimizer is not None:
             alive += [t for s in self.optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
         start = sum(t.untyped_storage().nbytes() for t in {t.untyped_storage().data_ptr(): t for t in alive}.values())
+        return start + self.step_allocation()
+
+    def step_allocation(self) -> int:
+        """The highest net allocation during one step, in bytes: above what was allocated at its start."""
+        if self.device.type == 'cuda':
+            self.sync()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            before = torch.cuda.memory_allocated(self.device)
+            self.step()
+            self.sync()
+            return torch.cuda.max_memory_allocated(self.device) - before
         from torch.profiler import ProfilerActivity, profile
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             self.step()
@@ -263,7 +279,7 @@ class Runner:
         for e in sorted(events, key=lambda e: e.start_ns()):
             net += e.nbytes()
             peak = max(peak, net)
-        return start + peak
+        return peak
 
     def profiled(self, steps: int = 2) -> 'Profiled':
         """The profiler's record of `steps` steps (CPU activity, and CUDA's on a GPU) and their wall time."""
@@ -364,6 +380,14 @@ def resample_traffic(name: str, setting: Setting, mode: str, batch_size: int, im
     return elements * (setting.amp or torch.float32).itemsize
 
 
+def shares_resampling(names: Tuple[str, str], setting: Setting, resample: str) -> bool:
+    """Whether a row of (Elastic, baseline) gets a resampling share (and the bytes behind it): an Elastic model
+    against another (not `--self-check`), whose resampling runs ops (not `free`), eager. Under torch.compile the
+    profiler cannot see them all (the module docstring says why): a share would leave some out, but not their
+    bytes, so every compiled row is blank."""
+    return names[0] != names[1] and bool(RESAMPLE_OPS[resample]) and not setting.compiled
+
+
 def calibrate(runner: Runner, min_time: float) -> int:
     """Steps per measurement so that one measurement lasts at least `min_time` seconds."""
     return max(1, math.ceil(min_time / max(runner.timed(1), 1e-6)))
@@ -397,8 +421,7 @@ def compare(names: Tuple[str, str], setting: Setting, mode: str, args, device: t
     if mode == 'train':
         mem = [r.peak_memory() for r in runners]
         row.update(elastic_peak_mb=mem[0] / 2 ** 20, baseline_peak_mb=mem[1] / 2 ** 20, memory_ratio=mem[0] / mem[1])
-    fused = setting.compiled and mode == 'infer' and resample == 'ours'  # inductor fused the aten ops
-    share = names[0] != names[1] and RESAMPLE_OPS[resample] and not fused
+    share = shares_resampling(names, setting, resample)
     # one profiled run per model serves both the resampling share and the breakdown
     profiles = [r.profiled() if args.breakdown or (share and i == 0) else None for i, r in enumerate(runners)]
     if share:
@@ -492,6 +515,9 @@ def parse_args(argv=None):
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--json', metavar='PATH', help='also write the results and the machine as JSON')
     args = parser.parse_args(argv)
+    at_least(parser, args, 1, 'threads', 'batch_size', 'train_batch_size', 'img_size')
+    at_least(parser, args, 0, 'warmup', 'min_time', 'breakdown')
+    output_path(parser, args.json)
     if args.rounds < 2 or args.rounds % 2:
         parser.error(f'--rounds must be an even number >= 2 (AB, BA, ...), got {args.rounds}')
     if args.device not in ('cpu', 'cuda'):
@@ -512,11 +538,14 @@ def parse_args(argv=None):
     if args.device == 'cpu' and any(s.amp == torch.float16 for s in args.settings):
         parser.error('fp16 autocast is for CUDA; on the CPU use bf16')
     default_batch = 256 if args.device == 'cuda' else 8
-    args.batch_size = args.batch_size or default_batch
-    args.train_batch_size = args.train_batch_size or default_batch
+    args.batch_size = default_batch if args.batch_size is None else args.batch_size
+    args.train_batch_size = default_batch if args.train_batch_size is None else args.train_batch_size
     if args.self_check:
         if args.self_check not in timm.list_models():
             parser.error(f'--self-check: unknown model {args.self_check!r}')
+        if args.resample != ['ours']:
+            parser.error(f'--self-check measures MODEL against itself as built, with the package\'s resampling: '
+                         f'--resample takes only ours there, got {",".join(args.resample)!r}')
         args.pairs = [(args.self_check, args.self_check)]
     else:
         pairs = []
@@ -538,11 +567,10 @@ def main(argv=None) -> None:
         torch.backends.cudnn.benchmark = True  # as timm's benchmark.py and train.py
     info = machine(device)
     rows = []
-    variants = ['ours'] if args.self_check else args.resample
     for names in args.pairs:
         for setting in args.settings:
             for mode in args.modes:
-                for resample in variants:
+                for resample in args.resample:
                     row = compare(names, setting, mode, args, device, resample)
                     rows.append(row)
                     print(f'{row["elastic"]} [{resample}] / {row["baseline"]} {setting.name} {mode}: '

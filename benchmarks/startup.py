@@ -14,13 +14,15 @@ Also checks that such a process imports nothing of timm, torch or timm_elastic. 
     python benchmarks/startup.py [--runs 40] [--json out.json]
 """
 import argparse
-import json
 import os
 import statistics
 import subprocess
 import sys
 import sysconfig
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _usage import at_least, output_path  # noqa: E402
 
 PTH = 'timm_elastic_autoload.pth'
 
@@ -46,25 +48,27 @@ def start_up_ms(env):
     return (time.perf_counter() - t) * 1e3
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--runs', type=int, default=40, help='start-ups per measurement (default: 40)')
     parser.add_argument('--json', metavar='PATH', help='also write the results as JSON')
-    args = parser.parse_args()
-    if args.runs < 1:
-        parser.error(f'--runs must be at least 1, got {args.runs}')
+    args = parser.parse_args(argv)
+    at_least(parser, args, 1, 'runs')
+    output_path(parser, args.json)
     site_dir = find_pth()
 
+    # the hook on: this process's own TIMM_ELASTIC_AUTOLOAD (=0 turns the hook off) is not passed on
+    env_on = {k: v for k, v in os.environ.items() if k != 'TIMM_ELASTIC_AUTOLOAD'}
+    env_off = dict(env_on, TIMM_ELASTIC_AUTOLOAD='0')
     line_ms = []
     for _ in range(args.runs):
-        out = subprocess.run([sys.executable, '-S', '-c', _TIME_LINE, site_dir, PTH],
+        out = subprocess.run([sys.executable, '-S', '-c', _TIME_LINE, site_dir, PTH], env=env_on,
                              capture_output=True, text=True, check=True).stdout.split()
-        assert out[1] == 'True', 'the .pth line did not install its stub finder'
+        if out[1] != 'True':
+            raise SystemExit(f'{os.path.join(site_dir, PTH)}: its line did not install its stub finder')
         line_ms.append(float(out[0]))
 
     on, off = [], []
-    env_on = {k: v for k, v in os.environ.items() if k != 'TIMM_ELASTIC_AUTOLOAD'}
-    env_off = dict(env_on, TIMM_ELASTIC_AUTOLOAD='0')
     for i in range(args.runs):
         pair = [(on, env_on), (off, env_off)]
         for times, env in (pair if i % 2 == 0 else pair[::-1]):
@@ -93,8 +97,8 @@ def main():
     ok = res['pth_line_ms_median'] < 5 and imported == '[]'
     print(f'goal (< 5 ms, nothing imported): {"met" if ok else "NOT met"}')
     if args.json:
-        with open(args.json, 'w') as f:
-            json.dump(res, f, indent=2)
+        from timm_elastic._io import write_json  # (imports torch: after the measurement, which it would slow)
+        write_json(args.json, res)
     return 0 if ok else 1
 
 
