@@ -120,3 +120,23 @@ def test_create_kwargs_reach_timm():
     reference = timm.create_model('resnext_tiny_elastic', elastic_ratio=0.25, features_only=True, out_indices=4)
     assert shapes(backbone.body) == shapes(reference)
     assert shapes(backbone.body) != shapes(fpn_backbone('resnext_tiny_elastic').body)
+
+
+def test_a_detector_on_it_is_scriptable_as_on_torchvisions_backbones():
+    """torchvision's detectors script with its own FPN backbones; with ours TorchScript refused the return
+    annotation ('Unknown type name OrderedDict[str, torch.Tensor]')."""
+    import warnings
+    torch.manual_seed(0)
+    detector = FasterRCNN(fpn_backbone('resnext_tiny_elastic', out_channels=32), num_classes=3, min_size=64,
+                          max_size=64).eval()
+    images = [torch.rand(3, 64, 64), torch.rand(3, 64, 48)]
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', FutureWarning)  # torch.jit.script is deprecated from torch 2.14
+        scripted = torch.jit.script(detector)
+    with torch.no_grad():
+        want = detector(images)
+        _, got = scripted(images)  # a scripted detector returns (losses, detections)
+    for w, g in zip(want, got):
+        assert w.keys() == g.keys()
+        for k in w:
+            torch.testing.assert_close(g[k], w[k])

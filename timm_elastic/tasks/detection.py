@@ -46,7 +46,7 @@ class FPNBackbone(nn.Module):
         self.out_channels = out_channels  # what torchvision.models.detection reads off a backbone
         self.strides = strides
 
-    def forward(self, x: torch.Tensor) -> 'OrderedDict[str, torch.Tensor]':
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:  # an OrderedDict; Dict for TorchScript
         features = self.body(x)
         return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(features)))
 
