@@ -312,6 +312,8 @@ def create_model(args: argparse.Namespace, num_classes: Optional[int], checkpoin
     kwargs = dict(pretrained=args.pretrained, num_classes=num_classes, drop_rate=getattr(args, 'drop', None),
                   drop_path_rate=getattr(args, 'drop_path', None), checkpoint_path=checkpoint_path or '',
                   **elastic_kwargs(args))
+    # a checkpoint's timm train.py --model-kwargs (load_for_eval), below the options of this command
+    kwargs = {**getattr(args, 'recorded_model_kwargs', {}), **{k: v for k, v in kwargs.items() if v is not None}}
     if args.in_chans is not None:
         kwargs['in_chans'] = args.in_chans
     if getattr(args, 'bn_momentum', None) is not None:
@@ -956,7 +958,7 @@ def load_for_eval(args: argparse.Namespace, data_classes: Optional[int], device:
     if not args.model:
         args.model = _recorded_model(ckpt, args.checkpoint, args)
     if ckpt is not None:
-        _recorded_elastic_options(args, ckpt)
+        _recorded_model_options(args, ckpt)
     else:
         partly = task.partly_pretrained(args.model)
         if partly:  # a randomly initialised part would be scored (as without weights)
@@ -979,16 +981,23 @@ def load_for_eval(args: argparse.Namespace, data_classes: Optional[int], device:
     return model
 
 
-def _recorded_elastic_options(args: argparse.Namespace, ckpt: Dict[str, Any]) -> None:
-    """The `--elastic-*` options the checkpoint's run was trained with, where not given (a given one is
-    used as given): a model built without them is another architecture, and for the resampling modes without
-    parameters (nearest, dilated, ...) its weights loaded into it without an error."""
+def _recorded_model_options(args: argparse.Namespace, ckpt: Dict[str, Any]) -> None:
+    """The model options the checkpoint's run was trained with, where not given (a given one is used as given):
+    `timm-elastic train`'s --elastic-* and timm's train.py --model-kwargs (elastic_resample=nearest, head_window=7,
+    ...; kept in `args.recorded_model_kwargs` for `create_model`). A model built without them is another
+    architecture, and for the resampling modes without parameters (nearest, dilated, ...) its weights loaded
+    into it without an error."""
     saved = ckpt.get('args')
     if getattr(saved, 'model', None) != args.model:  # another model's options (or a checkpoint of another script)
         return
+    recorded = getattr(saved, 'model_kwargs', None)
+    recorded = dict(recorded) if isinstance(recorded, dict) else {}
     for key in ('elastic_ratio', 'elastic_resample'):
-        if getattr(args, key, None) is None and getattr(saved, key, None) is not None:
-            setattr(args, key, getattr(saved, key))
+        value = getattr(saved, key, None)
+        value = recorded.pop(key, None) if value is None else value
+        if getattr(args, key, None) is None and value is not None:
+            setattr(args, key, value)
+    args.recorded_model_kwargs = recorded
 
 
 def _check_checkpoint_task(ckpt: Dict[str, Any], path: str, flag: str, args: argparse.Namespace) -> None:
@@ -1011,6 +1020,7 @@ def baseline_args(args: argparse.Namespace) -> argparse.Namespace:
     # --pretrained gives a baseline without a checkpoint its released weights; with one, they are not needed
     b.pretrained = args.pretrained and not args.baseline_checkpoint
     b.elastic_ratio = b.elastic_resample = None  # the baseline's own architecture
+    b.recorded_model_kwargs = {}
     return b
 
 
