@@ -133,10 +133,10 @@ def test_image_folder_round_trip(tmp_path):
     assert summary(tmp_path / 'default' / 'summary.csv') == summary(tmp_path / 'folder' / 'summary.csv')
     ckpt = str(tmp_path / 'folder' / 'last.pth.tar')
     results = []
-    for data in (['--data-dir', str(folder)], []):
+    for data in (['--data-dir', str(folder)], ['--val-num-samples', '56']):  # the folder's 56 images, in memory
         out = tmp_path / f'v{len(results)}.json'
-        proc = cli('validate', '--model', 'resnext_tiny_elastic', '--checkpoint', ckpt, '--val-num-samples', '56',
-                   '-j', '0', '--no-progress', '--results-file', str(out), *data)
+        proc = cli('validate', '--model', 'resnext_tiny_elastic', '--checkpoint', ckpt, '-j', '0', '--no-progress',
+                   '--results-file', str(out), *data)
         assert proc.returncode == 0, proc.stderr
         import json
         results.append(json.loads(out.read_text()))
