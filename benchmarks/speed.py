@@ -27,8 +27,8 @@ DenseNet's transitions and DLA's head, and without the sum, an `aten::add` like 
 Blank for `--resample free` (no such ops) and for every `compile-*` row: inductor fuses PyTorch's ops into
 its own kernels (inference, and `aten` in training), and in compiled training the graph calls D's forward,
 `timm_elastic::avg_down2x`, with gradients off as an op overload of one tensor argument, which leaves no
-profiler event of that name (only its kernel's, bare `aten::` ops or a Triton launch): its time cannot be
-told apart, while its bytes would be counted (`shares_resampling`).
+profiler event of that name with torch 2.14.1 (only its kernel's, bare `aten::` ops or a Triton launch; torch
+2.4.1 records it): its time cannot be told apart, while its bytes would be counted (`shares_resampling`).
 
 `--resample` runs the Elastic model with other resampling, each variant against the same baseline:
 - `ours` (default): the package as installed;
