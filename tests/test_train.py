@@ -850,29 +850,38 @@ def test_bad_arguments_are_one_line_errors(tmp_path, args, message):
 def test_dataset_download_reaches_timms_reader(monkeypatch):
     """--dataset-download is timm's flag: create_dataset(download=True) fetches a torch/ or tfds/ dataset (offline
     here, so timm's reader is replaced by one that records its arguments)."""
-    import timm.data
     from timm_elastic.train import create_datasets
-    seen = []
-
-    def reader(name, **kwargs):
-        seen.append((name, kwargs['split'], kwargs['download']))
-        raise RuntimeError('recorded')
-    monkeypatch.setattr(timm.data, 'create_dataset', reader)
+    seen = _record_timms_reader(monkeypatch)
     for flags, download in (([], False), (['--dataset-download'], True)):
         args = build_parser().parse_args(['train', '--data-dir', '/data', '--dataset', 'torch/cifar10', *flags])
         with pytest.raises(ValueError, match='recorded' + ('' if download else r' \(--dataset-download fetches it\)')):
             create_datasets(args)
-        assert seen.pop() == ('torch/cifar10', 'train', download)
+        name, kwargs = seen.pop()
+        assert (name, kwargs['split'], kwargs['download']) == ('torch/cifar10', 'train', download)
 
 
-def _image_folder(root, per_class: int) -> None:
-    """train/ and validation/ of classes a and b, `per_class` black 8x8 PNGs each."""
+def _record_timms_reader(monkeypatch) -> list:
+    """timm's create_dataset replaced by one that records (name, kwargs) of each call in the returned list and
+    raises RuntimeError('recorded')."""
+    import timm.data
+    seen = []
+
+    def reader(name, **kwargs):
+        seen.append((name, kwargs))
+        raise RuntimeError('recorded')
+    monkeypatch.setattr(timm.data, 'create_dataset', reader)
+    return seen
+
+
+def _image_folder(root, per_class: int) -> str:
+    """train/ and validation/ of classes a and b, `per_class` black 8x8 PNGs each, in `root` (returned)."""
     from PIL import Image
     for split in ('train', 'validation'):
         for c in ('a', 'b'):
             (root / split / c).mkdir(parents=True)
             for i in range(per_class):
                 Image.new('RGB', (8, 8)).save(root / split / c / f'{i}.png')
+    return str(root)
 
 
 def test_a_split_that_is_not_there_is_refused(tmp_path):
@@ -880,9 +889,8 @@ def test_a_split_that_is_not_there_is_refused(tmp_path):
     of a folder with train/ and validation/ scored both splits as one (320 images for 64). Refused; a folder of
     class folders alone is still read as the split (timm's use of it); the built-in data names its splits."""
     from timm_elastic.train import UsageError, create_datasets
-    _image_folder(tmp_path / 'd', 1)
+    data = _image_folder(tmp_path / 'd', 1)
     parse = build_parser().parse_args
-    data = str(tmp_path / 'd')
     with pytest.raises(UsageError, match=re.escape(
             f"--data-dir {data!r} has no folder for split 'valdiation'; its split folders are train, validation "
             "(timm would read the whole folder, every split, as 'valdiation')")):
@@ -901,11 +909,9 @@ def test_image_counts_of_data_read_whole_are_refused(tmp_path, monkeypatch):
     """--train-num-samples / --val-num-samples size the built-in data; timm's create_dataset drops num_samples for
     an image folder (and torch/, hfds/, COCO, VOC): `validate --data-dir D --val-num-samples 8` scored every
     image of D. Refused there; timm's iterable readers (tfds/, wds/, hfids/) still get the count."""
-    import timm.data
     from timm_elastic.train import UsageError, create_datasets
-    _image_folder(tmp_path / 'd', 3)
+    data = _image_folder(tmp_path / 'd', 3)
     parse = build_parser().parse_args
-    data = str(tmp_path / 'd')
     with pytest.raises(UsageError, match=re.escape(
             f"--val-num-samples 2: --data-dir {data!r} is read whole; the image counts size the built-in data (no "
             "--data-dir) and timm's iterable datasets (tfds/, wds/, hfids/) only")):
@@ -920,17 +926,13 @@ def test_image_counts_of_data_read_whole_are_refused(tmp_path, monkeypatch):
     assert parse(['compare', '--task', 'segment', '--data-dir', data]).train_num_samples is None
     train, val, _ = create_datasets(parse(['train', '--data-dir', data]))
     assert (len(train), len(val)) == (6, 6)
-    seen = []
-
-    def reader(name, **kwargs):
-        seen.append((name, kwargs['num_samples']))
-        raise RuntimeError('recorded')
-    monkeypatch.setattr(timm.data, 'create_dataset', reader)
+    seen = _record_timms_reader(monkeypatch)
     for name in ('tfds/x', 'wds/x', 'hfids/x'):
         with pytest.raises(UsageError, match='recorded'):
             create_datasets(parse(['validate', '--data-dir', data, '--dataset', name, '--val-num-samples', '2']),
                             training=False)
-        assert seen.pop() == (name, 2)
+        reader, kwargs = seen.pop()
+        assert (reader, kwargs['num_samples']) == (name, 2)
 
 
 def test_a_greyscale_image_folder_with_in_chans_1(tmp_path):
