@@ -297,7 +297,10 @@ def elastic_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
             if v is not None}
 
 
-def create_model(args: argparse.Namespace, num_classes: Optional[int], checkpoint_path: str = ''):
+def create_model(args: argparse.Namespace, num_classes: Optional[int], checkpoint_path: str = '',
+                 recorded: Optional[Dict[str, Any]] = None):
+    """`args.model` built for `args`; `recorded`: model kwargs a checkpoint's run recorded (timm train.py's
+    --model-kwargs), below the options of `args`."""
     from .models._builder import PretrainedWeightsError
     task = task_of(args)
     name = args.model
@@ -312,8 +315,7 @@ def create_model(args: argparse.Namespace, num_classes: Optional[int], checkpoin
     kwargs = dict(pretrained=args.pretrained, num_classes=num_classes, drop_rate=getattr(args, 'drop', None),
                   drop_path_rate=getattr(args, 'drop_path', None), checkpoint_path=checkpoint_path or '',
                   **elastic_kwargs(args))
-    # a checkpoint's timm train.py --model-kwargs (load_for_eval), below the options of this command
-    kwargs = {**getattr(args, 'recorded_model_kwargs', {}), **{k: v for k, v in kwargs.items() if v is not None}}
+    kwargs = {**(recorded or {}), **{k: v for k, v in kwargs.items() if v is not None}}
     if args.in_chans is not None:
         kwargs['in_chans'] = args.in_chans
     if getattr(args, 'bn_momentum', None) is not None:
@@ -957,8 +959,9 @@ def load_for_eval(args: argparse.Namespace, data_classes: Optional[int], device:
         _check_checkpoint_task(ckpt, args.checkpoint, ckpt_flag, args)
     if not args.model:
         args.model = _recorded_model(ckpt, args.checkpoint, args)
+    recorded = None
     if ckpt is not None:
-        _recorded_model_options(args, ckpt)
+        recorded = _recorded_model_options(args, ckpt)
     else:
         partly = task.partly_pretrained(args.model)
         if partly:  # a randomly initialised part would be scored (as without weights)
@@ -970,7 +973,7 @@ def load_for_eval(args: argparse.Namespace, data_classes: Optional[int], device:
     if ckpt is not None and args.pretrained:  # the checkpoint holds every weight (--pretrained was for a baseline)
         build = copy.copy(args)
         build.pretrained = False
-    model = create_model(build, num_classes)
+    model = create_model(build, num_classes, recorded=recorded)
     if ckpt is not None:
         check_checkpoint_fits(model, _pick_state(ckpt, args.use_ema), args.checkpoint, ckpt_flag, args.model)
         load_checkpoint(model, args.checkpoint, use_ema=args.use_ema)
@@ -981,15 +984,15 @@ def load_for_eval(args: argparse.Namespace, data_classes: Optional[int], device:
     return model
 
 
-def _recorded_model_options(args: argparse.Namespace, ckpt: Dict[str, Any]) -> None:
+def _recorded_model_options(args: argparse.Namespace, ckpt: Dict[str, Any]) -> Dict[str, Any]:
     """The model options the checkpoint's run was trained with, where not given (a given one is used as given):
     `timm-elastic train`'s --elastic-* and timm's train.py --model-kwargs (elastic_resample=nearest, head_window=7,
-    ...; kept in `args.recorded_model_kwargs` for `create_model`). A model built without them is another
+    ...: those other than --elastic-* are returned, for `create_model`). A model built without them is another
     architecture, and for the resampling modes without parameters (nearest, dilated, ...) its weights loaded
     into it without an error."""
     saved = ckpt.get('args')
     if getattr(saved, 'model', None) != args.model:  # another model's options (or a checkpoint of another script)
-        return
+        return {}
     recorded = getattr(saved, 'model_kwargs', None)
     recorded = dict(recorded) if isinstance(recorded, dict) else {}
     for key in ('elastic_ratio', 'elastic_resample'):
@@ -997,7 +1000,7 @@ def _recorded_model_options(args: argparse.Namespace, ckpt: Dict[str, Any]) -> N
         value = recorded.pop(key, None) if value is None else value
         if getattr(args, key, None) is None and value is not None:
             setattr(args, key, value)
-    args.recorded_model_kwargs = recorded
+    return recorded
 
 
 def _check_checkpoint_task(ckpt: Dict[str, Any], path: str, flag: str, args: argparse.Namespace) -> None:
@@ -1020,7 +1023,6 @@ def baseline_args(args: argparse.Namespace) -> argparse.Namespace:
     # --pretrained gives a baseline without a checkpoint its released weights; with one, they are not needed
     b.pretrained = args.pretrained and not args.baseline_checkpoint
     b.elastic_ratio = b.elastic_resample = None  # the baseline's own architecture
-    b.recorded_model_kwargs = {}
     return b
 
 
