@@ -4,6 +4,7 @@ and clear errors for everything that is not such a checkpoint."""
 import hashlib
 import os
 import re
+import warnings
 
 import pytest
 import timm
@@ -143,6 +144,28 @@ def test_timm_pretrained_file_converts_on_load(tmp_path):
     # a checkpoint of another size of classifier than the tag's is named, not a torch size mismatch
     with pytest.raises(CheckpointError, match=r'fc.weight \(expected \[1000, 2048\], found \[80, 2048\]\)'):
         timm.create_model('resnext50_elastic', pretrained=True, pretrained_cfg_overlay=dict(file=str(coco)))
+
+
+def test_a_coco_file_under_the_imagenet_tag_names_the_coco_tag(tmp_path):
+    """timm drops a pretrained classifier whenever num_classes differs from the tag's cfg: a COCO release loaded
+    under the default (ImageNet) tag with num_classes=80 loses its classifier, which is said, with the tag that
+    keeps it; without num_classes the shape error names that tag."""
+    coco = tmp_path / 'coco_dla60x.pth.tar'
+    torch.save(as_release(stand_in_state('dla60x', num_classes=80)), coco)
+    overlay = dict(file=str(coco))
+    with pytest.raises(CheckpointError, match=r'found \[80\]\); its 80 classes are those of the release dla_x60.coco$'):
+        timm.create_model('dla_x60', pretrained=True, pretrained_cfg_overlay=overlay)
+    with pytest.warns(UserWarning, match=r"classifier has the model's 80 outputs, but timm replaces it .* "
+                                         r"\(dla_x60.in1k\) has 1000 classes; dla_x60.coco is the pretrained tag"):
+        dropped = timm.create_model('dla_x60', pretrained=True, num_classes=80, pretrained_cfg_overlay=overlay)
+    release = timm.create_model('dla_x60.coco', pretrained=True, pretrained_cfg_overlay=overlay)
+    assert not torch.equal(dropped.fc.weight, release.fc.weight)  # what the warning says
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # the release's tag, and another class count, keep quiet
+        kept = timm.create_model('dla_x60', pretrained=True, num_classes=80,
+                                 pretrained_cfg_overlay=dict(overlay, num_classes=80))
+        timm.create_model('dla_x60', pretrained=True, num_classes=10, pretrained_cfg_overlay=overlay)
+    torch.testing.assert_close(kept.fc.weight, release.fc.weight, rtol=0, atol=0)
 
 
 @pytest.mark.slow

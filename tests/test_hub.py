@@ -121,6 +121,10 @@ def test_existing_folder_needs_force(release, tmp_path):
     proc = convert(str(tmp_path / 'link' / 'dla60x_elastic.pth.tar'), '--out', str(out), '--force')
     assert proc.returncode == 2 and 'is inside the output folder' in proc.stderr
     assert (out / 'dla60x_elastic.pth.tar').exists()
+    # the checkpoint file itself as --out: named as a file, not as a folder holding the checkpoint
+    proc = convert(str(release['ckpt']), '--out', str(release['ckpt']), '--force')
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        f"timm-elastic convert: error: {release['ckpt']} exists and is not a folder; choose another --out"), proc.stderr
     # a link as --out is named as one
     proc = convert(str(release['ckpt']), '--out', str(tmp_path / 'link'), '--force')
     assert proc.returncode == 2 and proc.stderr.strip() == (
@@ -155,7 +159,40 @@ def test_export_of_another_class_count_is_not_labelled_a_release(tmp_path):
     assert 'datasets:' not in card and '**Dataset:** not known to the converter' in card, card
     assert "The authors'" not in card and 'ImageNet-1k weights' not in card and 'fine-tune' not in card
     assert '21.92' not in card and '70.79' not in card and 'The paper reports no result for these weights' in card
-    assert 'with 20 classes, not one of the authors\' releases' in card
+    assert "with 20 classes, not one of the authors' releases (their releases of `dla60x`: ImageNet-1k, 1000 " \
+           'classes; MS COCO, 80 classes)' in card
+
+
+@pytest.mark.parametrize('arch,num_classes', [('dla102x_elastic', 1000), ('se_resnext50_elastic', 80)])
+def test_export_of_an_unreleased_architecture_is_not_labelled_a_release(tmp_path, arch, num_classes):
+    """The authors released no dla102x_elastic weights and no MS COCO se_resnext50_elastic (allenai/elastic's README):
+    a checkpoint of either, with the class count of a release, is someone else's, not theirs."""
+    ckpt = tmp_path / f'{arch}.pth.tar'
+    torch.save(as_release(stand_in_state(arch, num_classes=num_classes)), ckpt)
+    proc = convert(str(ckpt), '--out', str(tmp_path / 'out'))
+    assert proc.returncode == 0, proc.stderr
+    assert 'timm-elastic/' not in proc.stdout and 'hf upload' not in proc.stdout  # no Hub repository of ours
+    config = json.loads((tmp_path / 'out' / 'config.json').read_text())
+    assert config['pretrained_cfg'].get('tag') is None and not config['pretrained_cfg'].get('url')
+    card = (tmp_path / 'out' / 'README.md').read_text()
+    assert "The authors'" not in card and 'fine-tune' not in card and 'datasets:' not in card, card
+    assert '20.71' not in card and '21.38' not in card and 'The paper reports no result for these weights' in card
+    assert 'no released checkpoint of this architecture and tag' in card and 'Hub repository' not in card
+    assert {'dla102x_elastic': "(they released no weights of `dla102x_elastic`)",
+            'se_resnext50_elastic': '(their releases of `se_resnext50_elastic`: ImageNet-1k, 1000 classes)',
+            }[arch] in card
+
+
+def test_a_checkpoint_in_timms_layout_is_not_converted(tmp_path):
+    """timm's own dla60x weights (or a converted model's) are not the authors' release of DLA-X60: converting them
+    would label them so (a model card with the paper's row, a timm-elastic Hub name)."""
+    ckpt = tmp_path / 'dla60x.pth'
+    torch.save(timm.create_model('dla60x').state_dict(), ckpt)
+    proc = convert(str(ckpt), '--out', str(tmp_path / 'out'))
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "the checkpoint is in timm's layout already (every key is one of dla_x60's), not in the original ELASTIC " \
+           "code's" in proc.stderr and "timm.create_model('dla_x60', checkpoint_path=PATH)" in proc.stderr
+    assert sorted(os.listdir(tmp_path)) == ['dla60x.pth']
 
 
 @pytest.mark.parametrize('make,args,message', [

@@ -165,6 +165,8 @@ def test_a_failed_download_is_one_clear_error(server, hub_cache, mode, says):
     assert says in message and url in message
     assert f"timm-elastic convert {ARCH}.pth.tar --out DIR" in message
     assert "timm.create_model('local-dir:DIR', pretrained=True)" in message
+    # where the commands read it from (train --task segment's backbone takes no file or folder of its own)
+    assert f"put it at {hub_cache / (ARCH + '.pth.tar')}, where pretrained=True" in message
     assert info.value.__context__ is None and info.value.__cause__ is None  # one error, not a chain
     assert server.hits[PATH] == (0 if mode == 'offline' else 1)  # tried once: no retries
     assert cached_files(hub_cache) == []  # nothing half-written is left to be read next time

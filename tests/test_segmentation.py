@@ -331,6 +331,17 @@ def test_segmentation_architectures_are_inferred_and_named():
         from_original(seg101, arch='seg_resnext50_elastic')
 
 
+def test_a_segmentation_model_in_our_layout_is_not_converted():
+    """A DLASeg's own state dict (the original's layout but for the keys the original has and never uses) is no
+    release of the authors': converting it would label it theirs."""
+    from original import as_release, stand_in_state
+    from timm_elastic.convert import CheckpointError, from_original
+    ours = from_original(as_release(stand_in_state('seg_dla60x'))).state_dict()
+    with pytest.raises(CheckpointError, match=r"the checkpoint is in timm's layout already \(every key is one of "
+                                              r"dlaup_dla_x60's\).*timm_elastic.segmentation.create_model"):
+        from_original(ours)
+
+
 @pytest.mark.parametrize('arch', ['dla60x', 'dla60x_elastic'])
 def test_dlaup_matches_the_originals_layout(arch):
     """DLA-up on our DLA models: the decoder's and classifier's keys and shapes are the original's; the

@@ -458,6 +458,7 @@ def from_original(
     kwargs.update(create_kwargs)
     model = timm.create_model(spec.model, **kwargs)
     target = _shapes(model)
+    _refuse_timm_layout(state, target, spec.model, f'timm.create_model({spec.model!r}, checkpoint_path=PATH)')
     classifier = _classifier_keys(spec.model)
     replace_head = model.num_classes != num_classes
     try:
@@ -479,6 +480,18 @@ def from_original(
                                     description=f'{model.pretrained_cfg.get("description", spec.model)}, converted '
                                                 f'from an original checkpoint of {num_classes} classes (not a release)')
     return model.eval()
+
+
+def _refuse_timm_layout(state: Mapping[str, torch.Tensor], target: Shapes, model_name: str, load: str) -> None:
+    """CheckpointError if `state` is already in the layout of the timm model `model_name` (its keys `target`'s):
+    a timm or converted checkpoint, which conversion would pass through unchanged and label the authors'. Every
+    original has keys that timm's layout lacks: the second path (`conv1_d`, ...), DenseNet's `norm_final`, the
+    DLA projections that the original builds and never uses, the segmentation DLA's backbone classifier. `load`:
+    how to load it instead, for the message."""
+    if set(state) <= set(target):
+        raise CheckpointError(
+            f"the checkpoint is in timm's layout already (every key is one of {model_name}'s), not in the original "
+            f"ELASTIC code's: it is no release of the authors' to convert; load it as it is ({load})")
 
 
 def _seg_convert(state: Mapping[str, torch.Tensor], arch: str, model: nn.Module,
@@ -546,6 +559,8 @@ def _seg_from_original(state: Mapping[str, torch.Tensor], arch: Optional[str], n
         arch = fits[0]
     model = build(arch, release_classes if num_classes is None else num_classes, **options)
     replace_head = model.num_classes != release_classes
+    _refuse_timm_layout(state, _shapes(model), SEG_ORIGINALS[arch],
+                        f'timm_elastic.segmentation.create_model({SEG_ORIGINALS[arch]!r}).load_state_dict')
     classifier = (f'{model.classifier}.weight', f'{model.classifier}.bias')
     up = ('up.weight',) if isinstance(model, DLASeg) else ()  # one fixed bilinear kernel per class
     try:
@@ -576,10 +591,12 @@ def _load_converted(model: nn.Module, converted: Dict[str, torch.Tensor], classe
 
 
 def release_tag(arch: str, num_classes: int) -> Optional[str]:
-    """The pretrained tag of an original checkpoint of `arch` with `num_classes` outputs ('in1k',
-    'coco'), or None for a number of classes that no release has."""
+    """The pretrained tag of the authors' release that an original checkpoint of `arch` with `num_classes`
+    outputs is ('in1k', 'coco'), or None where they released no weights of `arch` with that many classes
+    (dla102x_elastic: none at all; se_resnext50_elastic and dla102x: ImageNet's only)."""
     from .models._cfg import TAGS
-    return next((t for t, cfg in TAGS.items() if cfg.get('num_classes', 1000) == num_classes), None)
+    return next((t for t, cfg in TAGS.items()
+                 if cfg.get('num_classes', 1000) == num_classes and t in ORIGINALS[arch].released), None)
 
 
 def release_pretrained_cfg(model_name: str, tag: str) -> Dict[str, Any]:
@@ -611,16 +628,30 @@ def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: nn.Modul
     # timm adapts the first convolution to in_chans, and drops the classifier when num_classes differs
     # from the pretrained cfg's (0 included), after this filter
     adapting = model.num_classes != cfg.get('num_classes')
+    arch = original_of(name)
+
+    def kept(out: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        weight = out.get(classifier[0])
+        if adapting and model.num_classes and weight is not None and weight.dim() >= 1 \
+                and weight.shape[0] == model.num_classes:  # timm drops it all the same
+            tag = release_tag(arch, model.num_classes) if arch is not None else None
+            warnings.warn(
+                f"the checkpoint's classifier has the model's {model.num_classes} outputs, but timm replaces it with a "
+                f"newly initialised one, as the pretrained cfg ({name}.{cfg.get('tag')}) has "
+                f"{cfg.get('num_classes')} classes; "
+                + (f'{name}.{tag} is the pretrained tag of its release and keeps it' if tag else
+                   f'pretrained_cfg_overlay=dict(num_classes={model.num_classes}, ...) keeps it'), stacklevel=2)
+        return out
+
     if all(k in target or (adapting and k in classifier) for k in state_dict):
-        return state_dict  # timm's layout already (our Hub weights)
+        return kept(state_dict)  # timm's layout already (our Hub weights)
     free = [cfg['first_conv'] + '.weight'] + (list(classifier) if adapting else [])
     # every key of the model there, in its shape, beside others: timm's layout with more keys, which timm's load
     # reports (pretrained_strict=True) or leaves out (pretrained_strict=False), as for its own models
     extended = all(k in state_dict and (k in free or _shape(state_dict[k]) == shape) for k, shape in target.items())
-    arch = original_of(name)
     if arch is None:
         if extended:
-            return state_dict
+            return kept(state_dict)
         missing = [k for k in target if k not in state_dict]
         raise CheckpointError(
             f'not a state dict of {name} ({len(missing)} of its keys missing, e.g. {_few(missing)}), and {name} '
@@ -628,8 +659,11 @@ def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: nn.Modul
             f'{", ".join(spec.model for spec in ORIGINALS.values())}')
     target.update({k: () for k in free if k not in target})
     try:
-        return convert_state_dict(state_dict, target, ORIGINALS[arch].two_path, any_shape=free)
+        return kept(convert_state_dict(state_dict, target, ORIGINALS[arch].two_path, any_shape=free))
     except CheckpointError as e:
         if extended:
-            return state_dict
-        raise CheckpointError(f'not a checkpoint of {arch} ({name}): {e}') from None
+            return kept(state_dict)
+        classes = num_classes_of(state_dict, arch)
+        tag = release_tag(arch, classes) if classes != model.num_classes else None
+        hint = f'; its {classes} classes are those of the release {name}.{tag}' if tag else ''
+        raise CheckpointError(f'not a checkpoint of {arch} ({name}): {e}{hint}') from None

@@ -26,6 +26,9 @@ from .convert import (
 
 __all__ = ['Export', 'export_original', 'model_card', 'sha256_file']
 
+# a pretrained tag's dataset, as the model card names it
+_DATASETS = {'in1k': 'ImageNet-1k', 'coco': 'MS COCO'}
+
 _CITATION = """@inproceedings{wang2019elastic,
   title={ELASTIC: Improving CNNs with Dynamic Scaling Policies},
   author={Wang, Huiyu and Kembhavi, Aniruddha and Farhadi, Ali and Yuille, Alan L. and Rastegari, Mohammad},
@@ -74,16 +77,16 @@ def export_original(
 
     out_dir = os.path.abspath(os.fspath(out_dir))
     source = os.path.abspath(os.fspath(checkpoint)) if isinstance(checkpoint, (str, os.PathLike)) else None
+    if os.path.islink(out_dir):
+        raise FileExistsError(f'{out_dir} is a symbolic link; name the folder itself, or another --out')
+    if os.path.lexists(out_dir) and not os.path.isdir(out_dir):  # the checkpoint itself, say
+        raise FileExistsError(f'{out_dir} exists and is not a folder; choose another --out')
     # the real paths: through a symbolic link the checkpoint can lie inside the folder that replacing deletes
     if source is not None and os.path.commonpath([os.path.realpath(source), os.path.realpath(out_dir)]) == \
             os.path.realpath(out_dir):
         raise ValueError(f'the checkpoint {source} is inside the output folder {out_dir}; choose another --out')
     check_outside_cwd(out_dir)
     if os.path.lexists(out_dir):
-        if os.path.islink(out_dir):
-            raise FileExistsError(f'{out_dir} is a symbolic link; name the folder itself, or another --out')
-        if not os.path.isdir(out_dir):
-            raise FileExistsError(f'{out_dir} exists and is not a folder; choose another --out')
         if not force:
             raise OutputExistsError(f'{out_dir} already exists; pass {{force}} to replace it')
 
@@ -208,19 +211,21 @@ def model_card(
 ) -> str:
     """The README.md of a converted checkpoint: metadata header, the paper's results for these weights
     (Table 2 for ImageNet, Table 3 for the MS COCO fine-tune), provenance and usage. `tag` None: a
-    checkpoint of the original code with `num_classes` classes that no release has (a user's own
-    fine-tune): no dataset and no paper result are claimed for it."""
+    checkpoint of the original code that is none of the authors' releases (`convert.release_tag`: a user's own
+    fine-tune, an architecture they released no weights of): no dataset and no paper result are claimed for it."""
     import timm
     from . import __version__
-    from .models._cfg import release_url
+    from .models._cfg import TAGS, release_url
 
     coco = tag == 'coco'
     name = f'{spec.model}.{tag}' if tag else spec.model
     if tag is None:
+        releases = '; '.join(f'{_DATASETS[t]}, {TAGS[t].get("num_classes", 1000)} classes' for t in spec.released)
         what = (f'A checkpoint of the original ELASTIC `{arch}` code (Wang et al., CVPR 2019) with '
                 f'{num_classes if num_classes is not None else "an unknown number of"} classes, not one of the '
-                "authors' releases (ImageNet-1k: 1000 classes, MS COCO: 80), converted to timm's "
-                f'`{spec.model}` by timm-elastic. ')
+                "authors' releases (" + (f'their releases of `{arch}`: {releases}' if releases else
+                                         f'they released no weights of `{arch}`') +
+                f"), converted to timm's `{spec.model}` by timm-elastic. ")
         dataset = 'not known to the converter'
     else:
         what = (f'The authors\' {"MS COCO multi-label fine-tune" if coco else "ImageNet-1k weights"} of the '

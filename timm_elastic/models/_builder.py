@@ -113,8 +113,9 @@ def _download_error(variant: str, cfg, cache_dir: Optional[str], url: str, error
             what = f'loading {cached} (downloaded from {url}) failed ({error_line(error)})'
     message = (
         f'could not load the pretrained weights of {name}: {what}.\n'
-        f'Without network, get {filename} from {url} on another machine, then either pass it directly, '
-        f"timm.create_model('{name}', pretrained=True, pretrained_cfg_overlay=dict(file='{filename}')), "
+        f'Without network, get {filename} from {url} on another machine, then either put it at {cached}, '
+        f'where pretrained=True (and --pretrained of the timm-elastic and timm scripts) reads the download, pass it '
+        f"directly, timm.create_model('{name}', pretrained=True, pretrained_cfg_overlay=dict(file='{filename}')), "
         f'or convert it once, `timm-elastic convert {filename} --out DIR`, and use '
         f"timm.create_model('local-dir:DIR', pretrained=True).")
     return PretrainedWeightsError(message, url, cached, error)
