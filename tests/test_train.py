@@ -674,6 +674,26 @@ def test_compare_defaults_differ_from_train_where_the_readme_says():
     assert parse(['train', '--channels-last']).channels_last is True
 
 
+def test_the_papers_multistep_milestones_lower_the_lr_at_the_originals_epochs(tmp_path):
+    """The original lowers the lr from epochs 30, 60, 90 (classify.py: `epoch // 30`) and 24, 30
+    (multilabel_classify.py: `epoch >= 24`), counted from 0. A train run shows where timm's milestone m lowers it
+    (summary.csv's lr of each epoch); the default and the README's recipes must give the original's epochs."""
+    proc = cli('train', '--epochs', '3', '-j', '0', *SMALL, '--lr', '0.01', '--sched', 'multistep',
+               '--decay-milestones', '2', '--output', str(tmp_path), '--experiment', 'ms')
+    assert proc.returncode == 0, proc.stderr
+    with open(tmp_path / 'ms' / 'summary.csv') as f:
+        lrs = [float(row['lr']) for row in csv.DictReader(f)]
+    lowered_from = next(e for e, lr in enumerate(lrs) if lr < 0.01)  # milestone 2: from this epoch (from 0)
+    assert lrs == pytest.approx([0.01 if e < lowered_from else 0.001 for e in range(3)])
+
+    def epochs(milestones):
+        return [m - 2 + lowered_from for m in milestones]
+    assert epochs(build_parser().parse_args(['train']).decay_milestones) == [30, 60, 90]
+    readme = open(os.path.join(os.path.dirname(__file__), '..', 'README.md'), encoding='utf-8').read()
+    recipes = [[int(m) for m in found.split()] for found in re.findall(r'--decay-milestones ((?:\d+ ?)+)', readme)]
+    assert sorted(epochs(r) for r in recipes) == [[24, 30], [30, 60, 90]], recipes
+
+
 @pytest.mark.slow
 def test_compare_table4_over_seeds_is_repeatable(tmp_path):
     """compare trains both models once per seed and prints the Table 4 layout with mean ± standard deviation

@@ -459,14 +459,15 @@ def _add_train_args(p: argparse.ArgumentParser, compare: bool = False) -> None:
                    help=f'weight decay (default: 0.05{seg and seg + "5e-4, 1e-4 for dlaup_ models"})')
     g.add_argument('--clip-grad', type=float, metavar='NORM', default=None, help='clip the gradient norm')
     g.add_argument('--sched', metavar='NAME', default=None,
-                   help="lr schedule: cosine (default), step, multistep (the paper's: --decay-milestones 30 60 90), "
+                   help="lr schedule: cosine (default), step, multistep (the paper's: --decay-milestones 31 61 91), "
                         f"poly (--decay-rate is its power), plateau, none...{seg and seg + 'poly, power 0.9, per update'}")
     g.add_argument('--epochs', type=int, metavar='N', default=None,
                    help=f'epochs (default: {epochs}{seg and seg + "50"}; one takes 15-30 s for a small twin on the '
                         'built-in data on 2 CPU cores)')
     g.add_argument('--decay-epochs', type=float, metavar='N', default=30, help='step schedule period (default: 30)')
-    g.add_argument('--decay-milestones', type=int, nargs='+', metavar='E', default=[30, 60, 90],
-                   help='multistep schedule epochs (default: 30 60 90, the paper\'s)')
+    g.add_argument('--decay-milestones', type=int, nargs='+', metavar='E', default=[31, 61, 91],
+                   help='multistep schedule: timm lowers the lr from epoch E - 1, counted from 0 (default: 31 61 91, '
+                        'the paper\'s: the original lowers it from epochs 30, 60, 90)')
     g.add_argument('--decay-rate', type=float, metavar='R', default=None,
                    help=f'lr decay factor, the power of --sched poly (default: 0.1{seg and seg + "0.9"})')
     g.add_argument('--warmup-epochs', type=int, metavar='N', default=0, help='linear warm-up epochs (default: 0)')

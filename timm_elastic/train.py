@@ -4,8 +4,9 @@ The loop is timm's `train.py` in small: `create_dataset` / `create_loader` / `re
 Mixup / CutMix, `create_optimizer_v2`, `create_scheduler_v2`, autocast with `NativeScaler` (float16
 on CUDA), `ModelEmaV3`, `CheckpointSaver`, `distribute_bn`, and `update_summary` for the per-epoch
 `summary.csv`; the flags have the names of timm's `train.py`. The paper's ImageNet recipe (Sec. 4,
-"Implementation details") is SGD, lr 0.1 divided by 10 at epochs 30, 60, 90, random crops and no
-colour augmentation: `--opt momentum --lr 0.1 --sched multistep --decay-milestones 30 60 90 --epochs 120
+"Implementation details") is SGD, lr 0.1 divided by 10 at epochs 30, 60, 90 (the original code's epochs,
+counted from 0; timm's multistep milestone m lowers it from epoch m - 1), random crops and no colour
+augmentation: `--opt momentum --lr 0.1 --sched multistep --decay-milestones 31 61 91 --epochs 120
 --color-jitter 0` (timm's `sgd` is SGD with Nesterov momentum, `momentum` without).
 
 What it adds to timm's script:
