@@ -867,6 +867,38 @@ def test_bad_arguments_are_one_line_errors(tmp_path, args, message):
     assert err[0].startswith(f'timm-elastic {args[0]}: error: ') and message in err[0], err[0]
 
 
+def test_a_written_file_never_replaces_an_input(tmp_path):
+    """--results-file / --plot naming the checkpoint being scored, a file of the data (an annotation file, an image)
+    or of a local-dir: model folder is refused before any work: the run used to end by replacing it."""
+    data = tmp_path / 'coco'
+    (data / 'annotations').mkdir(parents=True)
+    (data / 'val2014').mkdir()
+    ann, image = data / 'annotations' / 'instances_val2014.json', data / 'val2014' / 'a.png'
+    ann.write_text('{"images": []}')
+    image.write_bytes(b'an image')
+    ckpt, folder = tmp_path / 'ck.pth.tar', tmp_path / 'model'
+    ckpt.write_bytes(b'the weights')
+    folder.mkdir()
+    (folder / 'config.json').write_text('{}')
+    data_args = ['--task', 'multilabel', '--data-dir', str(data)]
+    for args, says in (
+            (['validate', *data_args, '--checkpoint', str(ckpt), '--results-file', str(ckpt)],
+             f"--results-file '{ckpt}' is the --checkpoint file that this command reads; name another file"),
+            (['validate', *data_args, '--checkpoint', str(ckpt), '--results-file', str(ann)],
+             f"--results-file '{ann}' is a file in --data-dir '{data}', which this command reads; name a file "
+             'outside it'),
+            (['validate', '--model', f'local-dir:{folder}', '--pretrained', '--results-file',
+              str(folder / 'config.json')],
+             f"--results-file '{folder / 'config.json'}' is a file in --model 'local-dir:{folder}', which"),
+            (['stress', *data_args, '--checkpoint', str(ckpt), '--baseline', 'resnext_tiny', '--plot', str(image)],
+             f"--plot '{image}' is a file in --data-dir '{data}', which this command reads")):
+        proc = cli(*args)
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert f'timm-elastic {args[0]}: error: {says}' in proc.stderr, proc.stderr
+    assert ckpt.read_bytes() == b'the weights' and ann.read_text() == '{"images": []}'
+    assert image.read_bytes() == b'an image' and (folder / 'config.json').read_text() == '{}'
+
+
 def test_dataset_download_reaches_timms_reader(monkeypatch):
     """--dataset-download is timm's flag: create_dataset(download=True) fetches a torch/ or tfds/ dataset (offline
     here, so timm's reader is replaced by one that records its arguments)."""

@@ -693,6 +693,33 @@ def _check_integers(args: argparse.Namespace) -> None:
         raise ValueError(f'--input-size H and W must be at least 32, got {input_size[1]} {input_size[2]}')
 
 
+# the inputs a written file must not replace: files of these flags, and anything in these folders
+_INPUT_FILES = (('checkpoint', '--checkpoint'), ('baseline_checkpoint', '--baseline-checkpoint'),
+                ('initial_checkpoint', '--initial-checkpoint'), ('resume', '--resume'))
+_INPUT_FOLDERS = (('data_dir', '--data-dir'), ('model', '--model'), ('baseline', '--baseline'))
+
+
+def _check_not_an_input(flag: str, path: str, args: argparse.Namespace) -> None:
+    """ValueError if the file `flag` writes at `path` is one that the command reads: a checkpoint flag's file, a
+    file in --data-dir (an annotation file, an image) or in a `local-dir:` model folder of --model / --baseline."""
+    if not os.path.isfile(path):
+        return
+    real = os.path.realpath(path)
+    for name, source in _INPUT_FILES:
+        given = getattr(args, name, '') or ''
+        if given and os.path.isfile(given) and os.path.samefile(given, real):
+            raise ValueError(f'{flag} {path!r} is the {source} file that this command reads; name another file')
+    for name, source in _INPUT_FOLDERS:
+        given = getattr(args, name, None) or ''
+        folder = given if source == '--data-dir' else given[len('local-dir:'):] if given.startswith('local-dir:') \
+            else ''
+        if folder and os.path.isdir(folder):
+            root = os.path.realpath(folder)
+            if os.path.commonpath([root, real]) == root:
+                raise ValueError(f'{flag} {path!r} is a file in {source} {given!r}, which this command reads; name a '
+                                 'file outside it')
+
+
 def _terminated(signum, frame):
     raise SystemExit(128 + signum)
 
@@ -719,6 +746,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             return _fail(args.command, ValueError(f'{flag} {path!r}: its folder does not exist'))
         if path and os.path.isdir(path):
             return _fail(args.command, ValueError(f'{flag} {path!r} is a folder; name a file in it'))
+        try:
+            _check_not_an_input(flag, path, args)
+        except ValueError as e:
+            return _fail(args.command, e)
     import signal
 
     import torch.distributed as dist
