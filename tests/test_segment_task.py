@@ -209,14 +209,15 @@ def test_crop_pct_and_interpolation_are_refused():
     task = get_task('segment')
     config = dict(input_size=(3, 33, 33), mean=MEAN, std=STD, interpolation='bilinear', crop_pct=0.875)
     for command in ('train', 'validate'):
-        for flags, named in ((['--crop-pct', '0.9'], '--crop-pct'), (['--interpolation', 'bicubic'], '--interpolation'),
-                             (['--crop-pct', '1.0', '--interpolation', 'lanczos'], '--crop-pct / --interpolation')):
+        for flags, named in ((['--crop-pct', '0.9'], '--crop-pct does'),
+                             (['--interpolation', 'bicubic'], '--interpolation does'),
+                             (['--crop-pct', '1.0', '--interpolation', 'lanczos'], '--crop-pct / --interpolation do')):
             args = build_parser().parse_args([command, '--task', 'segment', *flags])
             checks = [lambda: task.data_config(config, args)]  # what validate and train call
             if command == 'train':
                 checks.append(lambda: task.check_train_args(args))  # before the data and the model are read
             for check in checks:
-                with pytest.raises(UsageError, match=f'^{named} do not apply to --task segment, which resizes no '
+                with pytest.raises(UsageError, match=f'^{named} not apply to --task segment, which resizes no '
                                                      'image but by the random rescale of training'):
                     check()
         args = build_parser().parse_args([command, '--task', 'segment'])  # the defaults are not refused
@@ -486,6 +487,28 @@ def test_the_original_recipe_is_the_default_of_train_task_segment(tmp_path):
         ('deeplabv3_resnext_tiny_elastic', 'adamw', 4e-3, 2, 0.1, 2000)
 
 
+def test_a_model_folder_brings_its_weights_with_pretrained_only(tmp_path):
+    """train --task segment --model local-dir:DIR took DIR's weights without --pretrained (validate, as timm, calls
+    that model randomly initialised): its architecture only, unless --pretrained."""
+    from safetensors.torch import save_file
+
+    from timm_elastic.cli import build_parser
+    from timm_elastic.segmentation import create_model as create_segmentation
+    from timm_elastic.train import create_model
+    folder = tmp_path / 'release'
+    folder.mkdir()
+    (folder / 'config.json').write_text(json.dumps({'architecture': 'deeplabv3_resnext_tiny_elastic',
+                                                    'num_classes': 21}))
+    saved = create_segmentation('deeplabv3_resnext_tiny_elastic').state_dict()
+    save_file(saved, folder / 'model.safetensors')
+    for flags, equal in (([], False), (['--pretrained'], True)):
+        args = build_parser().parse_args(['train', '--task', 'segment', '--model', f'local-dir:{folder}', *flags])
+        state = create_model(args, 21).state_dict()
+        assert state.keys() == saved.keys()
+        same = [torch.equal(state[k], saved[k]) for k in saved if saved[k].dim() == 4]  # the convolutions
+        assert same and all(same) if equal else not any(same), flags
+
+
 def test_bn_momentum_is_the_originals_unless_set():
     from timm_elastic.segmentation import create_model
     for name, original in (('deeplabv3_resnext_tiny', {0.05, 0.0003}), ('dlaup_dla_x60', {0.1})):
@@ -516,7 +539,7 @@ def test_the_poly_schedule_is_the_originals():
     ('small_crop', 'a 32-pixel crop is too small for --model dlaup_dla_x60_elastic: its deepest features are at '
                    'stride 32, so the crop must be larger than 32 pixels'),
     ('classifier', '--task segment trains the segmentation models: deeplabv3_<backbone>'),
-    ('mixup', '--mixup do not apply to --task segment'),
+    ('mixup', '--mixup does not apply to --task segment'),
     ('crop_pct', '--crop-pct / --interpolation do not apply to --task segment, which resizes no image'),
     ('batch_of_one', '--model deeplabv3_resnext_tiny_elastic trains on at least 2 images per process (-b)'),
     ('classify_checkpoint', 'was trained with --task classify; use it with --task classify'),

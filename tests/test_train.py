@@ -466,6 +466,23 @@ def test_a_model_folder_that_is_not_there_or_a_folder_as_checkpoint(tmp_path, mo
     assert sorted(os.listdir(tmp_path)) == ['model']
 
 
+def test_a_run_of_a_relative_model_folder_validates_from_another_folder(tmp_path):
+    """--model local-dir:DIR with a relative DIR was recorded as given: the checkpoint, which holds every weight,
+    could be validated from the training's working folder only (DIR not found elsewhere)."""
+    from timm.models import save_for_hf
+    (tmp_path / 'a').mkdir()
+    (tmp_path / 'b').mkdir()
+    save_for_hf(timm.create_model('resnext_tiny_elastic', num_classes=8), str(tmp_path / 'a' / 'mine'))
+    proc = cli('train', '--model', 'local-dir:mine', '--pretrained', '--epochs', '1', '-j', '0', *SMALL, '--output',
+               'runs', '--experiment', 'x', cwd=tmp_path / 'a')
+    assert proc.returncode == 0, proc.stderr
+    ckpt = tmp_path / 'a' / 'runs' / 'x' / 'last.pth.tar'
+    proc = cli('validate', '--checkpoint', str(ckpt), '--val-num-samples', '16', '-j', '0', '--no-progress',
+               cwd=tmp_path / 'b')
+    assert proc.returncode == 0, proc.stderr
+    assert 'top-1' in proc.stdout, proc.stdout
+
+
 def test_a_file_for_the_output_folder_or_a_bad_backend_is_refused_before_training(tmp_path, monkeypatch):
     """--output naming a file was a NotADirectoryError traceback; an --experiment that is a file failed after a
     whole epoch, in the first write. --dist-backend nccl on the CPU (or a name torch does not know) was a

@@ -740,6 +740,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         _check_integers(args)
     except ValueError as e:
         return _fail(args.command, e)
+    for name in ('model', 'baseline'):  # recorded in checkpoints: a relative folder would not be found elsewhere
+        value = getattr(args, name, None)
+        if isinstance(value, str) and value.startswith('local-dir:'):
+            setattr(args, name, 'local-dir:' + os.path.abspath(value[len('local-dir:'):]))
     for flag, path in (('--results-file', getattr(args, 'results_file', '')), ('--plot', getattr(args, 'plot', ''))):
         # files written at the end: known before hours of work
         if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):

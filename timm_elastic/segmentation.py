@@ -210,7 +210,8 @@ class DLASeg(nn.Module):
 
 
 def create_model(name: str, num_classes: Optional[int] = None, pretrained_backbone: bool = False,
-                 backbone_kwargs: Optional[Dict[str, Any]] = None, bn_momentum: Optional[float] = None) -> nn.Module:
+                 backbone_kwargs: Optional[Dict[str, Any]] = None, bn_momentum: Optional[float] = None,
+                 folder_weights: bool = True) -> nn.Module:
     """A segmentation model by name: `deeplabv3_<backbone>` (any timm ResNet-family model name, tag allowed,
     e.g. `deeplabv3_resnext50_elastic`, `deeplabv3_resnext101_32x4d.a1h_in1k`) or `dlaup_<backbone>` (one of the
     DLA models, e.g. `dlaup_dla_x60_elastic`).
@@ -228,8 +229,10 @@ def create_model(name: str, num_classes: Optional[int] = None, pretrained_backbo
             0.05 in the backbone, 0.0003 in the head, made for its 33,000 iterations on PASCAL VOC; DLA-up:
             PyTorch's 0.1). In a run of a few hundred iterations 0.0003 leaves the head's statistics near their
             initial values, and evaluation (which uses them) far below what the weights can do.
+        folder_weights: for a `local-dir:` / `hf-hub:` name (a converted release), load its weights; False builds
+            its architecture randomly initialised (as `timm.create_model` does such a name without `pretrained`).
     """
-    model = _create(name, num_classes, pretrained_backbone, backbone_kwargs)
+    model = _create(name, num_classes, pretrained_backbone, backbone_kwargs, folder_weights)
     if bn_momentum is not None:
         if not 0 < bn_momentum <= 1:
             raise ValueError(f'bn_momentum must be in (0, 1], got {bn_momentum}')
@@ -240,12 +243,12 @@ def create_model(name: str, num_classes: Optional[int] = None, pretrained_backbo
 
 
 def _create(name: str, num_classes: Optional[int], pretrained_backbone: bool,
-            backbone_kwargs: Optional[Dict[str, Any]]) -> nn.Module:
+            backbone_kwargs: Optional[Dict[str, Any]], folder_weights: bool = True) -> nn.Module:
     import timm
 
     import timm_elastic  # noqa: F401  (registers the Elastic backbones)
     if name.startswith(('local-dir:', 'hf-hub:')):
-        model = _from_folder(name, backbone_kwargs)
+        model = _from_folder(name, backbone_kwargs, folder_weights)
         if num_classes is not None and num_classes != model.num_classes:
             raise ValueError(f'{name!r} has {model.num_classes} classes (its config.json), not {num_classes}: a '
                              'converted release keeps its classifier; for other classes train deeplabv3_<backbone> '
@@ -287,16 +290,17 @@ def folder_config(path: str) -> Dict[str, Any]:
         return json.load(f)
 
 
-def _from_folder(name: str, backbone_kwargs: Optional[Dict[str, Any]] = None) -> nn.Module:
+def _from_folder(name: str, backbone_kwargs: Optional[Dict[str, Any]] = None, weights: bool = True) -> nn.Module:
     """A model from the folder `timm-elastic convert` writes for a segmentation release (`local-dir:PATH`), or
     from its Hub repository (`hf-hub:ORG/NAME`): config.json names the architecture, model.safetensors holds
-    the weights (loaded strictly)."""
+    the weights (loaded strictly; with `weights` False neither read nor needed)."""
     import os
 
     from safetensors.torch import load_file
     kind, where = name.split(':', 1)
+    needed = ('config.json', 'model.safetensors') if weights else ('config.json',)
     if kind == 'local-dir':
-        files = {f: os.path.join(where, f) for f in ('config.json', 'model.safetensors')}
+        files = {f: os.path.join(where, f) for f in needed}
         missing = [p for p in files.values() if not os.path.isfile(p)]
         if missing:
             raise ValueError(f'{name!r}: {missing[0]} does not exist (a folder written by timm-elastic convert holds '
@@ -304,11 +308,12 @@ def _from_folder(name: str, backbone_kwargs: Optional[Dict[str, Any]] = None) ->
     else:
         from huggingface_hub import hf_hub_download
         try:
-            files = {f: hf_hub_download(where, f) for f in ('config.json', 'model.safetensors')}
+            files = {f: hf_hub_download(where, f) for f in needed}
         except Exception as e:  # huggingface_hub's own: not found, offline and not cached, network ...
             raise ValueError(f'{name!r}: cannot fetch config.json and model.safetensors from the Hugging Face Hub: '
                              f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}') from e
     config = folder_config(os.path.dirname(files['config.json']))
     model = create_model(config['architecture'], num_classes=config['num_classes'], backbone_kwargs=backbone_kwargs)
-    model.load_state_dict(load_file(files['model.safetensors']), strict=True)
+    if weights:
+        model.load_state_dict(load_file(files['model.safetensors']), strict=True)
     return model

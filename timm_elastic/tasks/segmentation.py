@@ -269,9 +269,10 @@ def _check_resize_flags(args: argparse.Namespace) -> None:
     used = [f for f, v in (('--crop-pct', getattr(args, 'crop_pct', None) is not None),
                            ('--interpolation', getattr(args, 'interpolation', None))) if v]
     if used:
-        raise UsageError(f'{" / ".join(used)} do not apply to --task segment, which resizes no image but by the random '
-                         'rescale of training (Lanczos, as the original) and pads and cuts an --img-size crop (at the '
-                         'centre in evaluation)')
+        verb = 'does' if len(used) == 1 else 'do'
+        raise UsageError(f'{" / ".join(used)} {verb} not apply to --task segment, which resizes no image but by the '
+                         'random rescale of training (Lanczos, as the original) and pads and cuts an --img-size crop '
+                         '(at the centre in evaluation)')
 
 
 def _paired(dataset) -> bool:
@@ -309,8 +310,9 @@ class Segment(Task):
                                ('--ratio', args.ratio), ('--vflip', args.vflip), ('--color-jitter', args.color_jitter))
                 if v]
         if used:
-            raise UsageError(f'{" / ".join(used)} do not apply to --task segment, which augments as the original: '
-                             'a flip (--hflip), a random rescale (--scale, default 0.5 2) and a random crop')
+            verb = 'does' if len(used) == 1 else 'do'
+            raise UsageError(f'{" / ".join(used)} {verb} not apply to --task segment, which augments as the '
+                             'original: a flip (--hflip), a random rescale (--scale, default 0.5 2) and a random crop')
         _check_resize_flags(args)
         if args.drop:
             raise UsageError(f'--drop {args.drop:g} does not apply to --task segment: timm\'s dropout is before a '
@@ -350,10 +352,11 @@ class Segment(Task):
 
     def build_model(self, name: str, pretrained: bool = False, num_classes: Optional[int] = None,
                     checkpoint_path: str = '', bn_momentum: Optional[float] = None, **backbone_kwargs):
-        """`segmentation.create_model(name)`: `pretrained` gives the backbone its ImageNet weights, the other
-        timm arguments (`in_chans`, `drop_rate`, the Elastic options...) go to the backbone."""
+        """`segmentation.create_model(name)`: `pretrained` gives the backbone its ImageNet weights (a `local-dir:` /
+        `hf-hub:` release its own: without `pretrained` its architecture is randomly initialised, as timm's), the
+        other timm arguments (`in_chans`, `drop_rate`, the Elastic options...) go to the backbone."""
         from ..segmentation import create_model
-        model = create_model(name, num_classes=num_classes, pretrained_backbone=pretrained,
+        model = create_model(name, num_classes=num_classes, pretrained_backbone=pretrained, folder_weights=pretrained,
                              backbone_kwargs=backbone_kwargs or None, bn_momentum=bn_momentum)
         if checkpoint_path:
             from timm.models import load_checkpoint
