@@ -321,7 +321,7 @@ def test_the_stress_test_without_matplotlib(tmp_path):
     ('other_order', "number their classes differently (class 0 is 'person' in 'train', 'car' in 'validation')"),
     ('other_classes', "have different classes: 1 only in 'train' (e.g. 'bus'); both need the same classes"),
     ('empty_val', "split 'validation' of --data-dir"),
-    ('mixup', '--mixup make single-label soft targets; --task multilabel trains on its 0/1 targets'),
+    ('mixup', '--mixup makes single-label soft targets; --task multilabel trains on its 0/1 targets'),
     ('metric', '--eval-metric top1 is not a metric of --task multilabel; use one of map, f1_o, f1_c, loss'),
     ('stress_sizes', '--stress-sizes must be at least 32 pixels, got 16'),
     ('stress_sizes_twice', '--stress-sizes repeats 64; each size is evaluated once'),  # stress' rule (merged before)

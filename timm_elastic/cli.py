@@ -582,10 +582,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_train, fill_defaults=partial(_train_defaults, compare=False))
 
     p = sub.add_parser(
-        'validate', help='evaluate a model: top-1, top-5, and top-1 per object-size combination',
+        'validate', help='evaluate a model: top-1 and top-5 (F1 and mAP, mIoU), per object-size combination too',
         description="Evaluate a model on a dataset split with timm's loaders: loss, top-1 and top-5, and, on the "
                     "built-in dataset (or an image folder written by timm-elastic data), top-1 per combination of "
-                    "object sizes.",
+                    "object sizes; --task multilabel: F1 per class and overall and mAP (per combination on MS COCO "
+                    "and the built-in data too); --task segment: mIoU.",
         epilog='examples: timm-elastic validate --checkpoint runs/tiny/model_best.pth.tar; '
                'timm-elastic validate --model resnext50_elastic --pretrained --data-dir /data/imagenet --split val')
     _add_task_arg(p)

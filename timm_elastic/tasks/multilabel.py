@@ -148,7 +148,8 @@ class MultiLabel(Task):
         used = [f for f, v in (('--mixup', args.mixup), ('--cutmix', args.cutmix), ('--smoothing', args.smoothing))
                 if v]
         if used:
-            raise UsageError(f'{" / ".join(used)} make single-label soft targets; --task multilabel trains on its '
+            verb = 'makes' if len(used) == 1 else 'make'
+            raise UsageError(f'{" / ".join(used)} {verb} single-label soft targets; --task multilabel trains on its '
                              '0/1 targets (leave them at 0)')
 
     def train_loss(self, args: argparse.Namespace, mixup: bool) -> torch.nn.Module:
