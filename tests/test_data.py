@@ -7,6 +7,7 @@ import math
 import os
 import pathlib
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -211,6 +212,18 @@ def test_existing_root_is_refused_unless_forced(tmp_path):
     with pytest.raises(FileExistsError, match='holds my_predictions.csv besides a dataset'):
         write_image_folder(root, splits=('train',), num_samples=16, img_size=32, force=True)
     assert (root / 'my_predictions.csv').read_text() == 'keep me'
+    # ... at any depth: a class folder of one's own in a split, a note beside the images (both were deleted)
+    (root / 'my_predictions.csv').unlink()
+    images = sorted(p for p in (root / 'train').iterdir())[0]
+    (images / 'notes.txt').write_text('keep me')
+    (root / 'train' / 'zebra').mkdir()
+    (root / 'train' / 'zebra' / '0.png').write_bytes(b'mine')
+    with pytest.raises(FileExistsError, match=f'holds train/zebra/, train/{images.name}/notes.txt besides a dataset'):
+        write_image_folder(root, splits=('train',), num_samples=16, img_size=32, force=True)
+    assert (images / 'notes.txt').read_text() == 'keep me' and (root / 'train' / 'zebra' / '0.png').exists()
+    (images / 'notes.txt').unlink()
+    shutil.rmtree(root / 'train' / 'zebra')
+    write_image_folder(root, splits=('train',), num_samples=16, img_size=32, force=True)  # its own files only
     (tmp_path / 'file').write_text('')
     with pytest.raises(FileExistsError, match='not a directory'):
         write_image_folder(tmp_path / 'file', num_samples=8, img_size=32, force=True)

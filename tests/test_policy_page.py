@@ -137,6 +137,25 @@ def test_filter_by_an_exact_class_name_selects_that_class_alone(browser, tmp_pat
     assert errors == []
 
 
+def test_images_that_are_not_square_are_drawn_unstretched(browser, tmp_path):
+    """A wide image (a 40x10 thumbnail of an image folder's photo) was stretched to the square of a card and of
+    the detail view: drawn whole, it leaves the square's top and bottom empty."""
+    buf = io.BytesIO()
+    Image.new('RGB', (40, 10), (255, 0, 0)).save(buf, 'PNG')
+    data = page_data(n=3)
+    for image in data['images']:
+        image['thumb'] = 'data:image/png;base64,' + base64.b64encode(buf.getvalue()).decode()
+    page, errors, _ = open_page(browser, write_page(str(tmp_path / 'p.html'), data))
+    page.click('#grid .card[data-index="1"]')
+    for selector in ('#grid .card[data-index="0"] img', '#detail img'):
+        shot = Image.open(io.BytesIO(page.locator(selector).screenshot())).convert('RGB')
+        w, h = shot.size
+        assert abs(w - h) <= 1, (selector, shot.size)  # the square it is drawn in
+        assert shot.getpixel((w // 2, h // 2)) == (255, 0, 0), selector
+        assert shot.getpixel((w // 2, 2)) != (255, 0, 0) and shot.getpixel((w // 2, h - 3)) != (255, 0, 0), selector
+    assert errors == []
+
+
 def test_page_shows_and_sorts_by_the_scores_of_policy_json(browser, tmp_path):
     # the page's scores are policy.json's, not another rounding of them: -0.0218474 is -0.021847 in both (the
     # page had -0.02185, shown -0.0219), and 0.123451 < 0.123454 orders the page as policy.json (at 5 decimals a tie)
@@ -315,6 +334,10 @@ def test_policy_baseline_checkpoint_is_not_also_pretrained(tmp_path):
     (['--checkpoint', 'E', '--out', 'E'], 'is a file; name a folder'),
     (['--checkpoint', 'E', '--thumb-size', '0'], '--thumb-size must be positive, got 0'),
     (['--checkpoint', 'E', '--perplexity', '0'], '--perplexity must be positive, got 0.0'),
+    # scikit-learn's t-SNE takes seeds in [0, 2**32): its traceback came after the scoring
+    (['--checkpoint', 'E', '--seed', '-1'], '--seed must be at least 0, got -1'),
+    (['--checkpoint', 'E', '--seed', str(2 ** 32)], '--seed must be at least 0 and less than 2**32 (the t-SNE seed)'),
+    (['--checkpoint', 'E', '--data-seed', '-1'], '--data-seed must be at least 0, got -1'),  # not the t-SNE --seed
 ])
 def test_policy_command_errors(tmp_path, extra, message):
     checkpoint(tmp_path / 'e.pth.tar', 'resnext_tiny_elastic', 1)
@@ -324,6 +347,27 @@ def test_policy_command_errors(tmp_path, extra, message):
     assert proc.returncode == 2
     assert proc.stderr.startswith('timm-elastic policy: error: ') and message in proc.stderr
     assert proc.stderr.count('\n') == 1
+
+
+def test_a_wrong_baseline_is_refused_before_any_image_is_scored(tmp_path, monkeypatch):
+    """A --baseline-checkpoint that is not there (or a baseline without weights) was found after the Elastic model
+    had scored every image: the whole run's time on a large split."""
+    from timm_elastic.cli import build_parser
+    from timm_elastic.report import demo
+    from timm_elastic.train import UsageError
+
+    def scored(*args, **kwargs):
+        raise AssertionError('an image was scored before the baseline was loaded')
+    monkeypatch.setattr(demo, '_predict', scored)
+    monkeypatch.setattr(demo, '_thumbnails', scored)
+    checkpoint(tmp_path / 'e.pth.tar', 'resnext_tiny_elastic', 1)
+    for extra, message in ((['--baseline-checkpoint', str(tmp_path / 'typo.pth.tar')], 'does not exist'),
+                           ([], 'no weights to evaluate: pass --baseline-checkpoint PATH')):
+        args = build_parser().parse_args(['policy', '--checkpoint', str(tmp_path / 'e.pth.tar'), '--baseline',
+                                          'resnext_tiny', *extra, '--val-num-samples', '8', '--out',
+                                          str(tmp_path / 'out')])
+        with pytest.raises(UsageError, match=message):
+            demo.run(args)
 
 
 def image_folder(root, classes, image=lambda c: Image.new('RGB', (40, 40), (30 * c, 90, 200))):

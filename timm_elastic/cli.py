@@ -681,7 +681,8 @@ def build_parser() -> argparse.ArgumentParser:
 _AT_LEAST = (('img_size', '--img-size', 32), ('epochs', '--epochs', 1), ('batch_size', '-b/--batch-size', 1),
              ('validation_batch_size', '-vb/--validation-batch-size', 1), ('workers', '-j/--workers', 0),
              ('train_num_samples', '--train-num-samples', 1), ('val_num_samples', '--val-num-samples', 1),
-             ('checkpoint_hist', '--checkpoint-hist', 1), ('log_interval', '--log-interval', 0))
+             ('checkpoint_hist', '--checkpoint-hist', 1), ('log_interval', '--log-interval', 0),
+             ('seed', '--seed', 0), ('data_seed', '--data-seed', 0))
 
 
 def _check_integers(args: argparse.Namespace) -> None:

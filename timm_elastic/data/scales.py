@@ -637,10 +637,27 @@ def _check_replaceable(root: str, force: bool) -> None:
     if not is_image_folder(root):
         raise OutputExistsError(f'{root} is not a dataset written by write_image_folder (no {_CSV_NAME} of its '
                                 f'columns); not replacing it even with {{force}}, remove it yourself')
-    others = sorted(set(os.listdir(root)) - {_CSV_NAME, *SPLITS})
-    if others:  # a dataset folder that a user has put files of their own in
-        raise OutputExistsError(f'{root} holds {", ".join(others)} besides a dataset written by write_image_folder; '
+    others = _files_of_others(root)
+    if others:  # a dataset folder that a user has put files of their own in, at any depth
+        named = ', '.join([*others[:3], *(['...'] if len(others) > 3 else [])])
+        raise OutputExistsError(f'{root} holds {named} besides a dataset written by write_image_folder; '
                                 f'not replacing it even with {{force}}, move them or remove the folder yourself')
+
+
+def _files_of_others(root: str) -> List[str]:
+    """What a dataset folder of `write_image_folder` holds besides its objects.csv and the images it lists (and the
+    folders of those): paths relative to `root` with '/', a folder's ending in '/' (its content not listed)."""
+    with open(os.path.join(root, _CSV_NAME), newline='') as f:
+        listed = {row['file'] for row in csv.DictReader(f)}
+    folders = {path.rsplit('/', n)[0] for path in listed for n in range(1, path.count('/') + 1)}
+    others = []
+    for here, dirs, files in os.walk(root):
+        rel = os.path.relpath(here, root).replace(os.sep, '/')
+        prefix = '' if rel == '.' else rel + '/'
+        others += sorted(prefix + d + '/' for d in dirs if prefix + d not in folders)
+        others += sorted(prefix + f for f in files if prefix + f not in listed and prefix + f != _CSV_NAME)
+        dirs[:] = sorted(d for d in dirs if prefix + d in folders)
+    return others
 
 
 def is_image_folder(root: str) -> bool:

@@ -123,6 +123,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     for flag, value in (('--thumb-size', args.thumb_size), ('--perplexity', args.perplexity)):
         if not value > 0:
             raise UsageError(f'{flag} must be positive, got {value}')
+    if not 0 <= args.seed < 2 ** 32:  # scikit-learn's random_state; found after the scoring otherwise
+        raise UsageError(f'--seed must be at least 0 and less than 2**32 (the t-SNE seed), got {args.seed}')
     policy.require('sklearn.manifold', 'timm-elastic policy (t-SNE)')
     policy.require('matplotlib', 'timm-elastic policy (plots)')
     device = _init_device(args)
@@ -140,13 +142,15 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         recorder = policy.ScalePolicy(model)
     except ValueError as e:
         raise UsageError(f'--model: {e}') from None
-    thumbs = _thumbnails(dataset, args.thumb_size)  # after the model: a wrong one fails before this work
-    probs, targets = _predict(model, dataset, args, device, amp_autocast, recorder, name=args.model)
-    base_probs = None
+    baseline = None
     if args.baseline:
         bargs = baseline_args(args)
         baseline = load_for_eval(bargs, data_classes, device, flags=('--baseline', '--baseline-checkpoint'))
         args.baseline = bargs.model
+    thumbs = _thumbnails(dataset, args.thumb_size)  # after the models: a wrong one fails before this work
+    probs, targets = _predict(model, dataset, args, device, amp_autocast, recorder, name=args.model)
+    base_probs = None
+    if baseline is not None:
         base_probs, _ = _predict(baseline, dataset, bargs, device, amp_autocast, name=bargs.model)
     classes = _class_names(dataset) or [str(i) for i in range(probs.shape[1])]
     names = recorder.names

@@ -80,7 +80,7 @@ header label { margin-right: 12px; }
 #grid { display: flex; flex-wrap: wrap; gap: 6px; padding: 10px; }
 .card { width: 112px; border: 1px solid #ccc; border-radius: 4px; padding: 4px; cursor: pointer; background: #fff; }
 .card[hidden] { display: none; }
-.card img { width: 104px; height: 104px; image-rendering: pixelated; display: block; }
+.card img { width: 104px; height: 104px; object-fit: contain; image-rendering: pixelated; display: block; }
 .card .strip { height: 10px; margin-top: 3px; border: 1px solid #aaa; }
 .card .cls { font-size: 11px; overflow: hidden; white-space: nowrap; text-overflow: ellipsis; }
 .card .pred.wrong { color: #b00; }
@@ -88,7 +88,7 @@ header label { margin-right: 12px; }
 #detail { position: fixed; right: 0; top: 0; bottom: 0; width: 340px; overflow: auto; background: #fff;
   border-left: 2px solid #888; padding: 10px; z-index: 3; box-shadow: -4px 0 8px rgba(0,0,0,.15); }
 #detail[hidden] { display: none; }
-#detail img { width: 192px; height: 192px; image-rendering: pixelated; }
+#detail img { width: 192px; height: 192px; object-fit: contain; image-rendering: pixelated; }
 #detail table { border-collapse: collapse; width: 100%; }
 #detail td { padding: 1px 4px; font-size: 12px; }
 #detail .bar { height: 8px; }
