@@ -5,10 +5,10 @@ import math
 import os
 import shutil
 import tempfile
-from typing import Any
+from typing import Any, Sequence
 
 __all__ = ['OutputExistsError', 'check_outside_cwd', 'replace_dir', 'staged_dir', 'write_text', 'write_json',
-           'json_finite', 'fsync_dir']
+           'json_finite', 'fsync_dir', 'first_names']
 
 
 class OutputExistsError(FileExistsError):
@@ -21,6 +21,12 @@ class OutputExistsError(FileExistsError):
 
     def message(self, force: str) -> str:
         return self.template.format(force=force)
+
+
+def first_names(names: Sequence[str]) -> str:
+    """The first three of `names` (files found where an output would go) for a message, '...' after them if there
+    are more."""
+    return ', '.join([*names[:3], *(['...'] if len(names) > 3 else [])])
 
 
 def replace_dir(tmp: str, dest: str) -> None:

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ._io import fsync_dir, write_text
+from ._io import first_names, fsync_dir, write_text
 from .convert import error_line
 
 __all__ = ['UsageError', 'AtomicCheckpointSaver', 'Progress', 'train', 'validate', 'evaluate', 'task_of']
@@ -853,11 +853,6 @@ def _check_train_args(args: argparse.Namespace) -> None:
 def output_root(args: argparse.Namespace) -> str:
     """The folder that holds the runs' `<experiment>` folders: `--output`, by default timm's ./output/train."""
     return args.output or './output/train'
-
-
-def first_names(names: Sequence[str]) -> str:
-    """The first three of `names` for a message, '...' after them if there are more."""
-    return ', '.join([*names[:3], *(['...'] if len(names) > 3 else [])])
 
 
 def check_output_paths(args: argparse.Namespace, experiment: Optional[str]) -> None:

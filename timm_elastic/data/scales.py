@@ -51,7 +51,7 @@ import numpy as np
 import torch.utils.data
 from PIL import Image, ImageDraw
 
-from .._io import OutputExistsError, check_outside_cwd, replace_dir
+from .._io import OutputExistsError, check_outside_cwd, first_names, replace_dir
 
 __all__ = [
     'SIZES', 'SIZE_RANGES', 'COMBINATIONS', 'CLASSES', 'SEGMENTATION_CLASSES', 'SPLITS', 'DEFAULT_SAMPLES',
@@ -639,8 +639,7 @@ def _check_replaceable(root: str, force: bool) -> None:
                                 f'columns); not replacing it even with {{force}}, remove it yourself')
     others = _files_of_others(root)
     if others:  # a dataset folder that a user has put files of their own in, at any depth
-        named = ', '.join([*others[:3], *(['...'] if len(others) > 3 else [])])
-        raise OutputExistsError(f'{root} holds {named} besides a dataset written by write_image_folder; '
+        raise OutputExistsError(f'{root} holds {first_names(others)} besides a dataset written by write_image_folder; '
                                 f'not replacing it even with {{force}}, move them or remove the folder yourself')
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .. import policy
-from .._io import check_outside_cwd, staged_dir, write_json
+from .._io import check_outside_cwd, first_names, staged_dir, write_json
 from . import page, plots
 
 __all__ = ['run', 'collect', 'OUTPUTS']
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     what was written: `{'folder', 'files', 'images', 'blocks', 'model', 'baseline', 'top1',
     'baseline_top1', 'no_embedding'}` (the last: why the t-SNE plots are missing, or None)."""
     from ..train import UsageError, _class_names, _init_device, amp_context, baseline_args, create_datasets, \
-        first_names, load_for_eval
+        load_for_eval
     if args.baseline_checkpoint and not args.baseline:
         raise UsageError('--baseline-checkpoint needs --baseline NAME (the model it holds)')
     if os.path.exists(args.out) and not os.path.isdir(args.out):
