@@ -74,6 +74,7 @@ def grid_order(page, visible_only=True):
 
 def test_page_sorts_filters_and_shows_details(browser, tmp_path):
     data = page_data()
+    data['images'][5]['file'] = 'cat/IMG_0005.jpg'  # an image folder's file (the built-in data's images have none)
     path = write_page(str(tmp_path / 'policy.html'), data)
     page, errors, requests = open_page(browser, path)
     assert page.title() == 'Scale policy of resnext_tiny_elastic'
@@ -108,6 +109,7 @@ def test_page_sorts_filters_and_shows_details(browser, tmp_path):
     assert page.is_hidden('#detail')
     page.click('#grid .card[data-index="5"]')
     assert page.is_visible('#detail') and page.get_attribute('#detail', 'data-index') == '5'
+    assert page.text_content('#detail-title') == 'Image 5: cat/IMG_0005.jpg'
     rows = page.eval_on_selector_all('#detail-scores tr', 'rs => rs.map(r => [...r.cells].map(c => c.textContent))')
     assert [r[:3] for r in rows] == [[str(b + 1), f'layer1.{b}', f'{s:.6f}'] for b, s in enumerate(scores[5])]
     names = data['classes']
@@ -282,6 +284,7 @@ def test_policy_command_writes_the_page_plots_and_scores(browser, tmp_path):
     # the scores and predictions of the saved weights, computed here through the library call
     torch.testing.assert_close(torch.tensor(result['scores']), scale_policy(elastic, data), rtol=1e-4, atol=1e-5)
     assert result['blocks'] == ['layer1.0', 'layer1.1', 'layer2.1', 'layer2.2', 'layer3.1']
+    assert result['files'] is None  # the built-in data's images are generated, no files
     assert result['targets'] == [data[i][1] for i in range(16)] and result['classes'] == list(data.classes)
     transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=twin))
     x = torch.stack([transform(data[i][0]) for i in range(16)])
@@ -308,6 +311,8 @@ def test_policy_command_reads_an_image_folder(tmp_path):
     data = ScaleShapes(split='validation', num_samples=16)
     order = sorted(range(16), key=lambda i: data.filename(i))
     assert result['targets'] == [data.targets[i] for i in order] and result['classes'] == list(data.classes)
+    # each image's file, relative to the split's folder: which image a row of policy.json is
+    assert result['files'] == [os.path.relpath(data.filename(i), 'validation') for i in order]
     expected = scale_policy(model, [data[i][0] for i in order])
     torch.testing.assert_close(torch.tensor(result['scores']), expected, rtol=1e-4, atol=1e-5)
 

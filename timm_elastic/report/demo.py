@@ -5,7 +5,7 @@ through each with timm's evaluation loader while `policy.ScalePolicy` records th
 to the output folder: `policy.html` (the page of `report.page`, self-contained), the PNG plots of
 `report.plots` (`class_ranking.png`, `embedding_class.png`, `embedding_score.png`, `strip.png`, and
 with a baseline `improvement.png`) and `policy.json` (the scores, block names, targets and
-predictions, for other analyses: the numbers the page shows, both made by `collect`).
+predictions, the images' files, for other analyses: the numbers the page shows, both made by `collect`).
 """
 import argparse
 import base64
@@ -67,6 +67,15 @@ def _predict(model, dataset, args, device, amp_autocast, recorder: Optional[poli
     return torch.cat(probs), torch.cat(targets)
 
 
+def _files(dataset) -> Optional[List[str]]:
+    """Each image's file as timm's ImageDataset names it (relative to the split's folder), or None for images that
+    are no files (the built-in data, generated in memory) or a reader that does not name them."""
+    from ..data import ScaleShapes
+    if isinstance(dataset, ScaleShapes) or not hasattr(dataset, 'filenames'):
+        return None
+    return [str(f) for f in dataset.filenames()]
+
+
 def _ranked(probs: torch.Tensor) -> List[List[List[float]]]:
     """Each image's top 5, [[class index, probability to 4 decimals], ...], most probable first; its first class is
     the prediction, on the page and in policy.json alike. One rule, torch.argmax's: a NaN ranks above every number
@@ -78,21 +87,23 @@ def _ranked(probs: torch.Tensor) -> List[List[List[float]]]:
 
 
 def collect(model: str, baseline: Optional[str], blocks: List[str], classes: List[str], thumbs: List[str],
-            targets: np.ndarray, scores: np.ndarray, probs: torch.Tensor, base_probs: Optional[torch.Tensor] = None
-            ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+            targets: np.ndarray, scores: np.ndarray, probs: torch.Tensor, base_probs: Optional[torch.Tensor] = None,
+            files: Optional[List[str]] = None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """(the data of `report.page`, the content of policy.json) for N images and B Elastic blocks.
 
     targets (N,) class indices; scores (N, B) the scale policy; probs and base_probs (N, classes) the two
-    models' probabilities (base_probs None without a baseline). Both hold the same numbers: the scores
-    rounded once to `page.SCORE_DECIMALS` (the page shows and sorts by these) and the predictions of `_ranked`.
+    models' probabilities (base_probs None without a baseline); files (N,) each image's file (None where the
+    images are no files: the built-in data). Both hold the same numbers: the scores rounded once to
+    `page.SCORE_DECIMALS` (the page shows and sorts by these) and the predictions of `_ranked`.
     """
     rounded = [[round(float(v), page.SCORE_DECIMALS) for v in row] for row in scores]
     top5 = _ranked(probs)
     base_top5 = _ranked(base_probs) if base_probs is not None else [None] * len(targets)
     data = dict(model=model, baseline=baseline, blocks=blocks, classes=classes, images=[
-        dict(thumb=thumbs[i], target=int(targets[i]), top5=top5[i], base_top5=base_top5[i], scores=rounded[i])
+        dict(thumb=thumbs[i], target=int(targets[i]), top5=top5[i], base_top5=base_top5[i], scores=rounded[i],
+             file=files[i] if files is not None else None)
         for i in range(len(targets))])
-    record = dict(model=model, baseline=baseline, blocks=blocks, classes=classes,
+    record = dict(model=model, baseline=baseline, blocks=blocks, classes=classes, files=files,
                   targets=[int(t) for t in targets], predictions=[row[0][0] for row in top5],
                   baseline_predictions=[row[0][0] for row in base_top5] if base_probs is not None else None,
                   scores=rounded)
@@ -163,7 +174,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             return os.path.join(staged, name)
 
         s, t = recorder.scores.numpy(), targets.numpy()
-        data, record = collect(args.model, args.baseline or None, names, classes, thumbs, t, s, probs, base_probs)
+        data, record = collect(args.model, args.baseline or None, names, classes, thumbs, t, s, probs, base_probs,
+                               files=_files(dataset))
         correct = np.asarray(record['predictions']) == t
         base_correct = np.asarray(record['baseline_predictions']) == t if base_probs is not None else None
         plots.plot_class_ranking(policy.class_ranking(s, t, classes), out('class_ranking.png'))

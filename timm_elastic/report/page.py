@@ -11,9 +11,9 @@ models' top-5.
 `data` holds: `model` (name), `baseline` (name or None), `blocks` (B block names), `classes`
 (class names), `images`: one dict per image with `thumb` (a data URI), `target` (class index),
 `top5` ([[class index, probability], ...], the Elastic model's), `base_top5` (the baseline's or
-None) and `scores` (B floats, shown with `SCORE_DECIMALS` decimals: `timm-elastic policy` rounds them so, once,
-and writes the same numbers to policy.json). The grid is built once; sorting moves the cards and filtering
-hides them, so a few thousand images stay responsive.
+None), optionally `file` (its file, shown in the detail view) and `scores` (B floats, shown with `SCORE_DECIMALS`
+decimals: `timm-elastic policy` rounds them so, once, and writes the same numbers to policy.json). The grid is
+built once; sorting moves the cards and filtering hides them, so a few thousand images stay responsive.
 """
 import html
 import json
@@ -226,7 +226,7 @@ function show(i) {
   const im = IMAGES[i];
   document.getElementById('detail').hidden = false;
   document.getElementById('detail').dataset.index = String(i);
-  document.getElementById('detail-title').textContent = `Image ${i}`;
+  document.getElementById('detail-title').textContent = `Image ${i}` + (im.file ? `: ${im.file}` : '');
   document.getElementById('detail-img').src = im.thumb;
   document.getElementById('detail-classes').textContent =
     `class ${CLASSES[im.target]}; ${DATA.model}: ${CLASSES[im.top5[0][0]]}` +
