@@ -63,7 +63,9 @@ refuse() {  # refuse STATUS MESSAGE: say why nothing runs, on stderr and in the 
 }
 
 stop() {  # stop SIGNAL: TERM or INT from outside (the outer `timeout`): pass it on to the running command
-    trap - TERM INT
+    # a second one is ignored: `timeout` sends TERM to the script and then to its process group, the script again,
+    # which would end it (unlogged) while it waits for the command to stop
+    trap '' TERM INT
     if [[ -n $RUNNING ]]; then
         kill -"$1" "$RUNNING" 2>/dev/null
         wait "$RUNNING"

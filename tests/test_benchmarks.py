@@ -4,8 +4,10 @@ produced and written out is what is checked); the scripts' argument checks, whic
 and the shell logic of `benchmarks/cuda_check.sh`, with a fake python in place of the GPU's."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -288,6 +290,11 @@ _FAKE_PYTHON = r"""#!/bin/bash
 if [[ $1 == -c ]]; then echo "${FAKE_DEVICES-1}"; exit 0; fi
 echo $$ >> "$FAKE_PIDS"
 echo "fake python $* (inductor cache ${TORCHINDUCTOR_CACHE_DIR:-none})"
+if [[ -n ${FAKE_SLOW_STOP:-} && "$*" == *"$FAKE_SLEEP_ON"* ]]; then  # a command that takes a while to stop
+    trap 'kill $s; sleep "$FAKE_SLOW_STOP"; exit 143' TERM INT
+    sleep 30 & s=$!
+    wait $s
+fi
 [[ -n ${FAKE_SLEEP_ON:-} && "$*" == *"$FAKE_SLEEP_ON"* ]] && exec sleep "${FAKE_SLEEP:-30}"
 [[ -n ${FAKE_FAIL_ON:-} && "$*" == *"$FAKE_FAIL_ON"* ]] && exit "${FAKE_RC:-3}"
 exit 0
@@ -364,6 +371,33 @@ def test_cuda_check_removes_only_an_inductor_cache_of_its_own(tmp_path):
     rc, log, pids, err = _cuda_check(tmp_path / 'own', 'compile', TORCHINDUCTOR_CACHE_DIR='')
     own = next(line for line in log if line.startswith('fake python')).split('(inductor cache ')[1].rstrip(')')
     assert rc == 0 and own not in ('none', str(mine)) and not os.path.exists(own), log
+
+
+def test_cuda_check_logs_its_stop_when_the_signal_comes_twice(tmp_path):
+    """The outer `timeout` sends TERM to the script and then to its whole process group, the script again: on a busy
+    machine the second came while the script waited for the stopped command, and killed it unlogged (CI, once)."""
+    fake, out, pids = tmp_path / 'python', tmp_path / 'out', tmp_path / 'pids'
+    fake.write_text(_FAKE_PYTHON)
+    fake.chmod(0o755)
+    pids.write_text('')
+    proc = subprocess.Popen(['bash', os.path.join(ROOT, 'benchmarks', 'cuda_check.sh')], stdout=subprocess.DEVNULL,
+                            env={**os.environ, 'OUT': str(out), 'PYTHON': str(fake), 'FAKE_PIDS': str(pids),
+                                 'SECTIONS': 'host infer', 'FAKE_SLEEP_ON': 'launch_overhead.py',
+                                 'FAKE_SLOW_STOP': '1'})
+    try:
+        deadline = time.monotonic() + 30
+        while not pids.read_text().split() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # the fake has set its trap
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)  # the script is waiting for the command, which takes 1 s to stop
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 143
+    finally:
+        proc.kill()
+    log = (out / 'check.log').read_text().splitlines()
+    assert log[-1].startswith('=== stopped by SIGTERM after ') and log[-1].endswith(
+        ', in section host: the sections after it did not run'), log
 
 
 def test_cuda_check_passes_term_on_to_the_running_command(tmp_path):
