@@ -301,19 +301,25 @@ exit 0
 """
 
 
-def _cuda_check(tmp_path, sections, outer_timeout=None, **env):
-    """Run cuda_check.sh with the fake python: (its exit status, check.log's lines, the pids the fake had)."""
+def _cuda_check_setup(tmp_path, sections, **env):
+    """The fake python in `tmp_path` and what runs cuda_check.sh with it: (its command, its environment, the $OUT
+    folder, the file of the pids the fake had)."""
     fake = tmp_path / 'python'
     fake.write_text(_FAKE_PYTHON)
     fake.chmod(0o755)
     out, pids = tmp_path / 'out', tmp_path / 'pids'
     pids.write_text('')
-    command = ['bash', os.path.join(ROOT, 'benchmarks', 'cuda_check.sh')]
+    return (['bash', os.path.join(ROOT, 'benchmarks', 'cuda_check.sh')],
+            {**os.environ, 'OUT': str(out), 'PYTHON': str(fake), 'FAKE_PIDS': str(pids), 'SECTIONS': sections, **env},
+            out, pids)
+
+
+def _cuda_check(tmp_path, sections, outer_timeout=None, **env):
+    """Run cuda_check.sh with the fake python: (its exit status, check.log's lines, the pids the fake had)."""
+    command, env, out, pids = _cuda_check_setup(tmp_path, sections, **env)
     if outer_timeout:
         command = ['timeout', str(outer_timeout)] + command
-    proc = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=60,
-                          env={**os.environ, 'OUT': str(out), 'PYTHON': str(fake), 'FAKE_PIDS': str(pids),
-                               'SECTIONS': sections, **env})
+    proc = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=60, env=env)
     log = (out / 'check.log').read_text().splitlines() if (out / 'check.log').exists() else []
     return proc.returncode, log, [int(p) for p in pids.read_text().split()], proc.stderr
 
@@ -376,14 +382,9 @@ def test_cuda_check_removes_only_an_inductor_cache_of_its_own(tmp_path):
 def test_cuda_check_logs_its_stop_when_the_signal_comes_twice(tmp_path):
     """The outer `timeout` sends TERM to the script and then to its whole process group, the script again: on a busy
     machine the second came while the script waited for the stopped command, and killed it unlogged (CI, once)."""
-    fake, out, pids = tmp_path / 'python', tmp_path / 'out', tmp_path / 'pids'
-    fake.write_text(_FAKE_PYTHON)
-    fake.chmod(0o755)
-    pids.write_text('')
-    proc = subprocess.Popen(['bash', os.path.join(ROOT, 'benchmarks', 'cuda_check.sh')], stdout=subprocess.DEVNULL,
-                            env={**os.environ, 'OUT': str(out), 'PYTHON': str(fake), 'FAKE_PIDS': str(pids),
-                                 'SECTIONS': 'host infer', 'FAKE_SLEEP_ON': 'launch_overhead.py',
-                                 'FAKE_SLOW_STOP': '1'})
+    command, env, out, pids = _cuda_check_setup(tmp_path, 'host infer', FAKE_SLEEP_ON='launch_overhead.py',
+                                                FAKE_SLOW_STOP='1')
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, env=env)
     try:
         deadline = time.monotonic() + 30
         while not pids.read_text().split() and time.monotonic() < deadline:

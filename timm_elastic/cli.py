@@ -701,6 +701,11 @@ _INPUT_FILES = (('checkpoint', '--checkpoint'), ('baseline_checkpoint', '--basel
 _INPUT_FOLDERS = (('data_dir', '--data-dir'), ('model', '--model'), ('baseline', '--baseline'))
 
 
+def _local_dir(name: Optional[str]) -> str:
+    """The folder that a `local-dir:` model name names ('' for any other name, or None)."""
+    return name[len('local-dir:'):] if name and name.startswith('local-dir:') else ''
+
+
 def _check_not_an_input(flag: str, path: str, args: argparse.Namespace) -> None:
     """ValueError if the file `flag` writes at `path` is one that the command reads: a checkpoint flag's file, a
     file in --data-dir (an annotation file, an image) or in a `local-dir:` model folder of --model / --baseline."""
@@ -713,8 +718,7 @@ def _check_not_an_input(flag: str, path: str, args: argparse.Namespace) -> None:
             raise ValueError(f'{flag} {path!r} is the {source} file that this command reads; name another file')
     for name, source in _INPUT_FOLDERS:
         given = getattr(args, name, None) or ''
-        folder = given if source == '--data-dir' else given[len('local-dir:'):] if given.startswith('local-dir:') \
-            else ''
+        folder = given if source == '--data-dir' else _local_dir(given)
         if folder and os.path.isdir(folder):
             root = os.path.realpath(folder)
             if os.path.commonpath([root, real]) == root:
@@ -743,9 +747,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ValueError as e:
         return _fail(args.command, e)
     for name in ('model', 'baseline'):  # recorded in checkpoints: a relative folder would not be found elsewhere
-        value = getattr(args, name, None)
-        if isinstance(value, str) and value.startswith('local-dir:'):
-            setattr(args, name, 'local-dir:' + os.path.abspath(value[len('local-dir:'):]))
+        folder = _local_dir(getattr(args, name, None))
+        if folder:
+            setattr(args, name, 'local-dir:' + os.path.abspath(folder))
     for flag, path in (('--results-file', getattr(args, 'results_file', '')), ('--plot', getattr(args, 'plot', ''))):
         # files written at the end: known before hours of work
         if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
