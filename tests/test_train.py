@@ -2,6 +2,7 @@
 after a kill, atomic checkpoint replacement, DDP with two CPU processes, bf16 and channels_last,
 and one-line errors for bad arguments."""
 import csv
+import json
 import os
 import re
 import shutil
@@ -138,7 +139,6 @@ def test_image_folder_round_trip(tmp_path):
         proc = cli('validate', '--model', 'resnext_tiny_elastic', '--checkpoint', ckpt, '-j', '0', '--no-progress',
                    '--results-file', str(out), *data)
         assert proc.returncode == 0, proc.stderr
-        import json
         results.append(json.loads(out.read_text()))
     assert results[0]['count'] == 56 and len(results[0]['per_combination']) == 7
     assert results[0]['top1'] == results[1]['top1'] and results[0]['loss'] == pytest.approx(results[1]['loss'])
@@ -1156,3 +1156,90 @@ def test_validate_takes_the_class_count_from_the_checkpoint(tmp_path):
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         f"timm-elastic validate: error: --checkpoint '{bare}' does not record a model name (its arch is None); "
         f"pass --model NAME"], proc.stderr
+
+
+TINY = ['-j', '0', '--train-num-samples', '32', '--val-num-samples', '16', '-b', '16', '--no-progress',
+        '--log-interval', '0']
+
+
+@pytest.mark.slow
+def test_ddp_compare_trains_every_model_of_the_pair(tmp_path):
+    """compare under torchrun trains its models one after another in each process: the second joins the process
+    group the first started (it started another: "trying to initialize the default process group twice", after
+    the first model had trained); the table and compare.json come from the first process alone."""
+    proc = torchrun('compare', '--seeds', '0', '--epochs', '1', *TINY, '--val-num-samples', '9', '--output',
+                    str(tmp_path), '--experiment', 'c')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count('== seed 0: training') == 2 and proc.stdout.count('Every run') == 1, proc.stdout
+    got = json.loads((tmp_path / 'c' / 'compare.json').read_text())
+    for name in ('resnext_tiny', 'resnext_tiny_elastic'):
+        assert got[name][0]['count'] == 9
+        assert state(tmp_path / 'c' / 'seed0' / name / 'last.pth.tar', 'args').world_size == 2
+
+
+@pytest.mark.slow
+def test_ddp_seed_orders_the_training_images(tmp_path):
+    """Under torchrun the training images' order follows --seed as every other draw (torch's DistributedSampler
+    shuffles by its own seed, 0 unless set: every --seed trained on one order, and compare's seed-to-seed spread
+    left the data order out): from one initial checkpoint, without augmentation or dropout, two seeds train
+    differently, and the same seed twice alike."""
+    torch.manual_seed(0)
+    init = tmp_path / 'init.pth'
+    torch.save(timm.create_model('resnext_tiny_elastic', num_classes=8).state_dict(), init)
+    losses = []
+    for seed, name in (('1', 'a'), ('2', 'b'), ('1', 'again')):
+        proc = torchrun('train', '--epochs', '1', *TINY, '--no-aug', '--initial-checkpoint', str(init), '--seed',
+                        seed, '--output', str(tmp_path), '--experiment', name)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        losses.append(dict(zip(*summary(tmp_path / name / 'summary.csv')))['train_loss'])
+    assert losses[0] != losses[1] and losses[0] == losses[2], losses
+
+
+# a torchrun process that logs, per rank, every file the stress command writes
+LOGGED_WRITES = """
+import os
+import sys
+
+import timm_elastic._io
+import timm_elastic.report.plots
+from timm_elastic.cli import main
+
+
+def logged(module, name, at):
+    real = getattr(module, name)
+
+    def write(*args, **kwargs):
+        with open(os.environ['WRITES_LOG'], 'a') as f:
+            f.write(f"{os.environ['RANK']} {os.path.basename(args[at])}\\n")
+        return real(*args, **kwargs)
+    setattr(module, name, write)
+
+
+logged(timm_elastic._io, 'write_json', 0)  # (path, data)
+logged(timm_elastic.report.plots, 'plot_stress', 1)  # (relative, path, title)
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_ddp_stress_writes_its_files_once(tmp_path):
+    """Under torchrun, stress's --results-file and --plot are written by the first process alone (every process
+    wrote both, each the same file)."""
+    ckpts = {}
+    for seed, name in ((0, 'resnext_tiny'), (1, 'resnext_tiny_elastic')):
+        torch.manual_seed(seed)
+        ckpts[name] = tmp_path / f'{name}.pth.tar'
+        torch.save({'state_dict': timm.create_model(name, num_classes=8).state_dict(), 'arch': name}, ckpts[name])
+    script = tmp_path / 'logged.py'
+    script.write_text(LOGGED_WRITES)
+    log = tmp_path / 'writes.log'
+    exe = os.path.join(os.path.dirname(sys.executable), 'torchrun')
+    proc = subprocess.run(
+        [exe, '--standalone', '--nproc-per-node', '2', str(script), 'stress', '--checkpoint',
+         str(ckpts['resnext_tiny_elastic']), '--baseline', 'resnext_tiny', '--baseline-checkpoint',
+         str(ckpts['resnext_tiny']), '--sizes', '32', '64', '--val-num-samples', '9', '-j', '0', '--no-progress',
+         '--results-file', str(tmp_path / 's.json'), '--plot', str(tmp_path / 'fig7.png')],
+        capture_output=True, text=True, timeout=900, env=dict(os.environ, OMP_NUM_THREADS='1', WRITES_LOG=str(log)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(log.read_text().splitlines()) == ['0 fig7.png', '0 s.json']
+    assert json.loads((tmp_path / 's.json').read_text())['metrics']['model']['64']['count'] == 9

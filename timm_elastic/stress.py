@@ -88,8 +88,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     {'task', 'sizes', 'model', 'baseline', 'metrics': {'baseline' / 'model': {size: metrics}}, 'relative':
     {metric: {size: percent}} (with a baseline), 'files'}."""
     from ._io import write_json
-    from .train import UsageError, _init_device, amp_context, baseline_args, combinations_of, create_datasets, \
-        load_for_eval, task_of
+    from .train import UsageError, _init_device, _is_primary, amp_context, baseline_args, combinations_of, \
+        create_datasets, load_for_eval, task_of
     task = task_of(args)
     if args.baseline_checkpoint and not args.baseline:
         raise UsageError('--baseline-checkpoint needs --baseline NAME (the model it holds)')
@@ -129,10 +129,11 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         relative = relative_per_size([(per_model['baseline'], per_model['model'])], stress_metrics(task))
         result['relative'] = OrderedDict(
             (m, OrderedDict((s, v[0]) for s, v in r.items())) for m, r in relative.items())
-    if args.results_file:
+    primary = _is_primary(args)  # under torchrun, one process writes (each has every image's metrics)
+    if args.results_file and primary:
         write_json(args.results_file, result)
         files.append(args.results_file)
-    if args.baseline and args.plot:
+    if args.baseline and args.plot and primary:
         from .report.plots import plot_stress
         title = f'{names["model"]} over {names["baseline"]}\nrelative improvement per test size (paper Fig. 7)'
         files.append(plot_stress(relative, args.plot, title))

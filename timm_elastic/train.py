@@ -439,6 +439,7 @@ def check_checkpoint_fits(model: nn.Module, ckpt: Dict[str, Any], path: str, fla
 # distributed, seeding, precision
 
 def _init_device(args: argparse.Namespace) -> torch.device:
+    import torch.distributed as dist
     from timm.utils import init_distributed_device
     if args.device is None:
         args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
@@ -446,13 +447,22 @@ def _init_device(args: argparse.Namespace) -> torch.device:
         raise UsageError(f'--device {args.device}: CUDA is not available on this machine (use --device cpu)')
     args.dist_backend = getattr(args, 'dist_backend', None) or ('nccl' if args.device.startswith('cuda') else 'gloo')
     if os.environ.get('WORLD_SIZE', '1') != '1':  # found by torch after the processes meet: a traceback on each
-        import torch.distributed as dist
         known = [b for b in dist.Backend.backend_list if b != 'undefined']
         if args.dist_backend not in known:
             raise UsageError(f'--dist-backend {args.dist_backend!r} is not a torch.distributed backend; known: '
                              f'{", ".join(known)}')
         if args.dist_backend == 'nccl' and not args.device.startswith('cuda'):
             raise UsageError(f'--dist-backend nccl needs CUDA; on --device {args.device} use gloo (the default)')
+    if dist.is_available() and dist.is_initialized():
+        # a later command in the same process (compare trains several models): timm's init would start a second
+        # process group ("trying to initialize the default process group twice"); the one running serves it
+        args.world_size, args.rank = dist.get_world_size(), dist.get_rank()
+        args.local_rank = int(os.environ.get('LOCAL_RANK', args.rank))
+        args.distributed = args.world_size > 1
+        if args.distributed and args.device.startswith('cuda'):  # as timm: each process on its local GPU
+            args.device = f'cuda:{args.local_rank}'
+            torch.cuda.set_device(args.device)
+        return torch.device(args.device)
     device = init_distributed_device(args)
     return device
 
@@ -751,6 +761,9 @@ def train(args: argparse.Namespace, datasets=None) -> Dict[str, Any]:
         reseed(epoch_seed(args.seed, epoch, args.rank))
         reseed_optimizer(optimizer, epoch_seed(args.seed, epoch, 0))  # AdaHessian draws the same on every rank
         if args.distributed and hasattr(loader_train.sampler, 'set_epoch'):
+            # torch's DistributedSampler shuffles by its own seed (0: the same order for every --seed) plus the
+            # epoch: seeded here as every other generator, and alike on every rank (one permutation, split)
+            loader_train.sampler.seed = epoch_seed(args.seed, epoch, 0)
             loader_train.sampler.set_epoch(epoch)
         # one bar per epoch (counted from 1; summary.csv counts from 0): its training batches, then evaluation's
         with Progress(len(loader_train) + len(loader_eval) * (1 if model_ema is None else 2),
