@@ -1162,6 +1162,47 @@ TINY = ['-j', '0', '--train-num-samples', '32', '--val-num-samples', '16', '-b',
         '--log-interval', '0']
 
 
+def test_resume_without_experiment_continues_in_the_folder_of_its_checkpoint(tmp_path):
+    """`--resume OUTPUT/NAME/last.pth.tar` without --experiment continues the run in OUTPUT/NAME, as a run's
+    folder holds it (timm's train.py starts a new dated folder: the summary split in two, model_best ranked
+    afresh), NAME of several parts too (compare's runs); a checkpoint outside --output starts a new run there."""
+    parse = build_parser().parse_args
+    out = ['--output', str(tmp_path / 'runs')]
+    train(parse(['train', '--epochs', '1', *TINY, *out, '--experiment', 'e/seed0/m']))
+    run = tmp_path / 'runs' / 'e' / 'seed0' / 'm'
+    train(parse(['train', '--epochs', '2', '--resume', str(run / 'last.pth.tar'), *TINY, *out]))
+    assert [p.name for p in (tmp_path / 'runs').iterdir()] == ['e'] and os.listdir(run.parent) == ['m']
+    assert [row[0] for row in summary(run / 'summary.csv')] == ['epoch', '0', '1']
+    assert state(run / 'last.pth.tar', 'epoch') == 1
+    # from another --output: a new run (named by date and time) that starts from that checkpoint
+    train(parse(['train', '--epochs', '3', '--resume', str(run / 'last.pth.tar'), *TINY,
+                 '--output', str(tmp_path / 'other')]))
+    [new] = (tmp_path / 'other').iterdir()
+    assert new.name.endswith('-resnext_tiny_elastic-64')
+    assert [row[0] for row in summary(new / 'summary.csv')] == ['epoch', '2']
+    assert [row[0] for row in summary(run / 'summary.csv')] == ['epoch', '0', '1']
+
+
+def test_the_epoch_line_says_when_it_scores_the_ema_weights(tmp_path, capsys):
+    """With --model-ema the epoch's evaluation (its line, summary.csv, model_best) is the EMA weights', as in
+    timm's train.py: the line says so, and `validate --use-ema` of the checkpoint gives the summary's numbers
+    (without --use-ema, as timm's validate.py, the model's own weights)."""
+    parse = build_parser().parse_args
+    flags = ['--epochs', '1', *TINY, '--output', str(tmp_path), '--model-ema']
+    train(parse(['train', *flags, '--experiment', 'ema']))
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith('epoch 1/1:'))
+    assert ', eval (EMA weights) top-1 ' in line, line
+    row = dict(zip(*summary(tmp_path / 'ema' / 'summary.csv')))
+    common = ['validate', '--checkpoint', str(tmp_path / 'ema' / 'last.pth.tar'), '--val-num-samples', '16', '-j',
+              '0', '--no-progress']
+    ema, own = validate(parse([*common, '--use-ema'])), validate(parse(common))
+    assert ema['loss'] == pytest.approx(float(row['eval_loss']), rel=1e-6)
+    assert own['loss'] != pytest.approx(float(row['eval_loss']), rel=1e-6)
+    train(parse(['train', *[f for f in flags if 'ema' not in f], '--experiment', 'plain']))
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith('epoch 1/1:'))
+    assert ', eval top-1 ' in line, line
+
+
 @pytest.mark.slow
 def test_ddp_compare_trains_every_model_of_the_pair(tmp_path):
     """compare under torchrun trains its models one after another in each process: the second joins the process

@@ -432,7 +432,8 @@ def _add_train_args(p: argparse.ArgumentParser, compare: bool = False) -> None:
     g.add_argument('--experiment', metavar='NAME', default='',
                    help=('folder of the runs under --output (default: compare-DATE-TIME); seed<N>/<model>/ in it for '
                          'each run, and compare.json' if compare else
-                         'run folder under --output (default: date-time-model-size); checkpoints and summary.csv'))
+                         'run folder under --output (default: that of --resume\'s checkpoint when it lies in --output, '
+                         'else date-time-model-size); checkpoints and summary.csv'))
     g.add_argument('--checkpoint-hist', type=int, metavar='N', default=hist,
                    help=f'best checkpoints kept besides last.pth.tar (default: {hist})')
     g.add_argument('--eval-metric', default=None, choices=('top1', 'top5', 'map', 'f1_o', 'f1_c', 'miou', 'loss'),

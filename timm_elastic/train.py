@@ -643,6 +643,7 @@ def train(args: argparse.Namespace, datasets=None) -> Dict[str, Any]:
     task = task_of(args)
     _check_train_args(args)
     task.check_train_args(args)
+    args.experiment = _resumed_experiment(args)
     _check_new_experiment(args)
     eval_metric = _eval_metric(args, task)
     device = _init_device(args)
@@ -787,7 +788,8 @@ def train(args: argparse.Namespace, datasets=None) -> Dict[str, Any]:
             update_summary(epoch, train_metrics, task.flat(eval_metrics), summary, lr=lr,
                            write_header=not os.path.exists(summary) or os.path.getsize(summary) == 0)
             saver.save_checkpoint(epoch, metric=eval_metrics[eval_metric])
-            print(f'epoch {epoch + 1}/{num_epochs}: train loss {train_metrics["loss"]:.4f}, eval '
+            weights = ' (EMA weights)' if model_ema is not None else ''  # what summary.csv and model_best rank
+            print(f'epoch {epoch + 1}/{num_epochs}: train loss {train_metrics["loss"]:.4f}, eval{weights} '
                   f'{task.line(eval_metrics)}, lr {lr:.4g}', flush=True)
     if args.distributed:
         torch.distributed.barrier()
@@ -883,6 +885,18 @@ def _continues_in(resume: str, folder: str) -> bool:
     """Whether `--resume RESUME` continues the run of `folder` (its checkpoint lies there), rather than starting
     from that checkpoint in another folder."""
     return bool(resume) and os.path.dirname(os.path.abspath(resume)) == os.path.abspath(folder)
+
+
+def _resumed_experiment(args: argparse.Namespace) -> Optional[str]:
+    """`--experiment`; without one, `--resume OUTPUT/NAME/FILE` continues its run in OUTPUT/NAME (NAME may have
+    several parts, as compare's runs), where timm's train.py would start a new folder named by date and time (the
+    run's summary.csv split in two, its best checkpoint ranked afresh). A checkpoint outside `--output` starts a
+    new run there."""
+    if args.experiment or not args.resume:
+        return args.experiment
+    root, folder = os.path.abspath(output_root(args)), os.path.dirname(os.path.abspath(args.resume))
+    inside = folder != root and os.path.commonpath([root, folder]) == root
+    return os.path.relpath(folder, root) if inside else None
 
 
 def _check_new_experiment(args: argparse.Namespace) -> None:
