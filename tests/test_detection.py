@@ -103,6 +103,9 @@ def test_retinanet_and_fcos_train_on_the_p6p7_default(detector):
     (('resnext_tiny_elastic',), dict(out_channels=25.6), ValueError, ['out_channels must be a positive int']),
     (('resnext_tiny_elastic',), dict(extra_blocks='max'), ValueError, ["['p6p7', 'pool'] or None, got 'max'"]),
     (('resnext_tiny_elastic',), dict(features_only=False), ValueError, ["sets ['features_only']"]),
+    # (its forward fed the dict's keys to the FPN: a TypeError from conv2d at the first image)
+    (('resnext_tiny_elastic',), dict(feature_cls='dict'), ValueError, ["feature_cls='dict' gives a dict",
+                                                                       "'hook', 'fx' or 'getter'"]),
 ])
 def test_bad_arguments_raise_errors_naming_them(args, kwargs, error, words):
     with pytest.raises(error) as info:

@@ -1,4 +1,6 @@
 """The Elastic mechanism on its own: resampling, odd sizes, path splits, options, errors."""
+import re
+
 import pytest
 import torch
 import torch.nn as nn
@@ -129,6 +131,10 @@ def test_ratio_that_leaves_a_group_empty():
         split_paths(32, 0.01)
     with pytest.raises(ValueError, match='both need at least one'):
         make_elastic(paths=2, elastic_ratio=0.9)
+    # the range named is the one accepted, its bounds unrounded (0.9375 was refused as 8 paths' "[0.0625, 0.938)")
+    with pytest.raises(ValueError, match=re.escape('use a ratio in [0.0625, 0.9375)')):
+        split_paths(8, 0.9375)
+    assert split_paths(8, 0.0625) == (7, 1) and split_paths(8, 0.93749) == (1, 7)
 
 
 @pytest.mark.parametrize('mode', ['cubic', 'Bilinear', '', None])

@@ -110,6 +110,9 @@ def test_drop_path_reaches_elastic_blocks():
 def test_bad_kwargs_are_said_as_the_dla_and_densenet_say_them():
     with pytest.raises(ValueError, match='^output_stride must be 8, 16 or 32, got 12$'):  # timm's bare assert
         timm.create_model('resnext_tiny_elastic', output_stride=12)
+    for name in ('resnext_tiny_elastic', 'dla_x60_elastic', 'densenet201_elastic'):  # a string is shown as one
+        with pytest.raises(ValueError, match="^output_stride must be 8, 16 or 32, got '16'$"):
+            timm.create_model(name, output_stride='16')
     # the registered twin (timm's Bottleneck raised an unexpected-keyword TypeError from inside timm)
     with pytest.raises(TypeError, match=r'^elastic_ratio, elastic_resample given to resnext_tiny, which has no '
                                         r'Elastic blocks$'):

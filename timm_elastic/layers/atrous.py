@@ -10,7 +10,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ['PoolEveryPosition']
+__all__ = ['PoolEveryPosition', 'check_output_stride']
+
+
+def check_output_stride(output_stride) -> None:
+    """The strides an Elastic model can end at (timm's ResNet asserts it without a word): 8, 16 or 32."""
+    if output_stride not in (8, 16, 32):
+        raise ValueError(f'output_stride must be 8, 16 or 32, got {output_stride!r}')
 
 
 class PoolEveryPosition(nn.Module):

@@ -55,7 +55,7 @@ def split_paths(paths: int, elastic_ratio: float = 0.5) -> Tuple[int, int]:
         raise ValueError(
             f'elastic_ratio={elastic_ratio} splits a block of {paths} paths into {paths - low} high- and '
             f'{low} low-resolution paths; both need at least one, so use a ratio in '
-            f'[{0.5 / paths:.3g}, {1 - 0.5 / paths:.3g})')
+            f'[{0.5 / paths!r}, {1 - 0.5 / paths!r})')  # unrounded: a rounded bound could lie on the wrong side
     return paths - low, low
 
 

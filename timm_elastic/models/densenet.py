@@ -37,7 +37,7 @@ from timm.models.densenet import DenseLayer, DenseNet
 
 from ..complexity import PaperRow
 from ..layers import Elastic, check_elastic_args
-from ..layers.atrous import PoolEveryPosition
+from ..layers.atrous import PoolEveryPosition, check_output_stride
 from ._builder import build_elastic
 from ._cfg import elastic_cfg, generate_release_cfgs
 
@@ -135,8 +135,7 @@ class ElasticDenseNet(DenseNet):
             **kwargs,
     ):
         check_elastic_args(elastic_ratio, elastic_resample)
-        if output_stride not in (8, 16, 32):
-            raise ValueError(f'output_stride must be 8, 16 or 32, got {output_stride}')
+        check_output_stride(output_stride)
         if len(elastic_blocks) != len(block_config):
             raise ValueError(f'elastic_blocks needs one flag per dense block ({len(block_config)}), '
                              f'got {tuple(elastic_blocks)}')

@@ -49,7 +49,7 @@ from timm.models.dla import DLA, DlaBottleneck, DlaTree
 
 from ..complexity import PaperRow
 from ..layers import Elastic, pop_elastic_args
-from ..layers.atrous import PoolEveryPosition
+from ..layers.atrous import PoolEveryPosition, check_output_stride
 from ._builder import build_elastic
 from ._cfg import elastic_cfg, generate_release_cfgs
 from .resnet import BottleneckPath
@@ -156,8 +156,7 @@ class ElasticDLA(DLA):
             head_window: Optional[int] = None,
             **kwargs,
     ):
-        if output_stride not in (8, 16, 32):
-            raise ValueError(f'output_stride must be 8, 16 or 32, got {output_stride}')
+        check_output_stride(output_stride)
         if head_window is not None and (isinstance(head_window, bool) or not isinstance(head_window, int)
                                         or head_window < 1):
             raise ValueError(f'head_window must be None or a positive int, got {head_window!r}')

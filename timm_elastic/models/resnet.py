@@ -25,6 +25,7 @@ from timm.models.resnet import Bottleneck, ResNet
 from ..complexity import PaperRow
 from ..data.scales import CLASSES
 from ..layers import Elastic, pop_elastic_args
+from ..layers.atrous import check_output_stride
 from ._builder import build_elastic
 from ._cfg import elastic_cfg, generate_release_cfgs
 
@@ -181,8 +182,7 @@ def _create_resnet_elastic(variant: str, pretrained: bool = False, **kwargs) -> 
     # Elastic options arrive as model kwargs (timm.create_model(name, elastic_ratio=...)); the
     # blocks take them, so they travel in block_args
     output_stride = kwargs.get('output_stride', 32)
-    if output_stride not in (8, 16, 32):  # timm's ResNet asserts it, without a word
-        raise ValueError(f'output_stride must be 8, 16 or 32, got {output_stride}')
+    check_output_stride(output_stride)
     elastic_args = pop_elastic_args(kwargs)
     block = kwargs.get('block')
     if elastic_args and not any(isinstance(b, StageBlocks) and b.elastic for b in

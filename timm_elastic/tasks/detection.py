@@ -87,7 +87,8 @@ def fpn_backbone(
 
     Raises:
         ValueError: an unknown model name, `out_indices` outside the model's feature levels or not
-            of increasing stride, `out_channels` not a positive int, an unknown `extra_blocks`.
+            of increasing stride, `out_channels` not a positive int, an unknown `extra_blocks`,
+            `feature_cls='dict'`.
 
     Example:
         >>> import torch, timm_elastic
@@ -110,6 +111,9 @@ def fpn_backbone(
     taken = sorted({'features_only', 'out_indices'} & set(create_kwargs))
     if taken:
         raise ValueError(f'fpn_backbone sets {taken} itself; pass the levels as its out_indices argument')
+    if create_kwargs.get('feature_cls') == 'dict':  # the FPN takes the maps as timm's default list gives them
+        raise ValueError("fpn_backbone takes the feature maps as a list; feature_cls='dict' gives a dict: leave "
+                         "feature_cls out or pass 'hook', 'fx' or 'getter'")
 
     try:
         body = timm.create_model(
