@@ -670,7 +670,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "Installing timm-elastic already registers them in any process that imports timm (unless "
                     "TIMM_ELASTIC_AUTOLOAD=0); this is the explicit way.",
         epilog='example: timm-elastic run train.py --model resnext50_elastic --data-dir /data/imagenet')
-    p.add_argument('-m', dest='module', action='store_true', help='TARGET is a module name, as python -m')
+    p.add_argument('-m', dest='module', action='store_true', help='SCRIPT is a module name, as python -m')
     p.add_argument('target', metavar='SCRIPT', help='the script (or, with -m, module) to run')
     p.add_argument('args', nargs=argparse.REMAINDER, metavar='ARGS', help='its arguments')
     p.set_defaults(func=_run)
