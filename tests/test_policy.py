@@ -1,5 +1,6 @@
 """The scale policy score (paper Sec. 4.1.1): S = A_high - A_low per Elastic block and image."""
 import copy
+import math
 import os
 import re
 import sys
@@ -20,10 +21,10 @@ from timm_elastic.layers import Elastic
 
 class OneBlock(nn.Module):
     """One Elastic block of two paths on one channel; each path is a ReLU, a 3x3 convolution that
-    only scales its centre pixel (by 2 at high resolution, by 1 at low) and a ReLU; with
+    only scales its centre pixel (by 2 at high resolution, by 1 at low) and a ReLU (or `act`); with
     `relu=False` only the convolution (a DenseNet-like path that ends with its 3x3 convolution)."""
 
-    def __init__(self, relu: bool = True):
+    def __init__(self, relu: bool = True, act=nn.ReLU):
         super().__init__()
 
         def make_path(paths, dilation):
@@ -31,7 +32,7 @@ class OneBlock(nn.Module):
             if not relu:
                 return nn.Sequential(OrderedDict(conv))
             # a ReLU before the 3x3 convolution too, as a ResNeXt path's act1: not where S is read
-            return nn.Sequential(OrderedDict([('act1', nn.ReLU())] + conv + [('act2', nn.ReLU(inplace=True))]))
+            return nn.Sequential(OrderedDict([('act1', nn.ReLU())] + conv + [('act2', act(inplace=True))]))
 
         self.block = nn.Module()
         self.block.elastic = Elastic(make_path, 2, 1, 1)
@@ -63,6 +64,47 @@ def test_score_of_a_hand_built_block(relu):
     assert policy.names == ['block']
     torch.testing.assert_close(policy.scores, torch.tensor([[0.5], [1.375]]), rtol=0, atol=1e-6)
     assert policy.scores.dtype == torch.float32
+
+
+def test_score_after_another_activation():
+    """A model built with another act_layer (SiLU) is read after its activation, as after the paper's ReLU (it was
+    read as ReLU(conv2), skipping the activation, and the BN in a real block). By hand, silu(v) = v / (1 + e^-v),
+    the images of test_score_of_a_hand_built_block after the paths' first ReLU (act1) and the 3x3 convolution:
+    image 0 high [2] * 8 + [0] * 8, low [1, 0, 1, 0]; image 1 high [8] * 4 + [1] * 12, low [4, .5, .5, .5]."""
+    def silu(v):
+        return v / (1 + math.exp(-v))
+
+    def mean(values):
+        return sum(silu(v) for v in values) / len(values)
+    want = [[mean([2.] * 8 + [0.] * 8) - mean([1., 0., 1., 0.])],
+            [mean([8.] * 4 + [1.] * 12) - mean([4., .5, .5, .5])]]
+    model = OneBlock(act=nn.SiLU)
+    with ScalePolicy(model) as policy:
+        model(_two_images())
+    torch.testing.assert_close(policy.scores, torch.tensor(want), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize('act_layer,module', [('silu', 'torch.nn.modules.activation'),
+                                              ('gelu', 'timm.layers.activations')])
+def test_a_registered_model_with_another_activation_is_read_after_it(act_layer, module):
+    """resnext_tiny_elastic built with act_layer 'silu' (torch's nn.SiLU) or 'gelu' (timm's GELU): S is read at
+    the paths' act2, that activation (hooks of the test's own on act2 give the same means)."""
+    model = timm.create_model('resnext_tiny_elastic', act_layer=act_layer).eval()
+    seen = {}
+
+    def recorder(side):
+        def hook(m, args, out):
+            seen[side] = out.mean((1, 2, 3))
+        return hook
+    block = model.layer1[0].elastic
+    assert type(block.high.act2).__module__ == module
+    hooks = [getattr(block, side).act2.register_forward_hook(recorder(side)) for side in ('high', 'low')]
+    with ScalePolicy(model) as policy, torch.no_grad():
+        model(torch.randn(2, 3, 64, 64))
+    for h in hooks:
+        h.remove()
+    assert policy.names[0] == 'layer1.0'
+    torch.testing.assert_close(policy.scores[:, 0], seen['high'] - seen['low'])
 
 
 def test_recorder_accumulates_batches_and_resets():

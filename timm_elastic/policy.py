@@ -17,8 +17,10 @@ ends with its 3x3 convolution: its output is concatenated to the block's feature
 following layers normalise and rectify it (BN-ReLU of their pre-activation), mixed with every other
 layer's features. There A is the mean of ReLU(conv2(...)), the positive part of the 3x3
 convolution's output: the nearest thing to the paper's "activation after the ReLU after the 3x3
-convolution" that belongs to one group alone. The rule, for any path: the output of the first ReLU
-module after the path's last 3x3 convolution; without one, the ReLU of that convolution's output.
+convolution" that belongs to one group alone. The rule, for any path: the output of the first activation
+module (torch's or timm's) after the path's last 3x3 convolution; without one, the ReLU of that
+convolution's output. In every registered model that activation is a ReLU; in one built with another
+`act_layer` (e.g. 'silu'), A is read after that activation (act2), where the paper has its ReLU.
 
 `ScalePolicy` records the scores during any forward passes of an eager model (training or
 evaluation mode, any batch size, channels_last, autocast, CPU or CUDA) through forward hooks that
@@ -52,8 +54,14 @@ def _tap(path: nn.Module) -> Tuple[nn.Module, bool]:
     convs = [i for i, m in enumerate(modules) if isinstance(m, nn.Conv2d) and tuple(m.kernel_size) == (3, 3)]
     if not convs:
         raise ValueError(f'an Elastic path without a 3x3 convolution has no scale policy score: {type(path).__name__}')
-    after = [m for m in modules[convs[-1] + 1:] if isinstance(m, nn.ReLU)]
+    after = [m for m in modules[convs[-1] + 1:] if _is_activation(m)]
     return (after[0], False) if after else (modules[convs[-1]], True)
+
+
+def _is_activation(module: nn.Module) -> bool:
+    """An activation layer: torch's (nn.ReLU, nn.SiLU, nn.GELU, ...) or timm's (`timm.layers.activations*`)."""
+    where = type(module).__module__
+    return where == 'torch.nn.modules.activation' or where.startswith('timm.layers.activations')
 
 
 def policy_blocks(model: nn.Module) -> List[Tuple[str, Elastic]]:
