@@ -884,6 +884,21 @@ def test_bad_arguments_are_one_line_errors(tmp_path, args, message):
     assert err[0].startswith(f'timm-elastic {args[0]}: error: ') and message in err[0], err[0]
 
 
+@pytest.mark.parametrize('flags, message', [
+    (['--elastic-resample', 'bogus'], "elastic_resample must be one of 'bilinear', "),
+    (['--elastic-ratio', '0.95'], 'elastic_ratio=0.95 splits a block of 8 paths into 0 high- and 8 low-resolution'),
+])
+def test_compare_refuses_bad_elastic_options_before_training(tmp_path, flags, message):
+    """What only the Elastic model checks is found before the twin trains (it was found when the Elastic model
+    was built, after the twin's training, which left a folder that compare refuses to continue)."""
+    proc = cli('compare', '--seeds', '0', '--epochs', '1', *flags, '--output', str(tmp_path), '--experiment', 'c',
+               *TINY)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(err) == 1 and err[0].startswith(f'timm-elastic compare: error: {message}'), err
+    assert '== seed' not in proc.stdout, proc.stdout
+    assert not (tmp_path / 'c').exists() or not os.listdir(tmp_path / 'c')
+
+
 def test_a_written_file_never_replaces_an_input(tmp_path):
     """--results-file / --plot naming the checkpoint being scored, a file of the data (an annotation file, an image)
     or of a local-dir: model folder is refused before any work: the run used to end by replacing it."""
@@ -914,6 +929,30 @@ def test_a_written_file_never_replaces_an_input(tmp_path):
         assert f'timm-elastic {args[0]}: error: {says}' in proc.stderr, proc.stderr
     assert ckpt.read_bytes() == b'the weights' and ann.read_text() == '{"images": []}'
     assert image.read_bytes() == b'an image' and (folder / 'config.json').read_text() == '{}'
+
+
+def test_a_results_file_replaces_only_a_json_file(tmp_path):
+    """--results-file replaces an earlier results file (JSON), as timm's validate.py does, but not another file at
+    the path, e.g. another run's checkpoint (it was replaced by the JSON, found unreadable only when next used)."""
+    torch.manual_seed(0)
+    ckpt, other = tmp_path / 'scored.pth.tar', tmp_path / 'other' / 'last.pth.tar'
+    other.parent.mkdir()
+    for path in (ckpt, other):
+        torch.save({'state_dict': timm.create_model('resnext_tiny_elastic', num_classes=8).state_dict(),
+                    'arch': 'resnext_tiny_elastic'}, path)
+    before = other.read_bytes()
+    common = ['validate', '--checkpoint', str(ckpt), '--val-num-samples', '8', '-j', '0', '--no-progress']
+    for command in (common, ['compare', '--seeds', '0', '--epochs', '1', '--output', str(tmp_path), *TINY]):
+        proc = cli(*command, '--results-file', str(other))
+        assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+            f"timm-elastic {command[0]}: error: --results-file '{other}' exists and is not a JSON results file; it "
+            "would be replaced: name a new file (or a results file of an earlier run)"], proc.stderr
+    assert other.read_bytes() == before
+    earlier = tmp_path / 'r.json'
+    earlier.write_text('{"top1": 0}')
+    proc = cli(*common, '--results-file', str(earlier))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(earlier.read_text())['count'] == 8
 
 
 def test_dataset_download_reaches_timms_reader(monkeypatch):
@@ -1055,8 +1094,13 @@ def test_a_run_in_the_experiment_folder_is_kept(tmp_path):
     files = {p.name: p.read_bytes() for p in run.iterdir()}
     proc = cli('train', *flags, '--epochs', '2', '--resume', str(run / 'last.pth.tar'))
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == (  # after timm's lines of the resume
-        f"timm-elastic train: error: --resume '{run / 'last.pth.tar'}': the run has trained all its 2 epochs "
-        "(--epochs 2); a larger --epochs trains it further"), proc.stderr
+        f"timm-elastic train: error: --resume '{run / 'last.pth.tar'}': the run has trained 2 epochs, all that "
+        "--epochs 2 asks for; a larger --epochs trains it further"), proc.stderr
+    # fewer than it trained: the count is the run's (it said 'all its 1 epochs' of a run of 2)
+    proc = cli('train', *flags, '--epochs', '1', '--resume', str(run / 'last.pth.tar'))
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == (
+        f"timm-elastic train: error: --resume '{run / 'last.pth.tar'}': the run has trained 2 epochs, all that "
+        "--epochs 1 asks for; a larger --epochs trains it further"), proc.stderr
     assert {p.name: p.read_bytes() for p in run.iterdir()} == files
     # --resume of one run into the folder of another: refused, that run kept (its checkpoints were replaced and its
     # summary.csv mixed with the resumed run's rows)
@@ -1181,6 +1225,26 @@ def test_resume_without_experiment_continues_in_the_folder_of_its_checkpoint(tmp
     assert new.name.endswith('-resnext_tiny_elastic-64')
     assert [row[0] for row in summary(new / 'summary.csv')] == ['epoch', '2']
     assert [row[0] for row in summary(run / 'summary.csv')] == ['epoch', '0', '1']
+
+
+def test_resume_with_other_flags_says_so(tmp_path, caplog):
+    """A run resumed with other training flags (a resume line without the run's own: the defaults train on)
+    continues, with a warning naming each flag that differs; with the run's flags and a larger --epochs, none."""
+    parse = build_parser().parse_args
+    flags = [*TINY, '--output', str(tmp_path), '--experiment', 'r']
+    train(parse(['train', '--epochs', '1', *flags]))
+    last = str(tmp_path / 'r' / 'last.pth.tar')
+    changed = [f if f != '16' else '8' for f in flags]  # -b 8; --val-num-samples 8
+    with caplog.at_level('WARNING', logger='timm_elastic.train'):
+        train(parse(['train', '--epochs', '2', '--resume', last, *changed, '--lr', '0.001']))
+    said = [r.getMessage() for r in caplog.records if r.levelname == 'WARNING']
+    assert said == [f'--resume {last}: the run was trained with other flags (--batch-size 16 (now 8), --lr 0.002 '
+                    '(now 0.001), --val-num-samples 16 (now 8)); it continues, but not as the run would have: resume '
+                    'is exact with the same flags'], said
+    caplog.clear()
+    with caplog.at_level('WARNING', logger='timm_elastic.train'):
+        train(parse(['train', '--epochs', '3', '--resume', last, *changed, '--lr', '0.001']))
+    assert [r for r in caplog.records if r.levelname == 'WARNING'] == []
 
 
 def test_the_epoch_line_says_when_it_scores_the_ema_weights(tmp_path, capsys):

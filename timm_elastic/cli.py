@@ -727,6 +727,18 @@ def _check_not_an_input(flag: str, path: str, args: argparse.Namespace) -> None:
                                  'file outside it')
 
 
+def _check_replaceable(flag: str, path: str) -> None:
+    """ValueError if --results-file names an existing file that is not JSON: it replaces a results file of an
+    earlier run, as timm's validate.py does, but not a checkpoint, a summary.csv or an image of one."""
+    if flag != '--results-file' or not os.path.isfile(path):
+        return
+    with open(path, 'rb') as f:
+        head = f.read(64).lstrip()
+    if os.path.getsize(path) and not head.startswith((b'{', b'[')):
+        raise ValueError(f'{flag} {path!r} exists and is not a JSON results file; it would be replaced: name a new '
+                         'file (or a results file of an earlier run)')
+
+
 def _terminated(signum, frame):
     raise SystemExit(128 + signum)
 
@@ -759,6 +771,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             return _fail(args.command, ValueError(f'{flag} {path!r} is a folder; name a file in it'))
         try:
             _check_not_an_input(flag, path, args)
+            _check_replaceable(flag, path)
         except ValueError as e:
             return _fail(args.command, e)
     import signal

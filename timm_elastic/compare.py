@@ -28,7 +28,7 @@ import time
 from collections import OrderedDict
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 
-from .train import UsageError, check_output_paths, create_datasets, output_root, task_of, train
+from .train import UsageError, check_output_paths, create_datasets, create_model, output_root, task_of, train
 
 __all__ = ['DEFAULT_SEEDS', 'Spread', 'spread', 'compare', 'twin_of', 'runs_folder', 'format_comparison',
            'stress_relative']
@@ -97,6 +97,9 @@ def compare(args: argparse.Namespace) -> Dict[str, List[Dict[str, Any]]]:
                          'starts a new one')
     primary = os.environ.get('RANK', '0') == '0'  # torchrun's first process
     datasets = create_datasets(args)  # one dataset for every run: the seed varies training, not the data
+    # the Elastic model built once before any training: what only the model checks (an --elastic-resample, an
+    # --elastic-ratio that leaves a block's group empty) stopped compare after the twin had trained
+    create_model(args, args.num_classes or datasets[2])
     for ds in datasets[:2]:  # rendered now, not inside the first run's time
         if hasattr(ds, 'fill_cache'):
             ds.fill_cache()

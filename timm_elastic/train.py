@@ -659,6 +659,10 @@ def train(args: argparse.Namespace, datasets=None) -> Dict[str, Any]:
             _logger.warning(f'--resume {args.resume}: the run trained in {saved} process{"es" * (saved > 1)}, this '
                             f'one has {args.world_size}; it continues, but not as the run would have (every '
                             'process draws its own random numbers): resume is exact with the same number')
+        changed = _changed_flags(resume.get('args'), args)
+        if changed and _is_primary(args):  # e.g. a resume line without the run's flags: the defaults train on
+            _logger.warning(f'--resume {args.resume}: the run was trained with other flags ({changed}); it continues, '
+                            'but not as the run would have: resume is exact with the same flags')
     num_classes = args.num_classes or data_classes
     if num_classes is None:
         raise UsageError('--num-classes is needed: the classes of --data-dir could not be read')
@@ -729,8 +733,8 @@ def train(args: argparse.Namespace, datasets=None) -> Dict[str, Any]:
         warmup_lr=args.warmup_lr, warmup_epochs=args.warmup_epochs, step_on_epochs=not args.sched_on_updates,
         updates_per_epoch=updates_per_epoch, plateau_mode='min' if eval_metric == 'loss' else 'max')
     if start_epoch >= num_epochs:  # nothing would be trained, and the run would end without a word
-        raise UsageError(f'--resume {args.resume!r}: the run has trained all its {num_epochs} epochs (--epochs '
-                         f'{args.epochs}); a larger --epochs trains it further')
+        raise UsageError(f'--resume {args.resume!r}: the run has trained {start_epoch} epochs, all that --epochs '
+                         f'{args.epochs} asks for; a larger --epochs trains it further')
     if start_epoch > 0:
         if args.sched_on_updates:
             lr_scheduler.step_update(start_epoch * updates_per_epoch)
@@ -794,6 +798,22 @@ def train(args: argparse.Namespace, datasets=None) -> Dict[str, Any]:
     if args.distributed:
         torch.distributed.barrier()
     return dict(eval_metrics, output_dir=output_dir, num_classes=num_classes, img_size=data_config['input_size'][-1])
+
+
+# flags that change nothing a run computes, or that a resumed run changes on purpose (--epochs trains it further)
+_BOOKKEEPING = {'command', 'func', 'resume', 'epochs', 'experiment', 'output', 'log_interval', 'progress',
+                'checkpoint_hist', 'device', 'dist_backend', 'initial_checkpoint', 'rank', 'world_size', 'local_rank',
+                'distributed'}
+
+
+def _changed_flags(recorded: Optional[argparse.Namespace], args: argparse.Namespace) -> str:
+    """The training flags of `args` whose values differ from those the resumed run recorded, in words
+    ('--batch-size 16 (now 32), --lr 0.002 (now 0.004)'); '' if none (or nothing was recorded)."""
+    if recorded is None:
+        return ''
+    before, now = vars(_plain_args(recorded)), vars(_plain_args(args))
+    return ', '.join(f'--{k.replace("_", "-")} {before[k]} (now {now[k]})' for k in sorted(before.keys() & now.keys())
+                     if k not in _BOOKKEEPING and before[k] != now[k])
 
 
 def _data_summary(data_config: Dict[str, Any]) -> str:
