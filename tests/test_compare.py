@@ -49,31 +49,62 @@ def test_a_gain_larger_than_the_spread_stands_above_the_noise():
     assert lines[-3] == ('Averaged over the 3 seeds, resnext_tiny_elastic is ahead of resnext_tiny on 7 of the 7 '
                          'size combinations; its best is images with small objects only (+6.00 points), its worst '
                          'images with medium objects only (+5.00).')
+    # the same gain in every seed: an interval of one point, +5
     assert lines[-2] == ('Overall, resnext_tiny_elastic 47.00% vs resnext_tiny 42.00% top-1: a gain of +5.00 ± 0.00 '
-                         'points over 3 seeds (per seed +5.00, +5.00, +5.00), larger than the seed-to-seed spread '
-                         '(standard deviation over the seeds: resnext_tiny 2.00, resnext_tiny_elastic 2.00, the gain '
-                         '0.00 points): the difference stands above the noise of these runs.')
+                         "points over 3 seeds (per seed +5.00, +5.00, +5.00); its 95% confidence interval (paired over "
+                         "the seeds; Student's t, 2 degrees of freedom) is +5.00 to +5.00 points, which excludes 0: "
+                         'the difference stands above the noise of these runs.')
     assert lines[-1] == 'Training took 30 s (resnext_tiny) and 30 s (resnext_tiny_elastic) in all.'
 
 
 def test_a_gain_within_the_spread_does_not_tell_the_models_apart():
-    # gains 1, 3, -1: mean 1, less than either model's standard deviation (2)
+    # gains 1, 3, -1: mean 1, std 2; t(0.975, 2 degrees of freedom) = 4.303 (the tables'), so the interval is
+    # 1 -+ 4.303 * 2 / sqrt(3) = 1 -+ 4.968: -3.97 to +5.97
     lines = format_comparison(results([40., 42., 44.], [41., 45., 43.]), TWIN, ELASTIC).splitlines()
-    assert lines[-2].endswith('a gain of +1.00 ± 2.00 points over 3 seeds (per seed +1.00, +3.00, -1.00), within the '
-                              'seed-to-seed spread (standard deviation over the seeds: resnext_tiny 2.00, '
-                              'resnext_tiny_elastic 2.00, the gain 2.00 points): these runs do not tell the two '
-                              'models apart.')
-    # a mean gain (3) larger than either model's spread (std 2), but the seeds disagree on it (gains 7, 3, -1:
-    # std 4): no result either
+    assert lines[-2].endswith("a gain of +1.00 ± 2.00 points over 3 seeds (per seed +1.00, +3.00, -1.00); its 95% "
+                              "confidence interval (paired over the seeds; Student's t, 2 degrees of freedom) is -3.97 "
+                              'to +5.97 points, which holds 0: these runs do not tell the two models apart.')
+    # gains 7, 3, -1: mean 3, std 4: 3 -+ 9.94
     text = format_comparison(results([40., 42., 44.], [47., 45., 43.]), TWIN, ELASTIC)
     assert 'a gain of +3.00 ± 4.00 points' in text and text.splitlines()[-2].endswith(
-        'the gain 4.00 points): these runs do not tell the two models apart.')
+        'is -6.94 to +12.94 points, which holds 0: these runs do not tell the two models apart.')
     # a loss larger than the spread stands above it too
     lines = format_comparison(results([40., 42., 44.], [30., 32., 34.]), TWIN, ELASTIC).splitlines()
     assert 'a gain of -10.00 ± 0.00 points' in lines[-2] and lines[-2].endswith('stands above the noise of these runs.')
     # the same gain everywhere: no best nor worst combination
     assert lines[-3] == ('Averaged over the 3 seeds, resnext_tiny_elastic is ahead of resnext_tiny on 0 of the 7 size '
                          'combinations, by the same -10.00 points on each.')
+
+
+def test_the_verdict_is_a_paired_interval_not_the_models_spreads():
+    """The gain is judged by its paired interval: the models' own spreads (what a seed moves in both alike) do not
+    hide a gain every seed agrees on, and two seeds (1 degree of freedom: t = 12.706) need more than a gain a few
+    times its spread. The old rule (mean gain above the largest spread of the twin, the Elastic model and the gain)
+    said the opposite in both cases."""
+    # 20 seeds, twin 40 + 2i, Elastic the twin + 0.5 or + 1: the models' spreads 11.8, the gains' 0.26;
+    # interval 0.75 -+ 2.093 * 0.2566 / sqrt(20) = 0.75 -+ 0.120
+    twin = [40. + 2 * i for i in range(20)]
+    lines = format_comparison(results(twin, [t + (0.5 if i % 2 else 1.) for i, t in enumerate(twin)]), TWIN,
+                              ELASTIC).splitlines()
+    assert lines[-2].endswith("(paired over the seeds; Student's t, 19 degrees of freedom) is +0.63 to +0.87 points, "
+                              'which excludes 0: the difference stands above the noise of these runs.'), lines[-2]
+    # 2 seeds: gains 2 and 2.5, mean 2.25, std 0.354: 2.25 -+ 12.706 * 0.354 / sqrt(2) = 2.25 -+ 3.18
+    lines = format_comparison(results([80., 80.5], [82., 83.]), TWIN, ELASTIC).splitlines()
+    assert lines[-2].endswith("(paired over the seeds; Student's t, 1 degree of freedom) is -0.93 to +5.43 points, "
+                              'which holds 0: these runs do not tell the two models apart.'), lines[-2]
+
+
+def test_t_quantile_is_the_tables():
+    """Two-sided 95% critical values of Student's t as printed in statistics tables (3 decimals), and SciPy's."""
+    from scipy.stats import t
+    from timm_elastic.compare import t_quantile
+    table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 9: 2.262, 10: 2.228, 19: 2.093, 29: 2.045, 30: 2.042}
+    assert {df: round(t_quantile(0.95, df), 3) for df in table} == table
+    for df in range(1, 121):
+        assert t_quantile(0.95, df) == pytest.approx(t.ppf(0.975, df), rel=1e-12)
+        assert t_quantile(0.5, df) == pytest.approx(t.ppf(0.75, df), rel=1e-12)
+    with pytest.raises(ValueError, match='positive integer df'):
+        t_quantile(0.95, 0)
 
 
 def test_columns_fit_their_widest_value():

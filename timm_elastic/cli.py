@@ -558,8 +558,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "within a few percent; timm-elastic models lists the pairs) with the same recipe on the built-in "
                     "scale-challenging dataset, once per seed (--seeds), then print top-1 for each combination of "
                     "small, medium and large objects side by side, as the paper's Table 4 does: mean and standard "
-                    "deviation over the seeds, a reading of the table, and whether the Elastic model's gain is "
-                    "larger than the seed-to-seed spread. Every run's checkpoints are kept for later analyses. "
+                    "deviation over the seeds, a reading of the table, and whether the Elastic model's gain "
+                    "stands above the seed-to-seed noise (its 95% confidence interval, paired over the seeds, "
+                    "excludes 0). Every run's checkpoints are kept for later analyses. "
                     "With the defaults (3 seeds, 2 epochs each) it takes about 3 minutes on 2 CPU cores. Every "
                     "train flag applies to both models.",
         epilog='example: timm-elastic compare --seeds 0 1 2 3 4 --epochs 6 --output runs/compare')

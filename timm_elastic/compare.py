@@ -7,7 +7,8 @@ training run is one draw: the seed moves a small model's top-1 by points, and so
 among them), so a single pair of runs can say either thing. Here every seed trains both models
 (the same data; the seed sets initial weights, data order and augmentation), and the table shows
 mean and standard deviation over the seeds, with a conclusion that says whether the Elastic
-model's mean gain is larger than the seed-to-seed spread of either model's top-1 and of the gain.
+model's mean gain stands above the seed-to-seed noise: whether its 95% confidence interval, paired over
+the seeds (Student's t), excludes 0.
 
 Each run is an ordinary `train` run, kept in `<output>/<experiment>/seed<S>/<model>/` (summary.csv,
 the best and the last checkpoint), and `compare.json` beside them holds every run's metrics.
@@ -53,6 +54,35 @@ def spread(values: Sequence[float]) -> Spread:
     mean = sum(values) / n
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else math.nan
     return Spread(mean, std)
+
+
+def t_quantile(p: float, df: int) -> float:
+    """Student's t critical value: the t with P(|T| <= t) = `p` for `df` (a positive integer) degrees of freedom,
+    e.g. 4.303 for p = 0.95 and 2 degrees of freedom. P(|T| <= t) in its closed forms for integer df (Abramowitz
+    and Stegun 26.7.3 and 26.7.4, in theta = atan(t / sqrt(df))), inverted by bisection: exact to float rounding,
+    without SciPy."""
+    if not 0 < p < 1 or int(df) != df or df < 1:
+        raise ValueError(f't_quantile needs 0 < p < 1 and a positive integer df, got p={p!r}, df={df!r}')
+
+    def within(theta: float) -> float:
+        s, c = math.sin(theta), math.cos(theta)
+        if df % 2:  # (2 / pi) (theta + s (c + 2/3 c^3 + 2*4/(3*5) c^5 + ... + c^(df - 2)))
+            total = term = c if df > 1 else 0.
+            for k in range(1, (df - 1) // 2):
+                term *= c * c * (2 * k) / (2 * k + 1)
+                total += term
+            return 2 / math.pi * (theta + s * total)
+        total = term = 1.  # s (1 + 1/2 c^2 + 1*3/(2*4) c^4 + ... + c^(df - 2))
+        for k in range(1, df // 2):
+            term *= c * c * (2 * k - 1) / (2 * k)
+            total += term
+        return s * total
+
+    low, high = 0., math.pi / 2
+    for _ in range(100):
+        mid = (low + high) / 2
+        low, high = (mid, high) if within(mid) < p else (low, mid)
+    return math.sqrt(df) * math.tan((low + high) / 2)
 
 
 def _check_seeds(seeds: Sequence[int]) -> List[int]:
@@ -297,17 +327,21 @@ def _reading(gains: Dict[str, float], base: str, elastic: str, n: int) -> str:
 
 def _conclusion(sb: Spread, se: Spread, sg: Spread, per_seed: List[float], base: str, elastic: str,
                 label: str = 'top-1') -> str:
-    """Whether the overall gain is larger than the seed-to-seed spread: of either model's metric, and of
-    the gain itself (a gain whose seeds disagree by more than its mean is not a result either)."""
+    """Whether the overall gain stands above the seed-to-seed noise: whether its 95% confidence interval, paired
+    over the seeds (each seed trains both models on the same data: the per-seed gains are the sample; Student's
+    t with n - 1 degrees of freedom), excludes 0. The models' own spreads do not enter: what moves both alike
+    (a seed's draw) cancels in the gain."""
     head = f'Overall, {elastic} {sb.mean + sg.mean:.2f}% vs {base} {sb.mean:.2f}% {label}'
     if len(per_seed) == 1:
         return (f'{head} ({per_seed[0]:+.2f} points). One seed measures no spread, and the seed alone moves a '
                 f'small model by points: run several (--seeds 0 1 2) before reading a winner into it.')
-    noise = max(sb.std, se.std, sg.std)
-    stds = (f'standard deviation over the seeds: {base} {sb.std:.2f}, {elastic} {se.std:.2f}, the gain '
-            f'{sg.std:.2f} points')
-    verdict = (f'larger than the seed-to-seed spread ({stds}): the difference stands above the noise of these runs'
-               if abs(sg.mean) > noise else
-               f'within the seed-to-seed spread ({stds}): these runs do not tell the two models apart')
-    return (f'{head}: a gain of {sg:+.2f} points over {len(per_seed)} seeds (per seed '
-            f'{", ".join(f"{g:+.2f}" for g in per_seed)}), {verdict}.')
+    n = len(per_seed)
+    half = t_quantile(0.95, n - 1) * sg.std / math.sqrt(n)
+    low, high = sg.mean - half, sg.mean + half
+    interval = (f"its 95% confidence interval (paired over the seeds; Student's t, {n - 1} degree"
+                f'{"s" if n > 2 else ""} of freedom) is {low:+.2f} to {high:+.2f} points')
+    verdict = (f'{interval}, which excludes 0: the difference stands above the noise of these runs'
+               if low > 0 or high < 0 else
+               f'{interval}, which holds 0: these runs do not tell the two models apart')
+    return (f'{head}: a gain of {sg:+.2f} points over {n} seeds (per seed '
+            f'{", ".join(f"{g:+.2f}" for g in per_seed)}); {verdict}.')
