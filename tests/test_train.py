@@ -1300,6 +1300,21 @@ def test_ddp_seed_orders_the_training_images(tmp_path):
     assert losses[0] != losses[1] and losses[0] == losses[2], losses
 
 
+def test_stress_sizes_default_to_the_papers_in_proportion_to_the_model(tmp_path):
+    """Without --sizes, stress evaluates at the paper's 96, 224, 448 and 896 in proportion to the model's input
+    size: for the built-in data's 64-pixel models 96 * 64 / 224 = 27.4 (at least 32), 64, 128 and 256 (the paper's
+    pixels were its default: 1.5 to 14 times the size these models train at, 896 costing 196 evaluations at 64)."""
+    torch.manual_seed(0)
+    ckpt = tmp_path / 'm.pth.tar'
+    torch.save({'state_dict': timm.create_model('resnext_tiny_elastic', num_classes=8).state_dict(),
+                'arch': 'resnext_tiny_elastic'}, ckpt)
+    proc = cli('stress', '--checkpoint', str(ckpt), '--val-num-samples', '9', '-j', '0', '--no-progress',
+               '--results-file', str(tmp_path / 's.json'))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads((tmp_path / 's.json').read_text())
+    assert got['sizes'] == [32, 64, 128, 256] and list(got['metrics']['model']) == ['32', '64', '128', '256']
+
+
 # a torchrun process that logs, per rank, every file the stress command writes
 LOGGED_WRITES = """
 import os

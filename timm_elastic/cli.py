@@ -641,8 +641,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help='the baseline model to compare with (e.g. dla_x60); without it, --model alone is evaluated')
     p.add_argument('--baseline-checkpoint', metavar='PATH', default='',
                    help="the baseline's weights (without it: its pretrained weights, with --pretrained)")
-    p.add_argument('--sizes', type=int, nargs='+', metavar='N', default=[96, 224, 448, 896],
-                   help="square test sizes in pixels (default: the paper's 96 224 448 896)")
+    p.add_argument('--sizes', type=int, nargs='+', metavar='N', default=None,
+                   help="square test sizes in pixels (default: the paper's 96 224 448 896 in proportion to the "
+                        "model's input size: those for 224, 32 64 128 256 for the built-in data's 64)")
     p.add_argument('--plot', metavar='FILE', default='',
                    help='write the relative improvements as a bar chart, in the format of its extension (.png, .svg, '
                         '.pdf, ...; PNG without one)')

@@ -84,16 +84,17 @@ def relative_per_size(pairs: Sequence[Tuple[Dict[int, Dict[str, Any]], Dict[int,
 
 
 def run(args: argparse.Namespace) -> Dict[str, Any]:
-    """`timm-elastic stress`: evaluate `args.model` (and `args.baseline`) at `args.sizes`; returns
+    """`timm-elastic stress`: evaluate `args.model` (and `args.baseline`) at `args.sizes` (None: the paper's
+    sizes in proportion to the model's input size, `scaled_sizes`); returns
     {'task', 'sizes', 'model', 'baseline', 'metrics': {'baseline' / 'model': {size: metrics}}, 'relative':
     {metric: {size: percent}} (with a baseline), 'files'}."""
     from ._io import write_json
     from .train import UsageError, _init_device, _is_primary, amp_context, baseline_args, combinations_of, \
-        create_datasets, load_for_eval, task_of
+        create_datasets, load_for_eval, resolve_config, task_of
     task = task_of(args)
     if args.baseline_checkpoint and not args.baseline:
         raise UsageError('--baseline-checkpoint needs --baseline NAME (the model it holds)')
-    check_sizes('--sizes', args.sizes)
+    check_sizes('--sizes', args.sizes or ())
     unused = [flag for flag, value in (('--img-size', args.img_size), ('--input-size', args.input_size),
                                        ('--crop-pct', args.crop_pct)) if value is not None]
     if unused:  # they would be ignored
@@ -116,13 +117,17 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     runs = [('model', args, ('--model', '--checkpoint'))]
     if args.baseline:
         runs.insert(0, ('baseline', baseline_args(args), ('--baseline', '--baseline-checkpoint')))
+    models = [(role, run_args, load_for_eval(run_args, data_classes, device, flags=flags))
+              for role, run_args, flags in runs]
+    # by default the paper's sizes in proportion to --model's own input size (as validate resolves it): 96 ... 896
+    # for a model of 224 pixels, 32 ... 256 for the built-in data's 64 (the paper's pixels would be 1.5-14x there)
+    sizes = args.sizes or scaled_sizes(resolve_config(args, models[-1][2])['input_size'][-1])
     per_model = OrderedDict()
     names = {}
-    for role, run_args, flags in runs:
-        model = load_for_eval(run_args, data_classes, device, flags=flags)
+    for role, run_args, model in models:
         names[role] = run_args.model
-        per_model[role] = stress_test(model, dataset, run_args, device, args.sizes, amp_autocast, combos)
-    result: Dict[str, Any] = OrderedDict(task=task.name, sizes=list(args.sizes), model=names['model'],
+        per_model[role] = stress_test(model, dataset, run_args, device, sizes, amp_autocast, combos)
+    result: Dict[str, Any] = OrderedDict(task=task.name, sizes=list(sizes), model=names['model'],
                                          baseline=names.get('baseline'), metrics=per_model)
     files = []
     if args.baseline:
