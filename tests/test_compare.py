@@ -48,7 +48,7 @@ def test_a_gain_larger_than_the_spread_stands_above_the_noise():
                                                            '+11.9%']
     assert lines[-3] == ('Averaged over the 3 seeds, resnext_tiny_elastic is ahead of resnext_tiny on 7 of the 7 '
                          'size combinations; its best is images with small objects only (+6.00 points), its worst '
-                         'images with medium objects only (+5.00).')
+                         'the other 6 combinations alike (+5.00).')
     # the same gain in every seed: an interval of one point, +5
     assert lines[-2] == ('Overall, resnext_tiny_elastic 47.00% vs resnext_tiny 42.00% top-1: a gain of +5.00 ± 0.00 '
                          "points over 3 seeds (per seed +5.00, +5.00, +5.00); its 95% confidence interval (paired over "
@@ -105,6 +105,19 @@ def test_t_quantile_is_the_tables():
         assert t_quantile(0.5, df) == pytest.approx(t.ppf(0.75, df), rel=1e-12)
     with pytest.raises(ValueError, match='positive integer df'):
         t_quantile(0.95, 0)
+
+
+def test_the_reading_names_every_combination_that_shares_the_best_or_worst_gain():
+    """Gains that print alike are named alike (the first of them was named the best, as if it stood alone)."""
+    res = results([40., 42.], [40., 42.])
+    for runs, combo, top1 in ((res[ELASTIC], 'small', 49.), (res[ELASTIC], 'medium', 49.),
+                              (res[ELASTIC], 'large', 35.)):
+        for run in runs:
+            run['per_combination'][combo]['top1'] = run['top1'] + (top1 - 40.)
+    lines = format_comparison(res, TWIN, ELASTIC).splitlines()
+    assert lines[-3] == ('Averaged over the 2 seeds, resnext_tiny_elastic is ahead of resnext_tiny on 2 of the 7 size '
+                         'combinations; its best is images with small objects only and images with medium objects '
+                         'only alike (+9.00 points), its worst images with large objects only (-5.00).'), lines[-3]
 
 
 def test_columns_fit_their_widest_value():

@@ -312,17 +312,23 @@ def stress_relative(results: Dict[str, List[Dict[str, Any]]], base: str,
 
 def _reading(gains: Dict[str, float], base: str, elastic: str, n: int) -> str:
     """The table in one sentence: on how many size combinations the Elastic model is ahead, and the
-    combinations of its largest and smallest gain."""
+    combinations of its largest and smallest gain (every one that shares it, as printed)."""
     ahead = sum(g > 0 for g in gains.values())
-    best = max(gains, key=gains.get)
-    worst = min(gains, key=gains.get)
+    shown = {k: round(g, 2) for k, g in gains.items()}  # gains that print alike are alike here
+    top, bottom = max(shown.values()), min(shown.values())
     averaged = f'Averaged over the {n} seeds, ' if n > 1 else 'In this run, '
-    if gains[best] == gains[worst]:  # no best nor worst
+    if top == bottom:  # no best nor worst
         return (f'{averaged}{elastic} is ahead of {base} on {ahead} of the {len(gains)} size combinations, by the same '
-                f'{gains[best]:+.2f} points on each.')
+                f'{top:+.2f} points on each.')
+
+    def named(value: float) -> str:
+        ties = [k for k in gains if shown[k] == value]
+        if len(ties) > 3:  # a list would be the table again
+            return f'the other {len(ties)} combinations alike' if len(ties) == len(gains) - 1 else \
+                f'{len(ties)} combinations alike'
+        return ' and '.join(f'images with {_in_words(k)}' for k in ties) + (' alike' if len(ties) > 1 else '')
     return (f'{averaged}{elastic} is ahead of {base} on {ahead} of the {len(gains)} size combinations; its best is '
-            f'images with {_in_words(best)} ({gains[best]:+.2f} points), its worst images with {_in_words(worst)} '
-            f'({gains[worst]:+.2f}).')
+            f'{named(top)} ({top:+.2f} points), its worst {named(bottom)} ({bottom:+.2f}).')
 
 
 def _conclusion(sb: Spread, se: Spread, sg: Spread, per_seed: List[float], base: str, elastic: str,
