@@ -39,7 +39,6 @@ def torchrun(*args, nproc=2):
 def validate_in_two_processes_and_one(common, tmp_path):
     """`timm-elastic COMMON` (a validate command) under torchrun with two processes and in one process: both
     results files, read back."""
-    import json
     for run, name in ((torchrun, 'ddp.json'), (cli, 'one.json')):
         proc = run(*common, '--results-file', str(tmp_path / name))
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -107,7 +106,6 @@ def test_train_checkpoint_validate(tmp_path):
                '--val-num-samples', '112', '-j', '0', '--results-file', str(results), '--no-progress')
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith('resnext_tiny_elastic: top-1 ')
-    import json
     metrics = json.loads(results.read_text())
     assert metrics['count'] == 112 and metrics['num_classes'] == 8
     assert metrics['top1'] == pytest.approx(float(best[3]), abs=1e-9)  # the same images, the same weights
@@ -150,7 +148,6 @@ def test_image_folder_round_trip(tmp_path):
     proc = cli('validate', '--checkpoint', ckpt, '--data-dir', str(renamed), '--split', 'val', '-j', '0',
                '--no-progress', '--results-file', str(out))
     assert proc.returncode == 0, proc.stderr
-    import json
     renamed_result = json.loads(out.read_text())
     assert renamed_result['top1'] == results[0]['top1'] and 'per_combination' not in renamed_result
     proc = cli('data', '--out', str(folder))
@@ -756,7 +753,6 @@ def test_compare_table4_over_seeds_is_repeatable(tmp_path):
     assert [r.split('|')[0].split() for r in rows] == [
         ['-', '-', 'x'], ['-', 'x', '-'], ['-', 'x', 'x'], ['x', '-', '-'], ['x', '-', 'x'], ['x', 'x', '-'],
         ['x', 'x', 'x']]
-    import json
     res = json.loads((tmp_path / 'cmp.json').read_text())
     assert res == json.loads((tmp_path / 'cmp' / 'compare.json').read_text())
     assert list(res) == ['resnext_tiny', 'resnext_tiny_elastic'] and [r['seed'] for r in res['resnext_tiny']] == [3, 4]
@@ -1187,7 +1183,6 @@ def test_validate_takes_the_class_count_from_the_checkpoint(tmp_path):
     proc = cli('validate', '--model', 'resnext_tiny_elastic', '--checkpoint', str(tmp_path / 'ten' / 'last.pth.tar'),
                '--val-num-samples', '112', '-j', '0', '--no-progress', '--results-file', str(out))
     assert proc.returncode == 0, proc.stderr
-    import json
     assert json.loads(out.read_text())['num_classes'] == 10
     # a contradicting --model is refused; a checkpoint that does not record its model needs --model
     proc = cli('validate', '--model', 'resnext_tiny', '--checkpoint', str(tmp_path / 'ten' / 'last.pth.tar'))

@@ -659,10 +659,6 @@ def train(args: argparse.Namespace, datasets=None) -> Dict[str, Any]:
             _logger.warning(f'--resume {args.resume}: the run trained in {saved} process{"es" * (saved > 1)}, this '
                             f'one has {args.world_size}; it continues, but not as the run would have (every '
                             'process draws its own random numbers): resume is exact with the same number')
-        changed = _changed_flags(resume.get('args'), args)
-        if changed and _is_primary(args):  # e.g. a resume line without the run's flags: the defaults train on
-            _logger.warning(f'--resume {args.resume}: the run was trained with other flags ({changed}); it continues, '
-                            'but not as the run would have: resume is exact with the same flags')
     num_classes = args.num_classes or data_classes
     if num_classes is None:
         raise UsageError('--num-classes is needed: the classes of --data-dir could not be read')
@@ -735,6 +731,10 @@ def train(args: argparse.Namespace, datasets=None) -> Dict[str, Any]:
     if start_epoch >= num_epochs:  # nothing would be trained, and the run would end without a word
         raise UsageError(f'--resume {args.resume!r}: the run has trained {start_epoch} epochs, all that --epochs '
                          f'{args.epochs} asks for; a larger --epochs trains it further')
+    changed = _changed_flags(resume.get('args'), args) if resume is not None else ''
+    if changed and primary:  # e.g. a resume line without the run's flags: the defaults train on (said once it does)
+        _logger.warning(f'--resume {args.resume}: the run was trained with other flags ({changed}); it continues, '
+                        'but not as the run would have: resume is exact with the same flags')
     if start_epoch > 0:
         if args.sched_on_updates:
             lr_scheduler.step_update(start_epoch * updates_per_epoch)
