@@ -80,6 +80,13 @@ def state(path, key='state_dict'):
     return torch.load(path, map_location='cpu', weights_only=False)[key]
 
 
+def random_checkpoint(path, name='resnext_tiny_elastic', seed=0):
+    """A checkpoint of `name`'s initial weights (torch seed `seed`, 8 classes) at `path`, as validate reads one."""
+    torch.manual_seed(seed)
+    torch.save({'state_dict': timm.create_model(name, num_classes=8).state_dict(), 'arch': name}, path)
+    return path
+
+
 @pytest.mark.slow
 def test_train_checkpoint_validate(tmp_path):
     out = tmp_path / 'runs'
@@ -930,12 +937,10 @@ def test_a_written_file_never_replaces_an_input(tmp_path):
 def test_a_results_file_replaces_only_a_json_file(tmp_path):
     """--results-file replaces an earlier results file (JSON), as timm's validate.py does, but not another file at
     the path, e.g. another run's checkpoint (it was replaced by the JSON, found unreadable only when next used)."""
-    torch.manual_seed(0)
     ckpt, other = tmp_path / 'scored.pth.tar', tmp_path / 'other' / 'last.pth.tar'
     other.parent.mkdir()
     for path in (ckpt, other):
-        torch.save({'state_dict': timm.create_model('resnext_tiny_elastic', num_classes=8).state_dict(),
-                    'arch': 'resnext_tiny_elastic'}, path)
+        random_checkpoint(path)
     before = other.read_bytes()
     common = ['validate', '--checkpoint', str(ckpt), '--val-num-samples', '8', '-j', '0', '--no-progress']
     for command in (common, ['compare', '--seeds', '0', '--epochs', '1', '--output', str(tmp_path), *TINY]):
@@ -1299,10 +1304,7 @@ def test_stress_sizes_default_to_the_papers_in_proportion_to_the_model(tmp_path)
     """Without --sizes, stress evaluates at the paper's 96, 224, 448 and 896 in proportion to the model's input
     size: for the built-in data's 64-pixel models 96 * 64 / 224 = 27.4 (at least 32), 64, 128 and 256 (the paper's
     pixels were its default: 1.5 to 14 times the size these models train at, 896 costing 196 evaluations at 64)."""
-    torch.manual_seed(0)
-    ckpt = tmp_path / 'm.pth.tar'
-    torch.save({'state_dict': timm.create_model('resnext_tiny_elastic', num_classes=8).state_dict(),
-                'arch': 'resnext_tiny_elastic'}, ckpt)
+    ckpt = random_checkpoint(tmp_path / 'm.pth.tar')
     proc = cli('stress', '--checkpoint', str(ckpt), '--val-num-samples', '9', '-j', '0', '--no-progress',
                '--results-file', str(tmp_path / 's.json'))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -1340,11 +1342,8 @@ sys.exit(main(sys.argv[1:]))
 def test_ddp_stress_writes_its_files_once(tmp_path):
     """Under torchrun, stress's --results-file and --plot are written by the first process alone (every process
     wrote both, each the same file)."""
-    ckpts = {}
-    for seed, name in ((0, 'resnext_tiny'), (1, 'resnext_tiny_elastic')):
-        torch.manual_seed(seed)
-        ckpts[name] = tmp_path / f'{name}.pth.tar'
-        torch.save({'state_dict': timm.create_model(name, num_classes=8).state_dict(), 'arch': name}, ckpts[name])
+    ckpts = {name: random_checkpoint(tmp_path / f'{name}.pth.tar', name, seed)
+             for seed, name in ((0, 'resnext_tiny'), (1, 'resnext_tiny_elastic'))}
     script = tmp_path / 'logged.py'
     script.write_text(LOGGED_WRITES)
     log = tmp_path / 'writes.log'
