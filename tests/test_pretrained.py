@@ -146,6 +146,21 @@ def test_the_registered_url_reads_a_cached_release(hub_cache, release):
     assert_weights(timm.create_model(f'{MODEL}.in1k', pretrained=True), release)
 
 
+def test_an_unreadable_file_put_in_the_cache_is_named_and_kept(server, hub_cache, release):
+    """The README's offline route, with a copy cut short: no download happened, so the file is the user's; it
+    is named and left where it is (a download of this call that does not read is removed: above)."""
+    hub_cache.mkdir(parents=True)
+    cached = hub_cache / f'{ARCH}.pth.tar'
+    cached.write_bytes(release['bytes'][:len(release['bytes']) // 3])
+    with pytest.raises(timm_elastic.PretrainedWeightsError) as info:
+        create(server)
+    message = str(info.value)
+    assert f'{cached}, where torch.hub keeps the download of {server.url()}, is not a readable checkpoint' in message
+    assert 'left as it is' in message and 'downloaded from' not in message
+    assert cached.read_bytes() == release['bytes'][:len(release['bytes']) // 3]
+    assert server.hits[PATH] == 0
+
+
 @pytest.mark.parametrize('mode,says', [
     ('404', 'HTTP Error 404'),
     ('truncated', 'truncated'),
