@@ -204,6 +204,16 @@ def test_wrong_architecture_is_named():
         from_original(state, arch='resnext77')
 
 
+def test_wrong_architecture_is_named_through_timm(tmp_path):
+    """The same mistake through timm's pretrained path (a file given to another model's name) names the
+    architecture the file is of, as from_original does."""
+    path = tmp_path / 'dla60x_elastic.pth.tar'
+    torch.save(stand_in_state('dla60x_elastic'), path)
+    with pytest.raises(CheckpointError) as e:
+        timm.create_model('dla_x60', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    assert 'not a checkpoint of dla60x (dla_x60) (its key layout is that of dla60x_elastic): ' in str(e.value)
+
+
 def test_missing_unexpected_and_misshaped_keys_are_named():
     state = stand_in_state('resnext50')
     for k in ('layer1.0.bn3.weight', 'layer1.0.bn3.bias', 'fc.bias'):

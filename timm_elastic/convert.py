@@ -405,6 +405,16 @@ def infer_arch(state: Mapping[str, torch.Tensor]) -> str:
         f'{closest}: {why[closest]}')
 
 
+def _layout_hint(state: Mapping[str, torch.Tensor], arch: str) -> str:
+    """' (its key layout is that of OTHER)' for a checkpoint of another original architecture than `arch`, else
+    '' (for the message of a checkpoint that does not convert to `arch`)."""
+    try:
+        other = infer_arch(state)
+    except CheckpointError:
+        return ''
+    return f' (its key layout is that of {other})' if other != arch else ''
+
+
 def _stem(model_name: str) -> str:
     from timm.models import get_pretrained_cfg
     return get_pretrained_cfg(model_name).first_conv + '.weight'
@@ -464,12 +474,7 @@ def from_original(
     try:
         converted = convert_state_dict(state, target, spec.two_path, any_shape=classifier if replace_head else ())
     except CheckpointError as e:
-        hint = ''
-        if create_kwargs.get('num_classes') is None:
-            try:
-                hint = f' (its key layout is that of {infer_arch(state)})'
-            except CheckpointError:
-                pass
+        hint = _layout_hint(state, arch) if create_kwargs.get('num_classes') is None else ''
         raise CheckpointError(f'not a checkpoint of {arch} ({spec.model}){hint}: {e}') from None
     _load_converted(model, converted, num_classes, classifier, stacklevel=3)
     tag = release_tag(arch, num_classes)
@@ -666,4 +671,5 @@ def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: nn.Modul
         classes = num_classes_of(state_dict, arch)
         tag = release_tag(arch, classes) if classes != model.num_classes else None
         hint = f'; its {classes} classes are those of the release {name}.{tag}' if tag else ''
-        raise CheckpointError(f'not a checkpoint of {arch} ({name}): {e}{hint}') from None
+        layout = '' if tag else _layout_hint(state_dict, arch)
+        raise CheckpointError(f'not a checkpoint of {arch} ({name}){layout}: {e}{hint}') from None
