@@ -65,6 +65,17 @@ def test_local_dir_loads_the_original_model(release):
         assert (model(x) - reference).abs().max().item() <= tolerance(reference)
 
 
+def test_a_classifier_folder_given_to_the_segmentation_loader_is_named(release):
+    """The segmentation loader said 'unknown segmentation model' of a classifier's folder: it says what the
+    folder holds and which loader takes it."""
+    from timm_elastic.segmentation import create_model
+    name = f'local-dir:{release["out"]}'
+    with pytest.raises(ValueError) as e:
+        create_model(name)
+    assert str(e.value) == (f"{name!r} holds a timm classifier (dla_x60_elastic, its config.json), not a "
+                            f"segmentation model: load it with timm.create_model({name!r}, pretrained=True)")
+
+
 def test_hub_copy_loads_by_hf_hub_id_offline(release, tmp_path):
     hf_home = tmp_path / 'hf'
     put_in_hf_cache(str(release['out']), 'timm-elastic/dla_x60_elastic.in1k', str(hf_home / 'hub'))

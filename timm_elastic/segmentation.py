@@ -313,6 +313,9 @@ def _from_folder(name: str, backbone_kwargs: Optional[Dict[str, Any]] = None, we
             raise ValueError(f'{name!r}: cannot fetch config.json and model.safetensors from the Hugging Face Hub: '
                              f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}') from e
     config = folder_config(os.path.dirname(files['config.json']))
+    if not str(config.get('architecture', '')).startswith(('deeplabv3_', 'dlaup_')) and 'pretrained_cfg' in config:
+        raise ValueError(f"{name!r} holds a timm classifier ({config.get('architecture')}, its config.json), not a "
+                         f"segmentation model: load it with timm.create_model({name!r}, pretrained=True)")
     model = create_model(config['architecture'], num_classes=config['num_classes'], backbone_kwargs=backbone_kwargs)
     if weights:
         model.load_state_dict(load_file(files['model.safetensors']), strict=True)
