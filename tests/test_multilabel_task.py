@@ -124,6 +124,17 @@ def test_train_and_validate_on_coco_match_the_models_outputs(coco, tmp_path):
     assert len(got['per_combination']) >= 4 and set(got['per_combination']['small']) == set(want) | {'loss', 'count'}
     assert f'F1-O {got["f1_o"]:.2f}%' in proc.stdout
 
+    # the checkpoint records the classes it was trained on: a file listing them in another order was scored
+    # without a word (output 0, trained as 'car', scored as 'person')
+    assert torch.load(ckpt, weights_only=False)['args'].class_names == ['car', 'person', 'toothbrush']
+    other = tmp_path / 'other_order'
+    write_coco(other, 'val2014', 4, categories=((1, 'person'), (3, 'car'), (90, 'toothbrush')), seed=1)
+    proc = cli('validate', '--task', 'multilabel', '--data-dir', str(other), '--checkpoint', str(ckpt),
+               '--img-size', '32', *QUICK[:3])
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"timm-elastic validate: error: --checkpoint '{ckpt}' and the data number their classes differently "
+        "(class 0 is 'car' in the checkpoint, 'person' in the data): both need them in the same order"], proc.stderr
+
 
 def test_per_combination_metrics_are_the_metrics_of_those_images():
     from timm_elastic.tasks import get_task
@@ -321,6 +332,11 @@ def test_the_stress_test_without_matplotlib(tmp_path):
     ('other_order', "number their classes differently (class 0 is 'person' in 'train', 'car' in 'validation')"),
     ('other_classes', "have different classes: 1 only in 'train' (e.g. 'bus'); both need the same classes"),
     ('empty_val', "split 'validation' of --data-dir"),
+    # a test split's image_info file: every metric was 0.00%, printed as a score
+    ('no_labels', "split 'val2014' in '{root}' has 21 images but no annotations (a test split's image_info file?)"),
+    # train2017 re-uses most of val2014's images: paired by 'train' / 'validation' where no year has both files
+    ('years_mixed', "the training split is train2017 and the evaluation split val2014 (from --train-split 'train' "
+                    "and --val-split 'validation'), but train2017 holds most of val2014's images"),
     ('mixup', '--mixup makes single-label soft targets; --task multilabel trains on its 0/1 targets'),
     ('metric', '--eval-metric top1 is not a metric of --task multilabel; use one of map, f1_o, f1_c, loss'),
     ('stress_sizes', '--stress-sizes must be at least 32 pixels, got 16'),
@@ -348,7 +364,11 @@ def test_bad_inputs_are_one_line_errors(coco, tmp_path, case, message):
             ((3, 'car'), (1, 'person'), (90, 'toothbrush'), (6, 'bus'))
         write_coco(root, 'train2014', 8, categories=cats if case != 'empty_val' else cats[:3])
         write_coco(root, 'val2014', 0 if case == 'empty_val' else 4, seed=1)
-    elif case in ('missing_image', 'unknown_category', 'no_file_name'):
+    elif case == 'years_mixed':
+        root = tmp_path / case
+        write_coco(root, 'train2017', 8)
+        write_coco(root, 'val2014', 4, seed=1)
+    elif case in ('missing_image', 'unknown_category', 'no_file_name', 'no_labels'):
         import shutil
         root = tmp_path / 'coco'
         shutil.copytree(coco, root)
@@ -359,10 +379,12 @@ def test_bad_inputs_are_one_line_errors(coco, tmp_path, case, message):
             ann = json.loads(path.read_text())
             if case == 'unknown_category':
                 ann['annotations'][0]['category_id'] = 77
+            elif case == 'no_labels':
+                del ann['annotations']
             else:
                 del ann['images'][2]['file_name']
             path.write_text(json.dumps(ann))
-    if case in ('other_order', 'other_classes', 'empty_val'):
+    if case in ('other_order', 'other_classes', 'empty_val', 'years_mixed'):
         proc = cli('train', '--task', 'multilabel', '--data-dir', str(root), '-b', '4', '--output', str(tmp_path),
                    '--experiment', 'x', *QUICK)
         assert not (tmp_path / 'x').exists()
@@ -382,4 +404,4 @@ def test_bad_inputs_are_one_line_errors(coco, tmp_path, case, message):
     assert proc.returncode == 2, (proc.stdout, proc.stderr[-2000:])
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith('timm-elastic '), proc.stderr[-2000:]
-    assert message in lines[0], lines[0]
+    assert message.format(root=root) in lines[0], lines[0]

@@ -826,7 +826,9 @@ def test_progress_bar_in_a_terminal_only(tmp_path):
 
 
 @pytest.mark.parametrize('args, message', [
-    (['train', '--model', 'resnext_nope'], "unknown model 'resnext_nope'; the Elastic models are "),
+    (['train', '--model', 'resnext_nope'], "unknown model 'resnext_nope'; timm-elastic registers "),
+    # a typo, not the weights, is what is wrong (it said 'no weights to evaluate', then once given them, this)
+    (['validate', '--model', 'resnext_nope'], "--model: unknown model 'resnext_nope'; timm-elastic registers "),
     (['train', '--data-dir', '/no/such/dir'], "--data-dir '/no/such/dir' does not exist or is not a folder"),
     (['train', '--amp', '--amp-dtype', 'float16', '--device', 'cpu'],
      '--amp-dtype float16 needs CUDA; on the CPU use --amp-dtype bfloat16'),

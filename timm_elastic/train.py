@@ -202,6 +202,7 @@ def create_datasets(args: argparse.Namespace, training: bool = True):
     classes = _class_names(eval_ds)
     if train_ds is not None:
         _check_same_classes(_class_names(train_ds), classes, args)
+        task.check_splits(train_ds, eval_ds, args)
     task.classes = classes
     return train_ds, eval_ds, len(classes) if classes else None
 
@@ -212,15 +213,32 @@ def _check_same_classes(train: Optional[List[str]], val: Optional[List[str]], ar
     be trained as one class and scored as another."""
     if train is None or val is None or train == val:
         return
-    where = f'splits {args.train_split!r} and {args.val_split!r} of --data-dir {args.data_dir!r}'
-    only = [c for c in train if c not in val], [c for c in val if c not in train]
-    if any(only):
-        said = [f'{len(o)} only in {s!r} (e.g. {o[0]!r})' for o, s in zip(only, (args.train_split, args.val_split))
-                if o]
-        raise UsageError(f'the {where} have different classes: {"; ".join(said)}; both need the same classes')
-    i = next(i for i, (a, b) in enumerate(zip(train, val)) if a != b)
-    raise UsageError(f'the {where} number their classes differently (class {i} is {train[i]!r} in '
-                     f'{args.train_split!r}, {val[i]!r} in {args.val_split!r}): both need them in the same order')
+    where = f'the splits {args.train_split!r} and {args.val_split!r} of --data-dir {args.data_dir!r}'
+    raise UsageError(_class_difference(where, train, val, repr(args.train_split), repr(args.val_split)))
+
+
+def _class_difference(where: str, a: List[str], b: List[str], name_a: str, name_b: str) -> str:
+    """The error for two lists of class names that differ (`where`: the two sources, `name_a` / `name_b` each)."""
+    only = [c for c in a if c not in b], [c for c in b if c not in a]
+    if any(only) or len(a) != len(b):
+        said = [f'{len(o)} only in {s} (e.g. {o[0]!r})' for o, s in zip(only, (name_a, name_b)) if o]
+        return (f'{where} have different classes: {"; ".join(said) or "the same names, counted differently"}; '
+                'both need the same classes')
+    i = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+    return (f'{where} number their classes differently (class {i} is {a[i]!r} in {name_a}, {b[i]!r} in '
+            f'{name_b}): both need them in the same order')
+
+
+def _check_checkpoint_class_names(ckpt: Dict[str, Any], path: str, flag: str, args: argparse.Namespace) -> None:
+    """Refuse data whose classes are not those the checkpoint's run was trained on, in that order (`timm-elastic
+    train` records them; checkpoints of other scripts record none and pass): output i would be scored, or trained
+    on, as another class, without an error."""
+    recorded = getattr(ckpt.get('args'), 'class_names', None)
+    data = task_of(args).classes
+    if not isinstance(recorded, (list, tuple)) or data is None or list(recorded) == list(data):
+        return
+    raise UsageError(_class_difference(f'{flag} {path!r} and the data', list(recorded), list(data),
+                                       'the checkpoint', 'the data'))
 
 
 def resolve_config(args: argparse.Namespace, model: nn.Module) -> Dict[str, Any]:
@@ -654,6 +672,7 @@ def train(args: argparse.Namespace, datasets=None) -> Dict[str, Any]:
     resume = _load_checkpoint_dict(args.resume, '--resume') if args.resume else None
     if resume is not None:
         _check_checkpoint_task(resume, args.resume, '--resume', args)
+        _check_checkpoint_class_names(resume, args.resume, '--resume', args)
         saved = getattr(resume.get('args'), 'world_size', None)
         if saved and saved != args.world_size and _is_primary(args):  # it runs, but draws other random numbers
             _logger.warning(f'--resume {args.resume}: the run trained in {saved} process{"es" * (saved > 1)}, this '
@@ -749,8 +768,10 @@ def train(args: argparse.Namespace, datasets=None) -> Dict[str, Any]:
         exp_name = args.experiment or '-'.join([time.strftime('%Y%m%d-%H%M%S'), _safe(args.model),
                                                str(data_config['input_size'][-1])])
         output_dir = get_outdir(output_root(args), exp_name)
+        recorded = _plain_args(args)
+        recorded.class_names = list(task.classes) if task.classes is not None else None  # checked where it is read
         saver = AtomicCheckpointSaver(
-            model=model, optimizer=optimizer, args=_plain_args(args), model_ema=model_ema, amp_scaler=loss_scaler,
+            model=model, optimizer=optimizer, args=recorded, model_ema=model_ema, amp_scaler=loss_scaler,
             checkpoint_dir=output_dir, recovery_dir=output_dir, decreasing=eval_metric == 'loss',
             max_history=args.checkpoint_hist)
         if resume is not None and _continues_in(args.resume, output_dir) \
@@ -989,6 +1010,9 @@ def load_for_eval(args: argparse.Namespace, data_classes: Optional[int], device:
     options in errors (another command's `--baseline` / `--baseline-checkpoint`)."""
     from timm.models import load_checkpoint
     model_flag, ckpt_flag = flags
+    task = task_of(args)
+    if args.model and not task.known_model(args.model):  # before the weights: a typo is what is wrong
+        raise UsageError(f'{model_flag}: {task.unknown_model(args.model)}')
     ckpt = _load_checkpoint_dict(args.checkpoint, ckpt_flag) if args.checkpoint else None
     if ckpt is None and not args.pretrained:
         raise UsageError(f'no weights to evaluate: pass {ckpt_flag} PATH (a training checkpoint) or --pretrained '
@@ -997,9 +1021,9 @@ def load_for_eval(args: argparse.Namespace, data_classes: Optional[int], device:
         raise UsageError(f'--use-ema: {ckpt_flag} {args.checkpoint!r} holds no EMA weights (its run had no '
                          '--model-ema); leave out --use-ema' if ckpt is not None else
                          f"--use-ema evaluates the EMA weights of a {ckpt_flag}; released weights have none")
-    task = task_of(args)
     if ckpt is not None:
         _check_checkpoint_task(ckpt, args.checkpoint, ckpt_flag, args)
+        _check_checkpoint_class_names(ckpt, args.checkpoint, ckpt_flag, args)
     if not args.model:
         args.model = _recorded_model(ckpt, args.checkpoint, args)
     recorded = None

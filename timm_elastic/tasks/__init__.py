@@ -44,6 +44,10 @@ class Task:
             raise UsageError(f'--task {self.name} reads {layout} from --data-dir (--dataset {own}, or leave it '
                              f'out), got --dataset {args.dataset!r}')
 
+    def check_splits(self, train, val, args: argparse.Namespace) -> None:
+        """Refuse a training and an evaluation dataset (what `read_dataset` returned) that must not be paired (a
+        `UsageError` saying why)."""
+
     def known_model(self, name: str) -> bool:
         """Whether `--model NAME` names a model that `build_model` builds: a name in timm's registry, or a Hub /
         local folder one (whose config names the architecture)."""
@@ -53,8 +57,8 @@ class Task:
     def unknown_model(self, name: str) -> str:
         """The error for a `--model NAME` that `known_model` refuses: what the names are."""
         from ..models import list_models
-        return (f'unknown model {name!r}; the Elastic models are {", ".join(list_models())} (timm-elastic models), '
-                'and any timm model works')
+        return (f'unknown model {name!r}; timm-elastic registers {", ".join(list_models())} (the Elastic models '
+                'and the baselines timm lacks), and any timm model works')
 
     def partly_pretrained(self, name: str) -> Optional[str]:
         """Why `--pretrained` leaves part of model `name` at random initialisation (an error for evaluating it

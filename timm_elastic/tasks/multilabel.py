@@ -141,7 +141,21 @@ class MultiLabel(Task):
         if missing:
             raise UsageError(f'{len(missing)} of the {len(dataset)} images of split {dataset.split!r} are missing, '
                              f'e.g. {missing[0]}')
+        if len(dataset) and not dataset.coco.anns:  # every metric would be 0 (nothing positive), not a score
+            raise UsageError(f'split {dataset.split!r} in {args.data_dir!r} has {len(dataset)} images but no '
+                             'annotations (a test split\'s image_info file?): there is nothing to '
+                             f'{"train on" if is_training else "score"}; use a split with instance annotations')
         return dataset
+
+    def check_splits(self, train, val, args: argparse.Namespace) -> None:
+        from ..train import UsageError
+        # COCO 2017 re-split 2014's images: train2017 is train2014 and val2014 less val2017's 5000
+        if (getattr(train, 'split', None), getattr(val, 'split', None)) == ('train2017', 'val2014'):
+            raise UsageError(
+                f'--data-dir {args.data_dir!r}: the training split is train2017 and the evaluation split val2014 '
+                f'(from --train-split {args.train_split!r} and --val-split {args.val_split!r}), but train2017 holds '
+                'most of val2014\'s images, so the scores would be of training images; pair the years: train2014 '
+                'with val2014 (the paper\'s) or train2017 with val2017')
 
     def check_train_args(self, args: argparse.Namespace) -> None:
         from ..train import UsageError
