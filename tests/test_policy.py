@@ -14,7 +14,7 @@ import torch.nn as nn
 
 import timm_elastic
 from timm_elastic import ScalePolicy, report, scale_policy
-from timm_elastic.policy import class_ranking, embedding_order, improvement_density, policy_embedding
+from timm_elastic.policy import class_ranking, embedding_order, improvement_density, policy_embedding, tsne_perplexity
 from timm_elastic.data import ScaleShapes
 from timm_elastic.layers import Elastic
 
@@ -342,6 +342,18 @@ def test_embedding_of_degenerate_scores():
     assert e.shape == (4, 2) and np.isfinite(e).all()
 
 
+def test_the_embedding_takes_the_perplexity_given_up_to_a_third_of_the_images():
+    """scikit-learn's t-SNE at the perplexity given, where 3 x perplexity neighbours exist: (N - 1) / 3 above
+    that (the policy command says so)."""
+    from sklearn.manifold import TSNE
+    rng = np.random.default_rng(0)
+    for n, asked, used in ((64, 15., 15.), (64, 30., 21.), (8, 30., 7. / 3.), (2, 30., 1.)):
+        assert tsne_perplexity(asked, n) == used
+        scores = rng.normal(size=(n, 4))
+        want = TSNE(2, perplexity=used, init='pca', learning_rate='auto', random_state=0).fit_transform(scores)
+        np.testing.assert_array_equal(policy_embedding(scores, perplexity=asked), want.astype(np.float64))
+
+
 def test_missing_analysis_extra_is_named(monkeypatch):
     monkeypatch.setitem(sys.modules, 'sklearn.manifold', None)  # as if scikit-learn were not installed
     with pytest.raises(ImportError) as info:
@@ -369,6 +381,21 @@ def test_plots_are_written_as_png(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ['by_class.png', 'by_s.png', 'd.png', 'rank.png', 'strip.png']
     with pytest.raises(ValueError, match='exactly one of values='):
         report.plot_embedding(e, str(tmp_path / 'x.png'))
+
+
+def test_the_embedding_by_score_is_red_above_0_and_blue_below(tmp_path, monkeypatch):
+    """Its colour scale ran from the lowest mean S to the highest: with S from -0.02 to 0.10, images of S = 0.03
+    were drawn blue, the colour of S < 0 on the strip, the page and in the README."""
+    from timm_elastic.report import plots
+    drawn = []
+    save = plots._save
+    monkeypatch.setattr(plots, '_save', lambda fig, path: (drawn.append(fig), save(fig, path))[1])
+    values = np.array([-0.02, -0.005, 0.005, 0.03, 0.06, 0.1])
+    e = np.stack([np.arange(6.), np.zeros(6)], 1)
+    report.plot_embedding(e, str(tmp_path / 'by_s.png'), values=values)
+    colours = drawn[0].axes[0].collections[0].to_rgba(values)
+    for v, (r, _, b, _) in zip(values, colours):
+        assert (r > b) == (v > 0), (v, r, b)
 
 
 def test_titles_fit_their_figures(tmp_path, monkeypatch):

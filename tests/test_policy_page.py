@@ -279,6 +279,8 @@ def test_policy_command_writes_the_page_plots_and_scores(browser, tmp_path):
     assert sorted(os.listdir(out)) == ['class_ranking.png', 'embedding_class.png', 'embedding_score.png',
                                        'improvement.png', 'policy.html', 'policy.json', 'strip.png']
     assert f'open {out / "policy.html"} in a browser' in proc.stdout
+    # the default perplexity, 30, is more than 16 images allow: it was lowered to 5 without a word
+    assert 't-SNE perplexity 5, (N - 1) / 3 for the 16 images: --perplexity 30 needs more than 90' in proc.stdout
     result = json.loads((out / 'policy.json').read_text())
     data = ScaleShapes(split='validation', num_samples=16)
     # the scores and predictions of the saved weights, computed here through the library call
@@ -428,6 +430,9 @@ def test_policy_of_a_diverged_model(browser, tmp_path):
     proc = cli('policy', '--checkpoint', str(tmp_path / 'nan.pth.tar'), '--val-num-samples', '6', '--out', str(out))
     assert proc.returncode == 0, proc.stderr
     assert 'no t-SNE plots' in proc.stdout and 'these have NaN or infinite ones' in proc.stdout
+    # its class ranking was a figure without bars, listed among the files written
+    assert 'no class ranking (class_ranking.png): the scores have NaN or infinite ones' in proc.stdout
+    assert sorted(os.listdir(out)) == ['policy.html', 'policy.json']
 
     def refuse(constant):
         raise ValueError(f'not JSON: {constant}')

@@ -234,8 +234,13 @@ def _policy(args: argparse.Namespace) -> int:
           f'{done["blocks"]} Elastic blocks' + (f'; {done["baseline"]}: top-1 {done["baseline_top1"]:.2f}%'
                                                 if done['baseline'] else ''))
     print(f'wrote {done["folder"]}: {", ".join(done["files"])}')
+    if done['no_ranking']:
+        print(f'no class ranking (class_ranking.png): {done["no_ranking"]}')
     if done['no_embedding']:
         print(f'no t-SNE plots (embedding_*.png, strip.png, improvement.png): {done["no_embedding"]}')
+    if done['perplexity'] is not None:
+        print(f't-SNE perplexity {done["perplexity"]:.4g}, (N - 1) / 3 for the {done["images"]} images: '
+              f'--perplexity {args.perplexity:g} needs more than {3 * args.perplexity:g}')
     print(f'open {os.path.join(done["folder"], "policy.html")} in a browser')
     return 0
 

@@ -274,18 +274,26 @@ def policy_embedding(scores, perplexity: float = 30., seed: int = 0) -> np.ndarr
     """Paper Fig. 6 (left): a t-SNE of the images' policy vectors, (N, 2).
 
     scikit-learn's `TSNE` (PCA initialisation, automatic learning rate, `random_state=seed`: the same
-    scores give the same embedding). The perplexity is capped at (N - 1) / 3 for small N, which
-    t-SNE needs (perplexity < N). Needs finite scores and at least 2 different rows (ValueError).
+    scores give the same embedding) at `tsne_perplexity(perplexity, N)`. Needs finite scores and at least 2
+    different rows (ValueError).
     """
     manifold = require('sklearn.manifold', 't-SNE of the scale policy')
     scores = _matrix(scores)
     problem = embedding_problem(scores)
     if problem:
         raise ValueError(problem)
-    perplexity = float(min(perplexity, max(1., (scores.shape[0] - 1) / 3.)))
+    perplexity = tsne_perplexity(perplexity, scores.shape[0])
     init = 'pca' if scores.shape[1] >= 2 else 'random'  # PCA to 2 dimensions needs 2 of them
     tsne = manifold.TSNE(2, perplexity=perplexity, init=init, learning_rate='auto', random_state=seed)
     return tsne.fit_transform(scores).astype(np.float64)
+
+
+def tsne_perplexity(perplexity: float, n: int) -> float:
+    """The t-SNE perplexity `policy_embedding` uses for `n` images: `perplexity`, at most (n - 1) / 3 (and at
+    least 1). t-SNE models each image's 3 x perplexity nearest neighbours (van der Maaten's Barnes-Hut code
+    refuses fewer images); as the perplexity nears n every image becomes every image's neighbour and clusters
+    merge (two clusters of 12 images: apart at 7.7, mixed at 23)."""
+    return float(min(perplexity, max(1., (n - 1) / 3.)))
 
 
 def embedding_problem(scores) -> Optional[str]:

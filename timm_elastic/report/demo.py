@@ -113,7 +113,8 @@ def collect(model: str, baseline: Optional[str], blocks: List[str], classes: Lis
 def run(args: argparse.Namespace) -> Dict[str, Any]:
     """Score, plot and write the page for `args` (the options of `timm-elastic policy`); returns
     what was written: `{'folder', 'files', 'images', 'blocks', 'model', 'baseline', 'top1',
-    'baseline_top1', 'no_embedding'}` (the last: why the t-SNE plots are missing, or None)."""
+    'baseline_top1', 'no_embedding', 'no_ranking', 'perplexity'}` (why the t-SNE plots / the class ranking are
+    missing, or None; the t-SNE perplexity where it is not --perplexity's, too large for the images, or None)."""
     from ..train import UsageError, _class_names, _init_device, amp_context, baseline_args, create_datasets, \
         load_for_eval
     if args.baseline_checkpoint and not args.baseline:
@@ -178,8 +179,11 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                                files=_files(dataset))
         correct = np.asarray(record['predictions']) == t
         base_correct = np.asarray(record['baseline_predictions']) == t if base_probs is not None else None
-        plots.plot_class_ranking(policy.class_ranking(s, t, classes), out('class_ranking.png'))
+        no_ranking = None if np.isfinite(s).all() else 'the scores have NaN or infinite ones (a diverged model?)'
+        if not no_ranking:  # a class's mean of NaN scores: a figure without bars
+            plots.plot_class_ranking(policy.class_ranking(s, t, classes), out('class_ranking.png'))
         no_embedding = policy.embedding_problem(s)
+        perplexity = policy.tsne_perplexity(args.perplexity, len(t))
         if not no_embedding:
             embedding = policy.policy_embedding(s, perplexity=args.perplexity, seed=args.seed)
             plots.plot_embedding(embedding, out('embedding_class.png'), labels=t, class_names=classes)
@@ -191,6 +195,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         page.write_page(out('policy.html'), data)
         write_json(out('policy.json'), record)
     return dict(folder=args.out, files=files, images=len(t), blocks=len(names), model=args.model,
-                no_embedding=no_embedding,
+                no_embedding=no_embedding, no_ranking=no_ranking,
+                perplexity=perplexity if not no_embedding and perplexity != args.perplexity else None,
                 baseline=args.baseline or None, top1=100. * float(correct.mean()),
                 baseline_top1=100. * float(base_correct.mean()) if base_correct is not None else None)

@@ -70,7 +70,11 @@ def plot_embedding(embedding: np.ndarray, path: str, values: Optional[Sequence[f
     fig = _figure((6., 5.))
     ax = fig.add_subplot()
     if values is not None:
-        points = ax.scatter(embedding[:, 0], embedding[:, 1], c=np.asarray(values), s=6, cmap='coolwarm')
+        values = np.asarray(values, dtype=np.float64)
+        # centred on 0, as the strip and the page: red is S > 0 (high resolution), blue S < 0
+        limit = float(np.abs(values).max()) or 1.
+        points = ax.scatter(embedding[:, 0], embedding[:, 1], c=values, s=6, cmap='coolwarm', vmin=-limit,
+                            vmax=limit)
         fig.colorbar(points, ax=ax, label='mean S')
     elif len(np.unique(labels)) > 20:
         points = ax.scatter(embedding[:, 0], embedding[:, 1], c=np.asarray(labels), s=6, cmap='turbo')
