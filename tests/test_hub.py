@@ -139,8 +139,8 @@ def test_existing_folder_needs_force(release, tmp_path):
     # a link as --out is named as one
     proc = convert(str(release['ckpt']), '--out', str(tmp_path / 'link'), '--force')
     assert proc.returncode == 2 and proc.stderr.strip() == (
-        f"timm-elastic convert: error: {tmp_path / 'link'} is a symbolic link; name the folder itself, or another "
-        "--out"), proc.stderr
+        f"timm-elastic convert: error: {tmp_path / 'link'} is a symbolic link (to {out}); name the folder itself, or "
+        "another folder"), proc.stderr
 
 
 def test_coco_export(tmp_path):

@@ -419,6 +419,44 @@ def test_policy_of_identical_images_has_no_embedding(browser, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ['data', 'e.pth.tar', 'out']
 
 
+def test_policy_out_is_checked_again_before_it_is_replaced(tmp_path, monkeypatch):
+    """A file put into --out while the images were scored was deleted with the folder (what --out held was
+    checked at the start only): the run is refused then, the file kept. A symbolic link --out was replaced by a
+    folder (the folder it named kept its old files): refused at the start, as convert and data refuse one."""
+    from timm_elastic.cli import build_parser
+    from timm_elastic.report import demo
+    from timm_elastic.train import UsageError
+    checkpoint(tmp_path / 'e.pth.tar', 'resnext_tiny_elastic', 1)
+    out = tmp_path / 'out'
+    args = build_parser().parse_args(['policy', '--checkpoint', str(tmp_path / 'e.pth.tar'), '--val-num-samples',
+                                      '4', '--no-progress', '--out', str(out)])
+    write_page = demo.page.write_page
+
+    def meanwhile(path, data):  # the user saves a note into the folder while policy runs
+        out.mkdir(exist_ok=True)
+        (out / 'notes.txt').write_text('mine')
+        return write_page(path, data)
+    monkeypatch.setattr(demo.page, 'write_page', meanwhile)
+    with pytest.raises(UsageError, match=re.escape(f"--out '{out}' holds files already; pass --force")):
+        demo.run(args)
+    assert os.listdir(out) == ['notes.txt'] and (out / 'notes.txt').read_text() == 'mine'
+    assert sorted(os.listdir(tmp_path)) == ['e.pth.tar', 'out']  # no staging folder left behind
+    args.force = True
+    with pytest.raises(UsageError, match=re.escape("holds files that policy does not write (notes.txt)")):
+        demo.run(args)
+    assert os.listdir(out) == ['notes.txt']
+
+    monkeypatch.undo()
+    (tmp_path / 'real').mkdir()
+    (tmp_path / 'link').symlink_to(tmp_path / 'real')
+    proc = cli('policy', '--checkpoint', str(tmp_path / 'e.pth.tar'), '--val-num-samples', '4', '--out',
+               str(tmp_path / 'link'))
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"timm-elastic policy: error: --out: {tmp_path / 'link'} is a symbolic link (to {tmp_path / 'real'}); name "
+        "the folder itself, or another folder"], proc.stderr
+    assert os.path.islink(tmp_path / 'link') and os.listdir(tmp_path / 'real') == []
+
+
 def test_policy_of_a_diverged_model(browser, tmp_path):
     # NaN weights: NaN scores and probabilities. policy.json is standard JSON (null), the page loads and shows them
     torch.manual_seed(1)

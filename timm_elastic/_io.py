@@ -5,10 +5,10 @@ import math
 import os
 import shutil
 import tempfile
-from typing import Any, Sequence
+from typing import Any, Callable, Optional, Sequence
 
-__all__ = ['OutputExistsError', 'check_outside_cwd', 'replace_dir', 'staged_dir', 'write_text', 'write_json',
-           'json_finite', 'fsync_dir', 'first_names']
+__all__ = ['OutputExistsError', 'check_not_a_link', 'check_outside_cwd', 'replace_dir', 'staged_dir', 'write_text',
+           'write_json', 'json_finite', 'fsync_dir', 'first_names']
 
 
 class OutputExistsError(FileExistsError):
@@ -57,11 +57,24 @@ def check_outside_cwd(out_dir: str) -> None:
                          f'and put in place of what is there; choose a new folder (e.g. {os.path.join(cwd, "out")})')
 
 
+def check_not_a_link(out_dir: str) -> None:
+    """Refuse an output folder that is a symbolic link: written whole and put in place, the new folder would
+    replace the link, and the folder it names would keep its old files."""
+    if os.path.islink(out_dir):
+        raise FileExistsError(f'{out_dir} is a symbolic link (to {os.readlink(out_dir)}); name the folder itself, '
+                              'or another folder')
+
+
 @contextlib.contextmanager
-def staged_dir(out_dir: str):
+def staged_dir(out_dir: str, recheck: Optional[Callable[[], None]] = None):
     """A temporary folder beside `out_dir` to write into; renamed to `out_dir` (replacing it) when the block
-    ends normally, removed when it raises: `out_dir` is the complete new folder, or what it was before."""
+    ends normally, removed when it raises: `out_dir` is the complete new folder, or what it was before.
+
+    A symbolic link `out_dir` is refused (FileExistsError): the link would be replaced by a folder, the folder it
+    names left as it was. `recheck`, called just before the replacement, raises to keep what is there: `out_dir`
+    may have changed while the block ran (a file put there would be deleted)."""
     out_dir = os.path.abspath(out_dir)
+    check_not_a_link(out_dir)
     check_outside_cwd(out_dir)
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
@@ -73,6 +86,8 @@ def staged_dir(out_dir: str):
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp and some writers make their files private
         for name in os.listdir(tmp):
             os.chmod(os.path.join(tmp, name), 0o666 & ~umask)
+        if recheck is not None:
+            recheck()
         replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

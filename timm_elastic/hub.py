@@ -20,7 +20,7 @@ from typing import Any, Dict, Mapping, Optional, Union
 
 import torch
 
-from ._io import OutputExistsError, check_outside_cwd, staged_dir
+from ._io import OutputExistsError, check_not_a_link, check_outside_cwd, staged_dir
 from .convert import (
     ORIGINALS, SEG_ORIGINALS, Original, from_original, infer_arch, load_original, num_classes_of, release_tag)
 
@@ -77,8 +77,7 @@ def export_original(
 
     out_dir = os.path.abspath(os.fspath(out_dir))
     source = os.path.abspath(os.fspath(checkpoint)) if isinstance(checkpoint, (str, os.PathLike)) else None
-    if os.path.islink(out_dir):
-        raise FileExistsError(f'{out_dir} is a symbolic link; name the folder itself, or another --out')
+    check_not_a_link(out_dir)
     if os.path.lexists(out_dir) and not os.path.isdir(out_dir):  # the checkpoint itself, say
         raise FileExistsError(f'{out_dir} exists and is not a folder; choose another --out')
     # the real paths: through a symbolic link the checkpoint can lie inside the folder that replacing deletes

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .. import policy
-from .._io import check_outside_cwd, first_names, staged_dir, write_json
+from .._io import check_not_a_link, check_outside_cwd, first_names, staged_dir, write_json
 from . import page, plots
 
 __all__ = ['run', 'collect', 'OUTPUTS']
@@ -110,6 +110,19 @@ def collect(model: str, baseline: Optional[str], blocks: List[str], classes: Lis
     return data, record
 
 
+def _check_out(args: argparse.Namespace) -> None:
+    """Refuse an --out that holds files, without --force, or files that policy does not write (the run's
+    checkpoints, its data, a user's files: --force would delete them with the folder)."""
+    from ..train import UsageError
+    held = sorted(os.listdir(args.out)) if os.path.isdir(args.out) else []
+    if held and not getattr(args, 'force', False):
+        raise UsageError(f'--out {args.out!r} holds files already; pass --force to replace the folder')
+    others = [f for f in held if f not in OUTPUTS]
+    if others:
+        raise UsageError(f'--out {args.out!r} holds files that policy does not write ({first_names(others)}); '
+                         '--force replaces only a folder of its outputs: choose another --out')
+
+
 def run(args: argparse.Namespace) -> Dict[str, Any]:
     """Score, plot and write the page for `args` (the options of `timm-elastic policy`); returns
     what was written: `{'folder', 'files', 'images', 'blocks', 'model', 'baseline', 'top1',
@@ -122,16 +135,11 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UsageError(f'--out {args.out!r} is a file; name a folder (it is created if missing)')
     try:
+        check_not_a_link(os.path.abspath(args.out))
         check_outside_cwd(args.out)
-    except ValueError as e:
+    except (ValueError, FileExistsError) as e:
         raise UsageError(f'--out: {e}') from None
-    held = sorted(os.listdir(args.out)) if os.path.isdir(args.out) else []
-    if held and not getattr(args, 'force', False):
-        raise UsageError(f'--out {args.out!r} holds files already; pass --force to replace the folder')
-    others = [f for f in held if f not in OUTPUTS]
-    if others:  # the run's checkpoints, its data, a user's files: --force would delete them with the folder
-        raise UsageError(f'--out {args.out!r} holds files that policy does not write ({first_names(others)}); '
-                         '--force replaces only a folder of its outputs: choose another --out')
+    _check_out(args)
     for flag, value in (('--thumb-size', args.thumb_size), ('--perplexity', args.perplexity)):
         if not value > 0:
             raise UsageError(f'{flag} must be positive, got {value}')
@@ -167,7 +175,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     classes = _class_names(dataset) or [str(i) for i in range(probs.shape[1])]
     names = recorder.names
 
-    with staged_dir(args.out) as staged:  # a complete folder or the one that was there: never a mix
+    # a complete folder or the one that was there, never a mix; what --out holds is checked again at the end
+    with staged_dir(args.out, recheck=lambda: _check_out(args)) as staged:
         files = []
 
         def out(name: str) -> str:
