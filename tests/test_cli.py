@@ -139,6 +139,20 @@ def test_help():
     assert proc.returncode == 0 and '--filter' in proc.stdout and 'GMACs' not in proc.stderr
 
 
+def test_compare_help_names_no_data_dir_layout(capsys):
+    """compare trains on the built-in data and refuses --data-dir, but its --task help (train's) offered MS COCO's
+    and VOC's --data-dir layouts."""
+    from timm_elastic.cli import main
+    helps = {}
+    for command in ('compare', 'train'):
+        with pytest.raises(SystemExit):
+            main([command, '--help'])
+        helps[command] = ' '.join(capsys.readouterr().out.split())
+    for layout in ("MS COCO's layout in --data-dir", 'a VOC folder in --data-dir'):
+        assert layout not in helps['compare'] and layout in helps['train']
+    assert "the built-in data's multi-label mode; segment:" in helps['compare']
+
+
 def test_data_help_gives_the_default_counts():
     from timm_elastic.data import DEFAULT_SAMPLES
     text = ' '.join(run('data', '--help').stdout.split())

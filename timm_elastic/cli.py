@@ -347,18 +347,21 @@ def _add_data_args(p: argparse.ArgumentParser, training: bool) -> None:
                    help='seed that generates the built-in dataset (default: 0)')
 
 
-def _add_task_arg(p: argparse.ArgumentParser, segment: bool = True) -> None:
+def _add_task_arg(p: argparse.ArgumentParser, segment: bool = True, data_dir: bool = True) -> None:
+    """`data_dir` False: a command on the built-in data alone (compare), whose help names no --data-dir layout."""
     from .tasks import TASKS
+    coco = (", or MS COCO's layout in --data-dir (annotations/instances_<split>.json, <split>/ images; splits train "
+            '/ val or train2014 / val2014 ...)') if data_dir else ''
+    voc = (', or a VOC folder in --data-dir (JPEGImages/, SegmentationClass/, ImageSets/Segmentation/<split>.txt; '
+           'splits train_aug / val ...)') if data_dir else ''
     p.add_argument('--task', choices=TASKS if segment else tuple(t for t in TASKS if t != 'segment'),
                    default='classify',
                    help='classify: one class per image (default); multilabel: a 0/1 target per class, binary '
                         "cross-entropy, F1 per class and overall and mAP (the paper's MS COCO experiment, Sec. 4.2): "
-                        "the built-in data's multi-label mode, or MS COCO's layout in --data-dir (annotations/"
-                        'instances_<split>.json, <split>/ images; splits train / val or train2014 / val2014 ...)'
+                        f"the built-in data's multi-label mode{coco}"
                         + ("; segment: a class per pixel, mIoU (the paper's PASCAL VOC experiment, Sec. 4.3) with "
-                           'the models deeplabv3_<backbone> / dlaup_<backbone>: the built-in data\'s masks, or a '
-                           'VOC folder in --data-dir (JPEGImages/, SegmentationClass/, ImageSets/Segmentation/'
-                           '<split>.txt; splits train_aug / val ...)' if segment else ''))
+                           "the models deeplabv3_<backbone> / dlaup_<backbone>: the built-in data's masks" + voc
+                           if segment else ''))
 
 
 def _add_model_args(p: argparse.ArgumentParser, default_model: Optional[str], segment: bool = True) -> None:
@@ -424,7 +427,7 @@ def _add_train_args(p: argparse.ArgumentParser, compare: bool = False) -> None:
     hist, log_interval, epochs, lr = (1, 0, 2, 4e-3) if compare else (3, 50, 4, 2e-3)
     # the defaults of the flags that default to None here are filled in by _train_defaults
     seg = '' if compare else "; --task segment: the original's, "
-    _add_task_arg(p)
+    _add_task_arg(p, data_dir=not compare)
     _add_data_args(p, training=True)
     _add_model_args(p, 'resnext_tiny_elastic')
     g = p.add_argument_group('checkpoints and output')
