@@ -326,7 +326,9 @@ def test_the_stress_test_without_matplotlib(tmp_path):
     ('missing_image', "1 of the 21 images of split 'val2014' are missing, e.g. "),
     ('unknown_category', 'has category_id 77, which its categories do not list'),
     ('no_file_name', 'have no file_name, e.g. image id 102'),
-    ('wrong_classes', 'has 8 classes, but the multi-label data has 3: one output per class is needed'),
+    # a checkpoint's class count: --num-classes 3 (the advice it gave) is refused as not fitting the checkpoint
+    ('wrong_classes', "has 8 classes, but the multi-label data has 3: one output per class is needed (--checkpoint "
+                      "'{ckpt}' was trained with 8: evaluate it on data of those classes)"),
     ('classify_checkpoint', 'was trained with --task classify; use it with --task classify'),
     # each split numbers the categories its file lists: output 0 would be trained as one and scored as another
     ('other_order', "number their classes differently (class 0 is 'person' in 'train', 'car' in 'validation')"),
@@ -404,4 +406,4 @@ def test_bad_inputs_are_one_line_errors(coco, tmp_path, case, message):
     assert proc.returncode == 2, (proc.stdout, proc.stderr[-2000:])
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith('timm-elastic '), proc.stderr[-2000:]
-    assert message.format(root=root) in lines[0], lines[0]
+    assert message.format(root=root, ckpt=ckpt) in lines[0], lines[0]

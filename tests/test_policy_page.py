@@ -279,6 +279,10 @@ def test_policy_command_writes_the_page_plots_and_scores(browser, tmp_path):
     assert sorted(os.listdir(out)) == ['class_ranking.png', 'embedding_class.png', 'embedding_score.png',
                                        'improvement.png', 'policy.html', 'policy.json', 'strip.png']
     assert f'open {out / "policy.html"} in a browser' in proc.stdout
+    # the size the images were scored at, the model's own as validate's (resnext_tiny's is the built-in data's 64):
+    # not said before, where a DLA checkpoint trained at 64 was scored at 224
+    assert 'resnext_tiny_elastic: top-1 ' in proc.stdout and '% on 16 images at 64x64, scale policy over 5 ' \
+        'Elastic blocks' in proc.stdout
     # the default perplexity, 30, is more than 16 images allow: it was lowered to 5 without a word
     assert 't-SNE perplexity 5, (N - 1) / 3 for the 16 images: --perplexity 30 needs more than 90' in proc.stdout
     result = json.loads((out / 'policy.json').read_text())

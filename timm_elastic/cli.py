@@ -230,7 +230,8 @@ def _policy(args: argparse.Namespace) -> int:
         done = run(args)
     except (UsageError, ImportError) as e:
         return _fail('policy', e)
-    print(f'{done["model"]}: top-1 {done["top1"]:.2f}% on {done["images"]} images, scale policy over '
+    print(f'{done["model"]}: top-1 {done["top1"]:.2f}% on {done["images"]} images at {done["size"][0]}x'
+          f'{done["size"][1]}, scale policy over '
           f'{done["blocks"]} Elastic blocks' + (f'; {done["baseline"]}: top-1 {done["baseline_top1"]:.2f}%'
                                                 if done['baseline'] else ''))
     print(f'wrote {done["folder"]}: {", ".join(done["files"])}')

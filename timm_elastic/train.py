@@ -1044,7 +1044,8 @@ def load_for_eval(args: argparse.Namespace, data_classes: Optional[int], device:
     if ckpt is not None:
         check_checkpoint_fits(model, _pick_state(ckpt, args.use_ema), args.checkpoint, ckpt_flag, args.model)
         load_checkpoint(model, args.checkpoint, use_ema=args.use_ema)
-    task.check_classes(model.num_classes, data_classes, model_flag, args.model)
+    task.check_classes(model.num_classes, data_classes, model_flag, args.model,
+                       checkpoint=f'{ckpt_flag} {args.checkpoint!r}' if ckpt is not None else '')
     model.to(device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)

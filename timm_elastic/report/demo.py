@@ -125,11 +125,11 @@ def _check_out(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> Dict[str, Any]:
     """Score, plot and write the page for `args` (the options of `timm-elastic policy`); returns
-    what was written: `{'folder', 'files', 'images', 'blocks', 'model', 'baseline', 'top1',
+    what was written: `{'folder', 'files', 'images', 'size' (H, W), 'blocks', 'model', 'baseline', 'top1',
     'baseline_top1', 'no_embedding', 'no_ranking', 'perplexity'}` (why the t-SNE plots / the class ranking are
     missing, or None; the t-SNE perplexity where it is not --perplexity's, too large for the images, or None)."""
     from ..train import UsageError, _class_names, _init_device, amp_context, baseline_args, create_datasets, \
-        load_for_eval
+        load_for_eval, resolve_config
     if args.baseline_checkpoint and not args.baseline:
         raise UsageError('--baseline-checkpoint needs --baseline NAME (the model it holds)')
     if os.path.exists(args.out) and not os.path.isdir(args.out):
@@ -167,6 +167,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         bargs = baseline_args(args)
         baseline = load_for_eval(bargs, data_classes, device, flags=('--baseline', '--baseline-checkpoint'))
         args.baseline = bargs.model
+    size = resolve_config(args, model)['input_size'][1:]  # the model's own unless --img-size (timm's validate.py)
     thumbs = _thumbnails(dataset, args.thumb_size)  # after the models: a wrong one fails before this work
     probs, targets = _predict(model, dataset, args, device, amp_autocast, recorder, name=args.model)
     base_probs = None
@@ -203,7 +204,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                                                out('improvement.png'))
         page.write_page(out('policy.html'), data)
         write_json(out('policy.json'), record)
-    return dict(folder=args.out, files=files, images=len(t), blocks=len(names), model=args.model,
+    return dict(folder=args.out, files=files, images=len(t), size=tuple(size), blocks=len(names), model=args.model,
                 no_embedding=no_embedding, no_ranking=no_ranking,
                 perplexity=perplexity if not no_embedding and perplexity != args.perplexity else None,
                 baseline=args.baseline or None, top1=100. * float(correct.mean()),

@@ -89,19 +89,23 @@ class Task:
     def train_loss(self, args: argparse.Namespace, mixup: bool) -> torch.nn.Module:
         raise NotImplementedError
 
-    def check_classes(self, model_classes: int, data_classes: Optional[int], flag: str, model: str) -> None:
+    def check_classes(self, model_classes: int, data_classes: Optional[int], flag: str, model: str,
+                      checkpoint: str = '') -> None:
         """Refuse a model whose outputs cannot score the data: fewer classes than it has, or another number
-        where it needs one output per class (`one_output_per_class_of`)."""
+        where it needs one output per class (`one_output_per_class_of`). `checkpoint` (its flag and path, in
+        words) where the class count is a checkpoint's: another --num-classes would not fit it."""
         from ..train import UsageError
         if data_classes is None:
             return
+        fix = (f'{checkpoint} was trained with {model_classes}: evaluate it on data of those classes' if checkpoint
+               else None)
         if self.one_output_per_class_of and model_classes != data_classes:
             raise UsageError(f'{flag} {model} has {model_classes} classes, but {self.one_output_per_class_of} '
-                             f'{data_classes}: one output per class is needed (--num-classes {data_classes}, or '
-                             'weights trained on this data)')
+                             f'{data_classes}: one output per class is needed ('
+                             + (fix or f'--num-classes {data_classes}, or weights trained on this data') + ')')
         if model_classes < data_classes:
             raise UsageError(f'{flag} {model} has {model_classes} classes, fewer than the {data_classes} of the data '
-                             f'(set --num-classes {data_classes})')
+                             f'({fix or f"set --num-classes {data_classes}"})')
 
     def data_config(self, config: Dict[str, Any], args: argparse.Namespace, model=None) -> Dict[str, Any]:
         """timm's resolved data config, with the task's own evaluation defaults where the user set none."""
