@@ -84,11 +84,23 @@ def test_score_after_another_activation():
     torch.testing.assert_close(policy.scores, torch.tensor(want), rtol=0, atol=1e-6)
 
 
+class UsersSwish(nn.Module):
+    """An activation of a user's own, neither torch's nor timm's."""
+
+    def __init__(self, inplace: bool = False):
+        super().__init__()
+
+    def forward(self, x):
+        return x * torch.sigmoid(x)
+
+
 @pytest.mark.parametrize('act_layer,module', [('silu', 'torch.nn.modules.activation'),
-                                              ('gelu', 'timm.layers.activations')])
+                                              ('gelu', 'timm.layers.activations'),
+                                              (UsersSwish, __name__)])
 def test_a_registered_model_with_another_activation_is_read_after_it(act_layer, module):
-    """resnext_tiny_elastic built with act_layer 'silu' (torch's nn.SiLU) or 'gelu' (timm's GELU): S is read at
-    the paths' act2, that activation (hooks of the test's own on act2 give the same means)."""
+    """resnext_tiny_elastic built with act_layer 'silu' (torch's nn.SiLU), 'gelu' (timm's GELU) or a user's own
+    class (read as ReLU(conv2) before, skipping its BN and activation): S is read at the paths' act2, that
+    activation (hooks of the test's own on act2 give the same means)."""
     model = timm.create_model('resnext_tiny_elastic', act_layer=act_layer).eval()
     seen = {}
 
@@ -105,6 +117,22 @@ def test_a_registered_model_with_another_activation_is_read_after_it(act_layer, 
         h.remove()
     assert policy.names[0] == 'layer1.0'
     torch.testing.assert_close(policy.scores[:, 0], seen['high'] - seen['low'])
+
+
+def test_a_users_activation_is_found_behind_a_drop_block():
+    """timm's DropBlock2d (drop_block_rate, in layer3) lies between bn2 and act2: passed over as the BN is, S is
+    read at the user's activation there too."""
+    model = timm.create_model('resnext_tiny_elastic', act_layer=UsersSwish, drop_block_rate=0.2).eval()
+    block = model.layer3[1].elastic
+    assert type(block.high.drop_block).__name__ == 'DropBlock2d'
+    seen = {}
+    hooks = [getattr(block, side).act2.register_forward_hook(
+        lambda m, args, out, side=side: seen.__setitem__(side, out.mean((1, 2, 3)))) for side in ('high', 'low')]
+    with ScalePolicy(model) as policy, torch.no_grad():
+        model(torch.randn(2, 3, 64, 64))
+    for h in hooks:
+        h.remove()
+    torch.testing.assert_close(policy.scores[:, policy.names.index('layer3.1')], seen['high'] - seen['low'])
 
 
 def test_recorder_accumulates_batches_and_resets():

@@ -44,7 +44,7 @@ from .layers import Elastic
 
 __all__ = [
     'ScalePolicy', 'scale_policy', 'policy_blocks', 'class_ranking', 'policy_embedding', 'embedding_problem',
-    'embedding_order', 'improvement_density', 'require',
+    'embedding_order', 'improvement_density', 'tsne_perplexity', 'require',
 ]
 
 
@@ -54,14 +54,21 @@ def _tap(path: nn.Module) -> Tuple[nn.Module, bool]:
     convs = [i for i, m in enumerate(modules) if isinstance(m, nn.Conv2d) and tuple(m.kernel_size) == (3, 3)]
     if not convs:
         raise ValueError(f'an Elastic path without a 3x3 convolution has no scale policy score: {type(path).__name__}')
-    after = [m for m in modules[convs[-1] + 1:] if _is_activation(m)]
+    following = modules[convs[-1] + 1:]
+    # up to the next convolution (a ResNeXt path's 1x1 conv3): the first layer that is no normalisation, dropout
+    # or identity is the activation, torch's, timm's or a user's own (act_layer=MyAct)
+    end = next((i for i, m in enumerate(following) if isinstance(m, nn.Conv2d)), len(following))
+    after = [m for m in following[:end] if not list(m.children()) and not _passes_through(m)]
     return (after[0], False) if after else (modules[convs[-1]], True)
 
 
-def _is_activation(module: nn.Module) -> bool:
-    """An activation layer: torch's (nn.ReLU, nn.SiLU, nn.GELU, ...) or timm's (`timm.layers.activations*`)."""
+def _passes_through(module: nn.Module) -> bool:
+    """A layer between a convolution and its activation that is not the activation: a normalisation (torch's,
+    timm's), dropout (torch's, timm's DropBlock / DropPath) or an identity."""
     where = type(module).__module__
-    return where == 'torch.nn.modules.activation' or where.startswith('timm.layers.activations')
+    return isinstance(module, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm,
+                               nn.modules.dropout._DropoutNd, nn.Identity)) \
+        or where.startswith(('timm.layers.norm', 'timm.layers.drop'))
 
 
 def policy_blocks(model: nn.Module) -> List[Tuple[str, Elastic]]:
