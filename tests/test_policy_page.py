@@ -124,6 +124,34 @@ def test_page_sorts_filters_and_shows_details(browser, tmp_path):
     assert [u for u in requests if not u.startswith('data:')] == ['file://' + str(path)]
 
 
+def test_page_works_from_the_keyboard_and_its_detail_covers_no_control(browser, tmp_path):
+    """The cards could not be reached or opened without a mouse (no tabindex), and the open detail view covered
+    the header's controls (at 800 px: direction, filter and count): Tab reaches the cards after the controls,
+    Enter / Space open one, Escape closes it (the focus back on its card), and the controls stay left of it."""
+    write_page(str(tmp_path / 'p.html'), page_data())
+    page, errors, _ = open_page(browser, tmp_path / 'p.html')
+    for width in (1000, 800):
+        page.set_viewport_size({'width': width, 'height': 700})
+        page.focus('#filter')
+        page.keyboard.press('Tab')
+        first = grid_order(page)[0]
+        assert page.evaluate('document.activeElement.dataset.index') == str(first)
+        page.keyboard.press('Enter')
+        assert page.is_visible('#detail') and page.get_attribute('#detail', 'data-index') == str(first)
+        left = page.locator('#detail').bounding_box()['x']
+        for control in ('#sort', '#block', '#direction', '#filter', '#count'):
+            box = page.locator(control).bounding_box()
+            assert box['x'] + box['width'] <= left, (width, control, box, left)
+        page.keyboard.press('Escape')
+        assert not page.is_visible('#detail')
+        assert page.evaluate('document.activeElement.dataset.index') == str(first)
+        page.keyboard.press('Tab')
+        page.keyboard.press(' ')
+        assert page.get_attribute('#detail', 'data-index') == str(grid_order(page)[1])
+        page.keyboard.press('Escape')
+    assert errors == []
+
+
 def test_filter_by_an_exact_class_name_selects_that_class_alone(browser, tmp_path):
     # the list offers 'cat'; choosing it shows the cats, not the tiger cats too. Other text: the classes whose names
     # contain it, in any case

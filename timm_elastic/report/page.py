@@ -88,6 +88,10 @@ header label { margin-right: 12px; }
 #detail { position: fixed; right: 0; top: 0; bottom: 0; width: 340px; overflow: auto; background: #fff;
   border-left: 2px solid #888; padding: 10px; z-index: 3; box-shadow: -4px 0 8px rgba(0,0,0,.15); }
 #detail[hidden] { display: none; }
+/* an open detail view takes the right of the window: the controls and the grid move left of it, not under it */
+@media (min-width: 720px) { body.detail-open { margin-right: 364px; } }
+@media (max-width: 719px) { #detail { width: auto; left: 0; } }
+.card:focus-visible { outline: 2px solid #06c; outline-offset: 1px; }
 #detail img { width: 192px; height: 192px; object-fit: contain; image-rendering: pixelated; }
 #detail table { border-collapse: collapse; width: 100%; }
 #detail td { padding: 1px 4px; font-size: 12px; }
@@ -169,7 +173,12 @@ const cards = IMAGES.map((im, i) => {
   const s = document.createElement('div'); s.className = 'strip'; s.style.background = strip(im.scores);
   s.title = 'scale policy, block 1 (left) to ' + BLOCKS.length + ' (right)';
   card.append(img, truth, guess, s);
+  card.tabIndex = 0;  // reached with Tab, opened with Enter or Space as with a click
+  card.setAttribute('role', 'button');
   card.addEventListener('click', () => show(i));
+  card.addEventListener('keydown', e => {
+    if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); show(i); }
+  });
   return card;
 });
 for (const card of cards) grid.appendChild(card);
@@ -224,6 +233,7 @@ function top5(list, target, el) {
 }
 function show(i) {
   const im = IMAGES[i];
+  document.body.classList.add('detail-open');
   document.getElementById('detail').hidden = false;
   document.getElementById('detail').dataset.index = String(i);
   document.getElementById('detail-title').textContent = `Image ${i}` + (im.file ? `: ${im.file}` : '');
@@ -253,7 +263,15 @@ function show(i) {
     top5(im.base_top5, im.target, document.getElementById('detail-base-top5'));
   }
 }
-document.getElementById('close').addEventListener('click', () => { document.getElementById('detail').hidden = true; });
+function hideDetail() {
+  const detail = document.getElementById('detail');
+  if (detail.hidden) return;
+  detail.hidden = true;
+  document.body.classList.remove('detail-open');
+  cards[Number(detail.dataset.index)].focus();  // back where the keyboard was
+}
+document.getElementById('close').addEventListener('click', hideDetail);
+document.addEventListener('keydown', e => { if (e.key === 'Escape') hideDetail(); });
 for (const id of ['sort', 'block', 'direction']) document.getElementById(id).addEventListener('change', update);
 document.getElementById('filter').addEventListener('input', update);
 update();
