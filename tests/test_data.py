@@ -222,11 +222,24 @@ def test_existing_root_is_refused_unless_forced(tmp_path):
         write_image_folder(root, splits=('train',), num_samples=16, img_size=32, force=True)
     assert (images / 'notes.txt').read_text() == 'keep me' and (root / 'train' / 'zebra' / '0.png').exists()
     (images / 'notes.txt').unlink()
+    # ... also a user's image that a row of objects.csv was added for (so that validate's per-size table counts it):
+    # the rows name the images it writes, <split>/<class>/<index:06d>.png, and no other file is its own
+    (root / 'train' / 'zebra' / '0.png').write_bytes(b'mine')
+    with open(root / 'objects.csv', 'a', newline='') as f:
+        f.write('train,train/zebra/0.png,checks,0,small,1,0,0\n')
+    with pytest.raises(FileExistsError, match='holds train/zebra/ besides a dataset'):
+        write_image_folder(root, splits=('train',), num_samples=16, img_size=32, force=True)
+    assert (root / 'train' / 'zebra' / '0.png').read_bytes() == b'mine'
     shutil.rmtree(root / 'train' / 'zebra')
     write_image_folder(root, splits=('train',), num_samples=16, img_size=32, force=True)  # its own files only
     (tmp_path / 'file').write_text('')
     with pytest.raises(FileExistsError, match='not a directory'):
         write_image_folder(tmp_path / 'file', num_samples=8, img_size=32, force=True)
+    # a symbolic link to a folder is named as one (it was 'not a directory'), as convert and policy name it
+    (tmp_path / 'link').symlink_to(root)
+    with pytest.raises(FileExistsError, match=f'link is a symbolic link \\(to {root}\\); name the folder itself'):
+        write_image_folder(tmp_path / 'link', num_samples=8, img_size=32, force=True)
+    assert os.path.islink(tmp_path / 'link')
 
 
 def test_the_working_folder_is_not_replaced(tmp_path, monkeypatch):

@@ -157,6 +157,15 @@ def test_image_folder_round_trip(tmp_path):
     assert proc.returncode == 0, proc.stderr
     renamed_result = json.loads(out.read_text())
     assert renamed_result['top1'] == results[0]['top1'] and 'per_combination' not in renamed_result
+    # one image of one's own added to the split: the table is left out, as it would not be the split's, and said
+    extra = tmp_path / 'extra'
+    shutil.copytree(folder, extra)
+    shutil.copy(extra / 'validation' / 'checks' / os.listdir(extra / 'validation' / 'checks')[0],
+                extra / 'validation' / 'checks' / 'mine.png')
+    proc = cli('validate', '--checkpoint', ckpt, '--data-dir', str(extra), '-j', '0', '--no-progress')
+    assert proc.returncode == 0 and 'objects small' not in proc.stdout, proc.stderr
+    assert (f"no per-combination results: objects.csv of {extra} lists no object sizes for 1 of the 57 images of "
+            f"split 'validation' (e.g. checks/mine.png)") in proc.stderr, proc.stderr
     proc = cli('data', '--out', str(folder))
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
@@ -830,6 +839,9 @@ def test_progress_bar_in_a_terminal_only(tmp_path):
     # a typo, not the weights, is what is wrong (it said 'no weights to evaluate', then once given them, this)
     (['validate', '--model', 'resnext_nope'], "--model: unknown model 'resnext_nope'; timm-elastic registers "),
     (['train', '--data-dir', '/no/such/dir'], "--data-dir '/no/such/dir' does not exist or is not a folder"),
+    # it generates the built-in data only: a folder read with it gave the seed-0 numbers without a word
+    (['validate', '--checkpoint', 'x.pth.tar', '--data-dir', '.', '--data-seed', '5'],
+     "--data-seed 5: --data-dir '.' is read as it is; the seed generates the built-in data"),
     (['train', '--amp', '--amp-dtype', 'float16', '--device', 'cpu'],
      '--amp-dtype float16 needs CUDA; on the CPU use --amp-dtype bfloat16'),
     (['train', '--elastic-ratio', '1.5'], 'elastic_ratio must be a number in (0, 1), got 1.5'),

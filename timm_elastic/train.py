@@ -129,7 +129,12 @@ _SIZED_READERS = ('tfds/', 'wds/', 'hfids/')
 def _check_num_samples(args: argparse.Namespace, name: str, training: bool) -> None:
     """--train-num-samples / --val-num-samples size the built-in data; of a --data-dir, timm's create_dataset uses
     them only for its iterable readers and drops them for every other (an image folder, torch/, hfds/, COCO, VOC):
-    refused there rather than read the whole split while the user asked for N images."""
+    refused there rather than read the whole split while the user asked for N images. --data-seed, which only
+    generates the built-in data, is refused with any --data-dir."""
+    if getattr(args, 'data_seed', 0):
+        raise UsageError(f'--data-seed {args.data_seed}: --data-dir {args.data_dir!r} is read as it is; the seed '
+                         'generates the built-in data (no --data-dir; timm-elastic data --data-seed writes a folder '
+                         'of it)')
     if name.startswith(_SIZED_READERS):
         return
     flags = (('--train-num-samples', getattr(args, 'train_num_samples', None) if training else None),
@@ -281,8 +286,13 @@ def combinations_of(dataset, data_dir: Optional[str], split: str) -> Optional[Li
             known = read_combinations(data_dir, split)
         except ValueError:  # a split that the folder's objects.csv does not list (renamed since): not known
             return None
-        combos = [known.get(dataset.filename(i).replace(os.sep, '/')) for i in range(len(dataset))]
-        return combos if all(c is not None for c in combos) else None
+        files = [dataset.filename(i).replace(os.sep, '/') for i in range(len(dataset))]
+        unknown = [f for f in files if f not in known]
+        if unknown:  # a table of some images would not be the split's: none, and why
+            _logger.warning(f'no per-combination results: objects.csv of {data_dir} lists no object sizes for '
+                            f'{len(unknown)} of the {len(files)} images of split {split!r} (e.g. {unknown[0]})')
+            return None
+        return [known[f] for f in files]
     return None
 
 

@@ -51,7 +51,7 @@ import numpy as np
 import torch.utils.data
 from PIL import Image, ImageDraw
 
-from .._io import OutputExistsError, check_outside_cwd, first_names, replace_dir
+from .._io import OutputExistsError, check_not_a_link, check_outside_cwd, first_names, replace_dir
 
 __all__ = [
     'SIZES', 'SIZE_RANGES', 'COMBINATIONS', 'CLASSES', 'SEGMENTATION_CLASSES', 'SPLITS', 'DEFAULT_SAMPLES',
@@ -626,9 +626,10 @@ def write_image_folder(
 
 def _check_replaceable(root: str, force: bool) -> None:
     check_outside_cwd(root)
+    check_not_a_link(root)
     if not os.path.lexists(root):
         return
-    if not os.path.isdir(root) or os.path.islink(root):
+    if not os.path.isdir(root):
         raise FileExistsError(f'{root} exists and is not a directory; remove it or choose another root')
     if not os.listdir(root):
         return
@@ -647,7 +648,9 @@ def _files_of_others(root: str) -> List[str]:
     """What a dataset folder of `write_image_folder` holds besides its objects.csv and the images it lists (and the
     folders of those): paths relative to `root` with '/', a folder's ending in '/' (its content not listed)."""
     with open(os.path.join(root, _CSV_NAME), newline='') as f:
-        listed = {row['file'] for row in csv.DictReader(f)}
+        # only the names it writes (<split>/<class>/<index:06d>.png): a user's own file that a row was added for
+        # is still the user's
+        listed = {row['file'] for row in csv.DictReader(f) if _written_name(row['file'])}
     folders = {path.rsplit('/', n)[0] for path in listed for n in range(1, path.count('/') + 1)}
     others = []
     for here, dirs, files in os.walk(root):
@@ -657,6 +660,13 @@ def _files_of_others(root: str) -> List[str]:
         others += sorted(prefix + f for f in files if prefix + f not in listed and prefix + f != _CSV_NAME)
         dirs[:] = sorted(d for d in dirs if prefix + d in folders)
     return others
+
+
+def _written_name(path: str) -> bool:
+    """Whether `path` (relative to the root, with '/') is a name `write_image_folder` gives an image."""
+    parts = path.split('/')
+    stem = parts[-1][:-len('.png')] if parts[-1].endswith('.png') else ''
+    return len(parts) == 3 and parts[0] in SPLITS and parts[1] in CLASSES and len(stem) >= 6 and stem.isdigit()
 
 
 def is_image_folder(root: str) -> bool:
