@@ -1,5 +1,8 @@
 """The PASCAL VOC metric (paper Table 5) as the original's `inter_and_union` and `segment.py` compute it: by
 hand, against the original's histogram arithmetic re-done here in numpy, and its errors."""
+import codecs
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -156,6 +159,28 @@ def test_voc_reader_takes_the_originals_root(tmp_path):
                r"folder \(holding ImageSets/Segmentation/\) and holds neither VOC2012/ nor VOCdevkit/VOC2012/$")
     with pytest.raises(FileNotFoundError, match=layouts):
         VOCSegmentationData(str(tmp_path / 'other'), 'val')
+    # the original's own layout, its lists in VOC2012/list/: said as it is (it said VOC2012/ was not there)
+    shutil.move(str(tmp_path / 'VOCdevkit' / 'VOC2012' / 'ImageSets'), str(tmp_path / 'VOCdevkit' / 'VOC2012' / 'list'))
+    with pytest.raises(FileNotFoundError) as e:
+        VOCSegmentationData(str(tmp_path / 'VOCdevkit'), 'val')
+    assert str(e.value).endswith(f"; {tmp_path / 'VOCdevkit' / 'VOC2012'} has no ImageSets/Segmentation/, where the "
+                                 "split lists are read from (the original's list/<split>.txt too, moved there)")
+
+
+def test_voc_list_saved_with_a_byte_order_mark(tmp_path):
+    """A list saved by Windows' Notepad starts with a UTF-8 byte-order mark: its first image was reported missing
+    (the mark, invisible, began its name), by torchvision's reader and ours alike."""
+    from timm_elastic.tasks.segmentation import VOCSegmentationData
+    voc = tmp_path / 'VOCdevkit' / 'VOC2012'
+    masks = write_voc(voc)
+    lists = voc / 'ImageSets' / 'Segmentation'
+    for name in ('train', 'pairs'):  # torchvision's list (a standard split, one id a line) and the original's
+        text = '2007_000032\n2007_000039\n' if name == 'train' else \
+            '/JPEGImages/2007_000032.jpg /SegmentationClass/2007_000032.png\n'
+        (lists / f'{name}.txt').write_bytes(codecs.BOM_UTF8 + text.encode())
+        ds = VOCSegmentationData(str(tmp_path), name)
+        assert ds.images[0] == str(voc / 'JPEGImages' / '2007_000032.jpg'), name
+        assert np.array_equal(np.asarray(ds[0][1]), masks['2007_000032'])
 
 
 def test_voc_reader_errors(tmp_path):

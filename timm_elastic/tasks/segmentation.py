@@ -25,6 +25,7 @@ crop of 513), its loss (`SegmentationLoss`: cross-entropy without the 255 pixels
 defaults of `train --task segment` (`original_recipe`) and these metrics, per object-size combination too.
 """
 import argparse
+import codecs
 import os
 from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -124,13 +125,20 @@ class VOCSegmentationData(VOCSegmentation):
             if os.path.isdir(lists):
                 there = sorted(f[:-4] for f in os.listdir(lists) if f.endswith('.txt'))
                 where = f' (lists there: {", ".join(there)})' if there else ''
+            elif voc_root != root:  # it found VOC2012/ (the original's root keeps its lists in VOC2012/list/)
+                where = (f'; {voc_root} has no ImageSets/Segmentation/, where the split lists are read from (the '
+                         "original's list/<split>.txt too, moved there)")
             else:
                 where = (f'; {root} is not a VOC2012 folder (holding ImageSets/Segmentation/) and holds neither '
                          'VOC2012/ nor VOCdevkit/VOC2012/')
             raise FileNotFoundError(f'no split list {split!r}: {list_file} does not exist{where}')
         self.split, self.voc_root = split, voc_root
-        with open(list_file) as f:  # torchvision's reader takes one id per line, no blank line
-            plain = all(len(line.split()) == 1 for line in f)
+        with open(list_file, 'rb') as f:
+            raw = f.read()
+        # torchvision's reader takes one id per line, no blank line, and no byte-order mark (a list saved by Windows'
+        # Notepad: the first image's name began with it, and a file that exists was reported missing)
+        plain = not raw.startswith(codecs.BOM_UTF8) and all(
+            len(line.split()) == 1 for line in raw.decode('utf-8', errors='replace').splitlines())
         if voc_root == nested and split in ('train', 'val', 'trainval') and plain:
             super().__init__(root, year='2012', image_set=split, transforms=transforms)
         else:  # what torchvision's constructor does, for any list and either root
@@ -153,7 +161,7 @@ class VOCSegmentationData(VOCSegmentation):
         mask_dir = 'SegmentationClassAug' if split.endswith('_aug') and \
             os.path.isdir(os.path.join(voc_root, 'SegmentationClassAug')) else 'SegmentationClass'
         images, masks = [], []
-        with open(list_file) as f:
+        with open(list_file, encoding='utf-8-sig') as f:
             for line in f:
                 parts = line.split()
                 if not parts:
