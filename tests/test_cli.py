@@ -140,8 +140,8 @@ def test_help():
 
 
 def test_compare_help_names_no_data_dir_layout(capsys):
-    """compare trains on the built-in data and refuses --data-dir, but its --task help (train's) offered MS COCO's
-    and VOC's --data-dir layouts."""
+    """compare trains on the built-in data and refuses --data-dir, but its help (train's) offered --data-dir and
+    MS COCO's and VOC's layouts in it."""
     from timm_elastic.cli import main
     helps = {}
     for command in ('compare', 'train'):
@@ -151,6 +151,8 @@ def test_compare_help_names_no_data_dir_layout(capsys):
     for layout in ("MS COCO's layout in --data-dir", 'a VOC folder in --data-dir'):
         assert layout not in helps['compare'] and layout in helps['train']
     assert "the built-in data's multi-label mode; segment:" in helps['compare']
+    for flag in ('--data-dir DIR', '--dataset NAME', '--dataset-download'):
+        assert flag not in helps['compare'] and flag in helps['train']
 
 
 def test_data_help_gives_the_default_counts():

@@ -320,16 +320,23 @@ def _floats(n: int, name: str):
     return dict(type=float, nargs=n, metavar=name)
 
 
-def _add_data_args(p: argparse.ArgumentParser, training: bool) -> None:
-    g = p.add_argument_group('data (without --data-dir: the built-in scale-challenging dataset)')
+def _add_data_args(p: argparse.ArgumentParser, training: bool, builtin_only: bool = False) -> None:
+    """`builtin_only`: a command on the built-in data alone (compare): --data-dir and the flags of a dataset read
+    from it are parsed (to be refused with a reason) but not offered in its help."""
+    g = p.add_argument_group('data (the built-in scale-challenging dataset)' if builtin_only else
+                             'data (without --data-dir: the built-in scale-challenging dataset)')
+
+    def offered(text: str) -> str:
+        return argparse.SUPPRESS if builtin_only else text
     g.add_argument('--data-dir', metavar='DIR', default=None,
-                   help="dataset root, read by timm's create_dataset (e.g. an image folder with train/ and "
-                        "validation/ subfolders); default: the built-in dataset, generated in memory")
+                   help=offered("dataset root, read by timm's create_dataset (e.g. an image folder with train/ and "
+                                "validation/ subfolders); default: the built-in dataset, generated in memory"))
     g.add_argument('--dataset', metavar='NAME', default='',
-                   help="timm dataset type for --data-dir ('' for an image folder, 'torch/cifar10', 'hfds/...'); "
-                        "'scaleshapes' (the built-in one) is the default without --data-dir")
+                   help=offered("timm dataset type for --data-dir ('' for an image folder, 'torch/cifar10', "
+                                "'hfds/...'); 'scaleshapes' (the built-in one) is the default without --data-dir"))
     g.add_argument('--dataset-download', action='store_true',
-                   help='download a torch/ or tfds/ dataset into --data-dir if it is not there (timm\'s flag)')
+                   help=offered('download a torch/ or tfds/ dataset into --data-dir if it is not there (timm\'s '
+                                'flag)'))
     if training:
         g.add_argument('--train-split', metavar='NAME', default='train', help='training split (default: train)')
         g.add_argument('--val-split', metavar='NAME', default='validation',
@@ -429,7 +436,7 @@ def _add_train_args(p: argparse.ArgumentParser, compare: bool = False) -> None:
     # the defaults of the flags that default to None here are filled in by _train_defaults
     seg = '' if compare else "; --task segment: the original's, "
     _add_task_arg(p, data_dir=not compare)
-    _add_data_args(p, training=True)
+    _add_data_args(p, training=True, builtin_only=compare)
     _add_model_args(p, 'resnext_tiny_elastic')
     g = p.add_argument_group('checkpoints and output')
     g.add_argument('--initial-checkpoint', metavar='PATH', default='',
