@@ -355,13 +355,13 @@ def _add_data_args(p: argparse.ArgumentParser, training: bool, builtin_only: boo
                    help='seed that generates the built-in dataset (default: 0)')
 
 
-def _add_task_arg(p: argparse.ArgumentParser, segment: bool = True, data_dir: bool = True) -> None:
-    """`data_dir` False: a command on the built-in data alone (compare), whose help names no --data-dir layout."""
+def _add_task_arg(p: argparse.ArgumentParser, segment: bool = True, builtin_only: bool = False) -> None:
+    """`builtin_only`: a command on the built-in data alone (compare), whose help names no --data-dir layout."""
     from .tasks import TASKS
     coco = (", or MS COCO's layout in --data-dir (annotations/instances_<split>.json, <split>/ images; splits train "
-            '/ val or train2014 / val2014 ...)') if data_dir else ''
+            '/ val or train2014 / val2014 ...)') if not builtin_only else ''
     voc = (', or a VOC folder in --data-dir (JPEGImages/, SegmentationClass/, ImageSets/Segmentation/<split>.txt; '
-           'splits train_aug / val ...)') if data_dir else ''
+           'splits train_aug / val ...)') if not builtin_only else ''
     p.add_argument('--task', choices=TASKS if segment else tuple(t for t in TASKS if t != 'segment'),
                    default='classify',
                    help='classify: one class per image (default); multilabel: a 0/1 target per class, binary '
@@ -435,7 +435,7 @@ def _add_train_args(p: argparse.ArgumentParser, compare: bool = False) -> None:
     hist, log_interval, epochs, lr = (1, 0, 2, 4e-3) if compare else (3, 50, 4, 2e-3)
     # the defaults of the flags that default to None here are filled in by _train_defaults
     seg = '' if compare else "; --task segment: the original's, "
-    _add_task_arg(p, data_dir=not compare)
+    _add_task_arg(p, builtin_only=compare)
     _add_data_args(p, training=True, builtin_only=compare)
     _add_model_args(p, 'resnext_tiny_elastic')
     g = p.add_argument_group('checkpoints and output')
