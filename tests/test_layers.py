@@ -79,10 +79,11 @@ def test_resample_modes_differ_as_table_6_says():
 
 
 def test_low_path_dilation():
-    # at half resolution a full-resolution dilation d covers the input span of d / 2
+    # a block dilated by d stands in for one at a d times coarser stride: its low group's taps, one pooled pixel
+    # apart there, are d pooled pixels apart here (test_dilated_blocks_keep_the_input_span_of_the_stride_model)
     assert make_elastic().low.dilation == 1
-    assert make_elastic(dilation=2).low.dilation == 1
-    assert make_elastic(dilation=4).low.dilation == 2
+    assert make_elastic(dilation=2).low.dilation == 2
+    assert make_elastic(dilation=4).low.dilation == 4
     assert make_elastic(dilation=2).high.dilation == 2
     # the dilated rows of Table 6 stay at full resolution and dilate instead
     assert make_elastic(elastic_resample='dilated').low.dilation == 2
@@ -156,7 +157,7 @@ def test_pop_elastic_args():
 @pytest.mark.parametrize('mode', ['bilinear', 'dilated'])
 def test_dilate_in_place_equals_building_with_the_dilation(mode):
     """`Elastic.dilate(d)` (a family's output_stride, after construction) gives the paths the dilations a block
-    built with `dilation=d` has (the low group's by the same rule: d / 2 at half resolution, 2d when dilated),
+    built with `dilation=d` has (the low group's by the same rule: d at half resolution, 2d when dilated),
     so the same weights compute the same outputs."""
     from timm_elastic.models.resnet import BottleneckPath
 
@@ -168,7 +169,41 @@ def test_dilate_in_place_equals_building_with_the_dilation(mode):
     dilated.load_state_dict(built.state_dict())
     dilated.dilate(4)
     assert dilated.high.conv2.dilation == (4, 4) and dilated.low.conv2.dilation == ((8, 8) if mode == 'dilated'
-                                                                                    else (2, 2))
+                                                                                    else (4, 4))
     x = torch.randn(2, 8, 12, 12)
     with torch.no_grad():
         torch.testing.assert_close(dilated(x), built(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize('name', ['resnext_tiny_elastic', 'dla_x60_elastic', 'densenet201_elastic'])
+@pytest.mark.parametrize('mode', ['bilinear', 'dilated'])
+def test_dilated_blocks_keep_the_input_span_of_the_stride_model(name, mode):
+    """At output_stride 8 and 16 (the algorithme a trous) every Elastic block's 3x3 taps lie as many input pixels
+    apart as in the stride model, in both groups: the span of a tap step is the convolution's dilation times the
+    stride (input pixels per pixel) of the map it runs on, the block's input for the full-resolution group and
+    for the dilated rows' low group, the 2x pooled map (twice that stride) for the others. A low group at half
+    the full-resolution dilation saw half the span it was trained with (layer3 of ResNeXt at output stride 8)."""
+    import timm
+    import timm_elastic  # noqa: F401  (registers the models)
+
+    def spans(output_stride):
+        model = timm.create_model(name, output_stride=output_stride, elastic_resample=mode).eval()
+        found, hooks = {}, []
+
+        def tap_step(group):
+            conv = next(m for m in group.modules() if isinstance(m, nn.Conv2d) and m.kernel_size[0] > 1)
+            return conv.dilation[0]
+        for block_name, block in model.named_modules():
+            if isinstance(block, Elastic):
+                def record(module, inputs, output, block_name=block_name):
+                    stride = 64 // inputs[0].shape[-1]  # input pixels per pixel of the block's map
+                    low_stride = stride if module.resample_mode.startswith('dilated') else 2 * stride
+                    found[block_name] = (tap_step(module.high) * stride, tap_step(module.low) * low_stride)
+                hooks.append(block.register_forward_hook(record))
+        with torch.no_grad():
+            model(torch.randn(1, 3, 64, 64))
+        return found
+    reference = spans(32)
+    assert reference and all(low == 2 * high for high, low in reference.values())  # the paper's two resolutions
+    for output_stride in (16, 8):
+        assert spans(output_stride) == reference, output_stride

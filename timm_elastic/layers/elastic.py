@@ -102,8 +102,11 @@ class Elastic(nn.Module):
         if self.resample_mode.startswith('dilated'):
             # the low group stays at full resolution and widens its receptive field by dilation
             return 2 * dilation
-        # a dilation d at full resolution covers the same input span as d / 2 at half resolution
-        return max(1, dilation // 2)
+        # a block dilated by d stands for one at a d times coarser stride (the algorithme a trous); there its low
+        # group's 3x3 taps are 2 of the block's pixels apart (one pixel of the pooled map), so here, on the pooled
+        # map of the finer one, they are d apart: the same input span as the stride model's low group, and as the
+        # dilated rows' 2d at full resolution
+        return dilation
 
     def dilate(self, dilation: int) -> None:
         """Set the dilation of the paths' 3x3 (or larger) convolutions in place, as if the block had been
