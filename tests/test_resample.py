@@ -339,6 +339,40 @@ def test_up_mode_is_checked():
         InterpolateUp('area')
 
 
+@pytest.mark.parametrize('layout', LAYOUTS)
+def test_the_ops_refuse_what_they_define_no_result_for(layout):
+    """Every way in (the public ops, torch.ops, the modules' direct path) refuses a tensor that is not 4-D, an
+    unknown mode and a low-resolution tensor of another size than (N, C, ceil(H / 2), ceil(W / 2)): the CPU
+    kernels averaged a 3-D tensor along its last axis twice (shape (3, 4, 1) for (3, 4, 4)), NCHW raised a
+    KeyError for mode 'Bilinear' where channels_last ran it as bilinear, and the Triton kernels (which CUDA
+    runs) read past a `low` with too few channels."""
+    out = randn(2, 5, 4, 4, layout=layout)
+    size = re.escape('(N, C, ceil(H / 2), ceil(W / 2)) = (2, 5, 2, 2) for the full size (2, 5, 4, 4), got ')
+    for call in (up2x_add, torch.ops.timm_elastic.up2x_add, lambda low, out, mode: InterpolateUp(mode)(low, out)):
+        with pytest.raises(ValueError, match=size + re.escape('(2, 3, 2, 2)')):
+            call(randn(2, 3, 2, 2, layout=layout), out, 'bilinear')  # too few channels
+        with pytest.raises(ValueError, match=size + re.escape('(2, 5, 1, 2)')):
+            call(randn(2, 5, 1, 2, layout=layout), out, 'nearest')  # too small
+        with pytest.raises(ValueError, match=size + re.escape('(2, 5, 3, 2)')):
+            call(randn(2, 5, 3, 2, layout=layout), out, 'nearest')  # too large
+    for mode in ('Bilinear', 'area'):
+        with pytest.raises(ValueError, match=f"up2x_add: mode must be 'bilinear' or 'nearest', got '{mode}'"):
+            up2x_add(randn(2, 5, 2, 2, layout=layout), out, mode)
+    for call in (avg_down2x, AvgDown()):
+        for shape in ((3, 4, 4), (1, 2, 3, 4, 4)):
+            with pytest.raises(ValueError, match=re.escape(f'takes 4-D (N, C, H, W) tensors, got one of size {shape}')):
+                call(torch.randn(shape))
+    # the gradients' ops: the size the forward pass had
+    with pytest.raises(ValueError, match=re.escape('= (2, 5, 2, 2) for the full size (2, 5, 4, 4), got (2, 5, 3, 2)')):
+        torch.ops.timm_elastic.up2x_backward(out, 'bilinear', 3, 2)
+    with pytest.raises(ValueError, match=re.escape('= (2, 5, 3, 3) for the full size (2, 5, 5, 5), got (2, 5, 2, 2)')):
+        torch.ops.timm_elastic.avg_down2x_backward(randn(2, 5, 2, 2, layout=layout), 5, 5)
+    # what they define, by position or by keyword: odd sizes round up
+    assert up2x_add(randn(2, 5, 3, 2, layout=layout), randn(2, 5, 5, 4, layout=layout), mode='nearest').shape \
+        == (2, 5, 5, 4)
+    assert AvgDown()(randn(2, 5, 5, 3, layout=layout)).shape == (2, 5, 3, 2)
+
+
 class SeeOps(TorchDispatchMode):
     """A dispatch mode that passes every op through and records the names of timm-elastic's."""
 

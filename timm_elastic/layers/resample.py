@@ -240,9 +240,39 @@ def _triton_kernels(device: torch.device):
 _GENERIC: Dict[str, Callable] = {}  # op name -> the function below: its kernel on every device but CUDA
 
 
+def _check(name: str, args: Sequence) -> None:
+    """Refuse arguments that op `name` does not define a result for (the Triton kernels would read past a tensor
+    that is too small, the CPU kernels give a wrong shape for a 3-D tensor): 4-D (N, C, H, W) tensors, a mode of
+    `up2x_add`, low = (N, C, ceil(H / 2), ceil(W / 2)) for an output or gradient of (N, C, H, W)."""
+    first = args[0]
+    if first.dim() != 4:
+        raise ValueError(f'timm_elastic::{name} takes 4-D (N, C, H, W) tensors, got one of size {tuple(first.shape)}')
+    if name == 'avg_down2x':
+        return
+    if name == 'avg_down2x_backward':  # (grad, height, width): grad of the pooled size of (height, width)
+        full, low = (*first.shape[:2], *args[1:]), tuple(first.shape)
+    else:
+        mode = args[2] if name == 'up2x_add' else args[1]
+        if mode not in _STRIDED_UP:
+            raise ValueError(f"timm_elastic::{name}: mode must be 'bilinear' or 'nearest', got {mode!r}")
+        if name == 'up2x_add':  # (low, out, mode)
+            if args[1].dim() != 4:
+                raise ValueError(f'timm_elastic::{name} takes 4-D (N, C, H, W) tensors, got out of size '
+                                 f'{tuple(args[1].shape)}')
+            full, low = tuple(args[1].shape), tuple(first.shape)
+        else:  # up2x_backward (grad, mode, height, width): grad of the output's size
+            full, low = tuple(first.shape), (*first.shape[:2], *args[2:])
+    n, c, h, w = full
+    if low != (n, c, (h + 1) // 2, (w + 1) // 2):
+        raise ValueError(f'timm_elastic::{name}: the low-resolution size must be (N, C, ceil(H / 2), ceil(W / 2)) = '
+                         f'{(n, c, (h + 1) // 2, (w + 1) // 2)} for the full size {full}, got {low}')
+
+
 def _kernel(name: str, args: Sequence) -> Callable:
-    """The kernel of op `name` for its arguments `args` (the first a tensor): the Triton kernel of that name on
-    CUDA where Triton serves the GPU and the arguments' dtypes, else the op's own function."""
+    """The kernel of op `name` for its arguments `args` (the first a tensor), once `_check` has accepted them: the
+    Triton kernel of that name on CUDA where Triton serves the GPU and the arguments' dtypes, else the op's own
+    function."""
+    _check(name, args)
     device = args[0].device
     if device.type == 'cuda':
         kernels, bf16 = _triton_kernels(device)
@@ -252,15 +282,12 @@ def _kernel(name: str, args: Sequence) -> Callable:
 
 
 def _op(fn):
-    """`fn` as the custom op `timm_elastic::<its name>`: its kernel on every device but CUDA, where the
-    Triton kernel of the same name runs (`fn` too where Triton does not serve the GPU or the dtype)."""
-    _GENERIC[fn.__name__] = fn
-    op = torch.library.custom_op(f'timm_elastic::{fn.__name__}', fn, mutates_args=())
-
-    @op.register_kernel('cuda')
-    def _(*args, **kwargs):
-        tensors = [a for a in (*args, *kwargs.values()) if torch.is_tensor(a)]
-        return _kernel(fn.__name__, tensors)(*args, **kwargs)
+    """`fn` as the custom op `timm_elastic::<its name>`, whose kernel on every device is `_kernel`'s: `fn`, but
+    on CUDA the Triton kernel of the same name (`fn` too where Triton does not serve the GPU or the dtype)."""
+    name = fn.__name__
+    _GENERIC[name] = fn
+    op = torch.library.custom_op(f'timm_elastic::{name}', fn, mutates_args=())
+    op.register_kernel(None, lambda *args: _kernel(name, args)(*args))  # the dispatcher passes them by position
     return op
 
 
