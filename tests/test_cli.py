@@ -151,7 +151,9 @@ def test_compare_help_names_no_data_dir_layout(capsys):
     for layout in ("MS COCO's layout in --data-dir", 'a VOC folder in --data-dir'):
         assert layout not in helps['compare'] and layout in helps['train']
     assert "the built-in data's multi-label mode; segment:" in helps['compare']
-    for flag in ('--data-dir DIR', '--dataset NAME', '--dataset-download'):
+    # nor the checkpoints it refuses to start from (each model of the pair trains from scratch)
+    for flag in ('--data-dir DIR', '--dataset NAME', '--dataset-download', '--resume PATH',
+                 '--initial-checkpoint PATH'):
         assert flag not in helps['compare'] and flag in helps['train']
 
 

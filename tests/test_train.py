@@ -863,6 +863,10 @@ def test_progress_bar_in_a_terminal_only(tmp_path):
     (['compare', '--resume', '/no/such.pth.tar'], '--resume: compare trains each model of the pair from scratch, '
                                                   'once per seed; timm-elastic train --resume starts or continues one'),
     (['compare', '--initial-checkpoint', 'a.pth.tar'], '--initial-checkpoint: compare trains each model of the pair'),
+    # (it said "--dataset needs --data-dir", and with --data-dir: leave out --data-dir)
+    (['compare', '--dataset', 'torch/cifar10'], 'compare trains on the built-in dataset; leave out --dataset '),
+    (['compare', '--dataset', 'torch/cifar10', '--data-dir', '.'],
+     'compare trains on the built-in dataset; leave out --data-dir and --dataset (timm-elastic train takes them)'),
     (['train', '--in-chans', '1'], "--in-chans 1 reads the images as greyscale through timm's create_dataset (an "
                                    "image folder, torch/..., hfds/...); the built-in data's images are RGB"),
     (['train', '--in-chans', '2'], '--in-chans 2: the loaders read images as RGB (3 channels) or, with --in-chans 1'),
@@ -1371,3 +1375,28 @@ def test_ddp_stress_writes_its_files_once(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(log.read_text().splitlines()) == ['0 fig7.png', '0 s.json']
     assert json.loads((tmp_path / 's.json').read_text())['metrics']['model']['64']['count'] == 9
+
+
+def test_runs_named_by_the_same_second_get_folders_of_their_own(tmp_path):
+    """Two compares (or trains) started in the same second took the same default folder, compare-DATE-TIME, and
+    wrote into each other's runs (a summary.csv with both runs' rows, one run's checkpoints under the other's
+    table; or died on the other's tmp.pth.tar). The default folder is created by one os.mkdir now, numbered as
+    timm's get_outdir(inc=True) numbers: NAME-1, NAME-2, ..."""
+    from timm_elastic.train import new_folder
+    root = tmp_path / 'out'
+    (root / 'run').mkdir(parents=True)
+    (root / 'run' / 'summary.csv').write_text('another run\n')
+    assert new_folder(str(root), 'run') == str(root / 'run-1') and (root / 'run-1').is_dir()
+    assert new_folder(str(root), 'run') == str(root / 'run-2') and (root / 'run-2').is_dir()
+    assert (root / 'run' / 'summary.csv').read_text() == 'another run\n'
+    assert new_folder(str(tmp_path / 'new' / 'root'), 'x') == str(tmp_path / 'new' / 'root' / 'x')
+    # compare: every name its start could take (the next 120 seconds) is another comparison's, cut short
+    start = time.time()
+    taken = [time.strftime('compare-%Y%m%d-%H%M%S', time.localtime(start + s)) for s in range(-1, 120)]
+    for name in taken:
+        (root / name / 'seed0').mkdir(parents=True)
+    proc = cli('compare', '--seeds', '0', '--epochs', '1', '--output', str(root), *TINY)
+    assert proc.returncode == 0, proc.stderr
+    made = sorted(p.name for p in root.iterdir() if p.name not in taken and p.name.startswith('compare-'))
+    assert len(made) == 1 and made[0][:-2] in taken and made[0].endswith('-1'), made
+    assert (root / made[0] / 'compare.json').is_file() and all(os.listdir(root / name) == ['seed0'] for name in taken)

@@ -439,11 +439,14 @@ def _add_train_args(p: argparse.ArgumentParser, compare: bool = False) -> None:
     _add_data_args(p, training=True, builtin_only=compare)
     _add_model_args(p, 'resnext_tiny_elastic')
     g = p.add_argument_group('checkpoints and output')
+    # compare parses them to refuse them with the reason (each model of the pair starts from scratch), unoffered
     g.add_argument('--initial-checkpoint', metavar='PATH', default='',
-                   help='start from these weights (a timm or timm-elastic checkpoint)')
+                   help=argparse.SUPPRESS if compare else
+                   'start from these weights (a timm or timm-elastic checkpoint)')
     g.add_argument('--resume', metavar='PATH', default='',
-                   help='continue a run from its checkpoint (e.g. OUTPUT/EXPERIMENT/last.pth.tar): weights, '
-                        'optimizer, EMA and epoch; with the same flags the losses are those of an uninterrupted run')
+                   help=argparse.SUPPRESS if compare else
+                   'continue a run from its checkpoint (e.g. OUTPUT/EXPERIMENT/last.pth.tar): weights, optimizer, EMA '
+                   'and epoch; with the same flags the losses are those of an uninterrupted run')
     g.add_argument('--output', metavar='DIR', default='', help='output root (default: ./output/train)')
     g.add_argument('--experiment', metavar='NAME', default='',
                    help=('folder of the runs under --output (default: compare-DATE-TIME); seed<N>/<model>/ in it for '

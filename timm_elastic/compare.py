@@ -29,7 +29,8 @@ import time
 from collections import OrderedDict
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 
-from .train import UsageError, check_output_paths, create_datasets, create_model, output_root, task_of, train
+from .train import (
+    BUILTIN, UsageError, check_output_paths, create_datasets, create_model, new_folder, output_root, task_of, train)
 
 __all__ = ['DEFAULT_SEEDS', 'Spread', 'spread', 'compare', 'twin_of', 'runs_folder', 'format_comparison',
            'stress_relative']
@@ -100,8 +101,11 @@ def compare(args: argparse.Namespace) -> Dict[str, List[Dict[str, Any]]]:
     `compare.json` in the folder that holds the runs (the first process of a torchrun writes)."""
     from ._io import write_json
     twin = twin_of(args.model, args.task)
-    if args.data_dir:
-        raise UsageError('compare trains on the built-in dataset; leave out --data-dir (timm-elastic train takes it)')
+    given = [f'--{flag.replace("_", "-")}' for flag in ('data_dir', 'dataset')
+             if getattr(args, flag) and getattr(args, flag) != BUILTIN]
+    if given:
+        raise UsageError(f'compare trains on the built-in dataset; leave out {" and ".join(given)} (timm-elastic '
+                         f'train takes {"them" if len(given) > 1 else "it"})')
     seeds = _check_seeds(args.seeds)
     given = [flag for flag, value in (('--resume', args.resume), ('--initial-checkpoint', args.initial_checkpoint))
              if value]
@@ -116,10 +120,11 @@ def compare(args: argparse.Namespace) -> Dict[str, List[Dict[str, Any]]]:
     if stress:
         from .stress import check_sizes
         check_sizes('--stress-sizes', args.stress_sizes or ())
-    experiment = args.experiment or 'compare-' + time.strftime('%Y%m%d-%H%M%S')
+    experiment = args.experiment or 'compare-' + time.strftime('%Y%m%d-%H%M%S')  # made unique below
     check_output_paths(args, experiment)
     folder = os.path.join(output_root(args), experiment)
-    if os.path.isdir(folder) and os.listdir(folder):  # (each run's folder would be refused, with train's advice)
+    if args.experiment and os.path.isdir(folder) and os.listdir(folder):  # (each run's would be refused, with
+        # train's advice; a default name is made unique below)
         held = 'a comparison already (compare.json)' if os.path.exists(os.path.join(folder, 'compare.json')) else \
             f'the runs of a comparison that did not finish ({", ".join(sorted(os.listdir(folder))[:3])}); compare ' \
             'does not continue one'
@@ -133,6 +138,8 @@ def compare(args: argparse.Namespace) -> Dict[str, List[Dict[str, Any]]]:
     for ds in datasets[:2]:  # rendered now, not inside the first run's time
         if hasattr(ds, 'fill_cache'):
             ds.fill_cache()
+    if not args.experiment and primary:  # a new folder of this process's own, even beside a compare started in
+        experiment = os.path.basename(new_folder(output_root(args), experiment))  # the same second
     results: Dict[str, List[Dict[str, Any]]] = OrderedDict((name, []) for name in (twin, args.model))
     for seed in seeds:
         for name in results:
@@ -146,7 +153,8 @@ def compare(args: argparse.Namespace) -> Dict[str, List[Dict[str, Any]]]:
                       flush=True)
             start = time.perf_counter()
             metrics = train(run, datasets)
-            results[name].append(dict(metrics, seed=seed, seconds=time.perf_counter() - start))
+            results[name].append(dict(metrics, seed=seed, seconds=time.perf_counter() - start,
+                                      split=args.val_split))
             if stress:
                 from .stress import BUILTIN_SIZES, scaled_sizes
                 sizes = getattr(args, 'stress_sizes', None) or scaled_sizes(metrics['img_size'], BUILTIN_SIZES)
@@ -239,7 +247,7 @@ def format_comparison(results: Dict[str, List[Dict[str, Any]]], base: str, elast
     if task == 'multilabel':
         lines += _table3(runs_b, runs_e, base, elastic, over) + ['']
     title = label[0].upper() + label[1:] if label.islower() else label  # top-1 -> Top-1; F1-O, mIoU as they are
-    lines += [f'{title} (%) on the built-in validation set ({runs_b[0]["count"]} images), by '
+    lines += [f'{title} (%) on the built-in {_split_words(runs_b[0])} ({runs_b[0]["count"]} images), by '
               f'the sizes of the objects in the image (paper Table 4); {over}:', '']
     rows, gains = [], OrderedDict()
     for combo in COMBINATIONS:
@@ -272,11 +280,18 @@ def format_comparison(results: Dict[str, List[Dict[str, Any]]], base: str, elast
 
 def _table3(runs_b, runs_e, base: str, elastic: str, over: str) -> List[str]:
     """Table 3's layout, one row per metric: each model's value and the gain (points) and relative gain."""
-    lines = [f'Multi-label metrics (%) on the built-in validation set ({runs_b[0]["count"]} images; paper Table 3: '
+    lines = [f'Multi-label metrics (%) on the built-in {_split_words(runs_b[0])} ({runs_b[0]["count"]} images; paper '
+             'Table 3: '
              f'F1-C is its F1-PerClass, F1-O its F1-Overall); {over}:', '']
     rows = [[LABELS[m], *_cells(*_stats(runs_b, runs_e, lambda r: r[m]))]
             for m in ('f1_c', 'f1_o', 'p_c', 'r_c', 'p_o', 'r_o', 'map')]
     return lines + _columns(['metric', base, elastic, 'gain', 'relative'], rows, [0, *_floors(len(runs_b))])
+
+
+def _split_words(run: Dict[str, Any]) -> str:
+    """The split a run was scored on, in words ('validation set'; 'training set' for --val-split train)."""
+    split = run.get('split', 'validation')  # results of versions that did not record it: the default split
+    return {'validation': 'validation set', 'train': 'training set'}.get(split, f'{split!r} split')
 
 
 def _cells(sb: Spread, se: Spread, sg: Spread) -> List[str]:
@@ -313,8 +328,8 @@ def stress_relative(results: Dict[str, List[Dict[str, Any]]], base: str,
 def _reading(gains: Dict[str, float], base: str, elastic: str, n: int) -> str:
     """The table in one sentence: on how many size combinations the Elastic model is ahead, and the
     combinations of its largest and smallest gain (every one that shares it, as printed)."""
-    ahead = sum(g > 0 for g in gains.values())
     shown = {k: round(g, 2) for k, g in gains.items()}  # gains that print alike are alike here
+    ahead = sum(g > 0 for g in shown.values())  # a gain printed +0.00 is no lead
     top, bottom = max(shown.values()), min(shown.values())
     averaged = f'Averaged over the {n} seeds, ' if n > 1 else 'In this run, '
     if top == bottom:  # no best nor worst
@@ -342,6 +357,11 @@ def _conclusion(sb: Spread, se: Spread, sg: Spread, per_seed: List[float], base:
         return (f'{head} ({per_seed[0]:+.2f} points). One seed measures no spread, and the seed alone moves a '
                 f'small model by points: run several (--seeds 0 1 2) before reading a winner into it.')
     n = len(per_seed)
+    if len({round(g, 2) for g in per_seed}) == 1:  # the interval would have no width: nothing measured its noise
+        return (f'{head}: a gain of {per_seed[0]:+.2f} points in each of the {n} seeds. Seeds that agree to the '
+                'printed digit measure no spread (on a small evaluation set the scores move in coarse steps), so '
+                'no interval can be drawn: run more seeds or more evaluation images before reading a winner into '
+                'it.')
     half = t_quantile(0.95, n - 1) * sg.std / math.sqrt(n)
     low, high = sg.mean - half, sg.mean + half
     interval = (f"its 95% confidence interval (paired over the seeds; Student's t, {n - 1} degree"

@@ -777,7 +777,8 @@ def train(args: argparse.Namespace, datasets=None) -> Dict[str, Any]:
     if primary:
         exp_name = args.experiment or '-'.join([time.strftime('%Y%m%d-%H%M%S'), _safe(args.model),
                                                str(data_config['input_size'][-1])])
-        output_dir = get_outdir(output_root(args), exp_name)
+        output_dir = get_outdir(output_root(args), exp_name) if args.experiment else \
+            new_folder(output_root(args), exp_name)
         recorded = _plain_args(args)
         recorded.class_names = list(task.classes) if task.classes is not None else None  # checked where it is read
         saver = AtomicCheckpointSaver(
@@ -919,6 +920,21 @@ def _check_train_args(args: argparse.Namespace) -> None:
 def output_root(args: argparse.Namespace) -> str:
     """The folder that holds the runs' `<experiment>` folders: `--output`, by default timm's ./output/train."""
     return args.output or './output/train'
+
+
+def new_folder(root: str, name: str) -> str:
+    """`root/name`, created now by this process, or `name-1`, `name-2`, ... where that is taken (timm's
+    `get_outdir(inc=True)` numbering): two runs named by the same second's date and time never share a folder,
+    whichever creates it first (one `os.mkdir`, which fails where the folder exists)."""
+    os.makedirs(root, exist_ok=True)
+    path, count = os.path.join(root, name), 0
+    while True:
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            count += 1
+            path = os.path.join(root, f'{name}-{count}')
 
 
 def check_output_paths(args: argparse.Namespace, experiment: Optional[str]) -> None:
