@@ -1254,14 +1254,27 @@ def test_resume_with_other_flags_says_so(tmp_path, caplog):
     last = str(tmp_path / 'r' / 'last.pth.tar')
     changed = [f if f != '16' else '8' for f in flags]  # -b 8; --val-num-samples 8
     with caplog.at_level('WARNING', logger='timm_elastic.train'):
-        train(parse(['train', '--epochs', '2', '--resume', last, *changed, '--lr', '0.001']))
+        train(parse(['train', '--epochs', '2', '--resume', last, *changed, '--lr', '0.001',
+                     '--weight-decay', '0.5']))
     said = [r.getMessage() for r in caplog.records if r.levelname == 'WARNING']
-    assert said == [f'--resume {last}: the run was trained with other flags (--batch-size 16 (now 8), --lr 0.002 '
-                    '(now 0.001), --val-num-samples 16 (now 8)); it continues, but not as the run would have: resume '
-                    'is exact with the same flags'], said
+    # the lr and weight decay are the optimizer state's (timm's resume): they were listed among the flags that
+    # train on, and recorded as if they had
+    not_applied = (f"--resume {last}: --lr 0.001 not applied: the optimizer state of the checkpoint keeps the run's "
+                   f"lr 0.002 (timm's resume); --initial-checkpoint {last} starts a new run from its weights with "
+                   'them')
+    assert said[0] == not_applied.replace('--lr 0.001', '--lr 0.001, --weight-decay 0.5').replace(
+        'lr 0.002', 'lr 0.002, weight decay 0.05'), said[0]
+    assert said[1:] == [f'--resume {last}: the run was trained with other flags (--batch-size 16 (now 8), '
+                        '--val-num-samples 16 (now 8)); it continues, but not as the run would have: resume is exact '
+                        'with the same flags'], said
+    assert torch.load(last, map_location='cpu', weights_only=False)['args'].lr == 0.002  # what trained
     caplog.clear()
     with caplog.at_level('WARNING', logger='timm_elastic.train'):
         train(parse(['train', '--epochs', '3', '--resume', last, *changed, '--lr', '0.001']))
+    assert [r.getMessage() for r in caplog.records if r.levelname == 'WARNING'] == [not_applied]
+    caplog.clear()
+    with caplog.at_level('WARNING', logger='timm_elastic.train'):
+        train(parse(['train', '--epochs', '4', '--resume', last, *changed]))
     assert [r for r in caplog.records if r.levelname == 'WARNING'] == []
 
 
@@ -1400,3 +1413,30 @@ def test_runs_named_by_the_same_second_get_folders_of_their_own(tmp_path):
     made = sorted(p.name for p in root.iterdir() if p.name not in taken and p.name.startswith('compare-'))
     assert len(made) == 1 and made[0][:-2] in taken and made[0].endswith('-1'), made
     assert (root / made[0] / 'compare.json').is_file() and all(os.listdir(root / name) == ['seed0'] for name in taken)
+
+
+def test_resume_from_an_earlier_checkpoint_drops_the_best_of_the_discarded_epochs(tmp_path):
+    """Resumed from checkpoint-0 of a 2-epoch run, the run trains epoch 1 again; summary.csv drops the old
+    epoch 1's row, but model_best.pth.tar stayed the old epoch 1's where that had scored best (here: said to
+    have scored 100%), a file that no row of the run scored and no kept epoch replaced. It is the best kept
+    epoch's now, and the new epoch 1 replaces it where it ranks above."""
+    parse = build_parser().parse_args
+    flags = ['--epochs', '2', *TINY, '--output', str(tmp_path), '--experiment', 'r']
+    train(parse(['train', *flags]))
+    run = tmp_path / 'r'
+    best = torch.load(run / 'model_best.pth.tar', map_location='cpu', weights_only=False)
+    best.update(epoch=1, metric=100.)  # the discarded epoch 1 ranked best
+    torch.save(best, run / 'doctored')
+    os.replace(run / 'doctored', run / 'model_best.pth.tar')  # (a new file: model_best is a hard link to a checkpoint)
+    train(parse(['train', *flags, '--resume', str(run / 'checkpoint-0.pth.tar')]))
+    rows = summary(run / 'summary.csv')
+    column = rows[0].index('eval_top1')
+    scores = [float(r[column]) for r in rows[1:]]
+    assert [r[0] for r in rows[1:]] == ['0', '1']
+    kept = torch.load(run / 'model_best.pth.tar', map_location='cpu', weights_only=False)
+    assert kept['metric'] == pytest.approx(scores[kept['epoch']])  # a kept epoch's, as its row scored it
+    if hasattr(AtomicCheckpointSaver, 'load_state_dict_from_checkpoint'):  # timm restores the saver's ranking on
+        # resume (1.0.26 does not: it ranks the epochs from the resumed one on, and the first of them writes the file)
+        assert kept['epoch'] == scores.index(max(scores))  # ties: the earlier epoch, as timm's saver ranks them
+    same = torch.load(run / f'checkpoint-{kept["epoch"]}.pth.tar', map_location='cpu', weights_only=False)
+    assert all(torch.equal(kept['state_dict'][k], same['state_dict'][k]) for k in same['state_dict'])

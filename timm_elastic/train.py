@@ -30,6 +30,7 @@ import csv
 import io
 import logging
 import os
+import shutil
 import sys
 import time
 from collections import OrderedDict
@@ -658,6 +659,35 @@ def trim_summary(path: str, start_epoch: int) -> None:
     write_text(path, text.getvalue())
 
 
+def _drop_discarded_best(saver, folder: str, resume_path: str, resume: Dict[str, Any], start_epoch: int) -> None:
+    """A run resumed from an earlier checkpoint (checkpoint-N) discards the epochs after it, as `trim_summary`
+    drops their rows; a `model_best` of one of them would outlive them (scored in no row, never replaced by a kept
+    epoch that ranks below it). It is replaced by the checkpoint of the best kept epoch that the saver's restored
+    ranking names (the resumed checkpoint itself, or a numbered one), or removed where that file is gone (the
+    next epoch to rank best writes it; timm's saver then ranks the epochs from the resumed one on)."""
+    best = os.path.join(folder, 'model_best' + saver.extension)
+    if not os.path.isfile(best):
+        return
+    try:
+        if _load_checkpoint_dict(best, 'model_best').get('epoch', -1) < start_epoch:
+            return
+    except UsageError:  # not a checkpoint: not ours to judge
+        return
+    best_epoch = getattr(saver, 'best_epoch', None)
+    sources = [resume_path] if resume.get('epoch') == best_epoch else \
+        [p for p, _ in getattr(saver, 'checkpoint_files', []) if p == saver._checkpoint_path(best_epoch)]
+    source = next((p for p in sources if best_epoch is not None and os.path.isfile(p)), None)
+    if source is None:
+        os.remove(best)
+        saver.best_metric = saver.best_epoch = None
+        _logger.warning(f'{best} held an epoch after the resumed checkpoint and was removed: the best kept epoch\'s '
+                        'checkpoint is gone; the next epoch writes it')
+        return
+    temporary = best + '.partial'
+    shutil.copyfile(source, temporary)
+    saver._replace(temporary, best)
+
+
 def train(args: argparse.Namespace, datasets=None) -> Dict[str, Any]:
     """Train `args.model` as `timm-elastic train` does; returns the last epoch's eval metrics
     (and `output_dir`). See `timm_elastic.cli` for the flags. `datasets` is what `create_datasets`
@@ -717,9 +747,17 @@ def train(args: argparse.Namespace, datasets=None) -> Dict[str, Any]:
         raise UsageError(f'--opt {args.opt} is a second-order optimiser: it differentiates the gradients (backward '
                          f'with create_graph), which {what} does not support; {instead}')
     start_epoch = 0
+    kept = {}
     if resume is not None:
+        asked = _hyperparameters(optimizer)
         start_epoch = resume_checkpoint(model, args.resume, optimizer=optimizer, loss_scaler=loss_scaler,
                                         log_info=primary) or 0
+        # the optimizer's state brings the run's own lr, weight decay and momentum (timm's resume, as its train.py):
+        # flags that ask for others do not apply; the checkpoints record what trains
+        now = _hyperparameters(optimizer)
+        kept = {k: (v, now[k]) for k, v in asked.items() if now[k] != v}
+        for k, (_, value) in kept.items():
+            setattr(args, k, value)
     model_ema = None
     if args.model_ema:
         model_ema = ModelEmaV3(model, decay=args.model_ema_decay)
@@ -760,6 +798,12 @@ def train(args: argparse.Namespace, datasets=None) -> Dict[str, Any]:
     if start_epoch >= num_epochs:  # nothing would be trained, and the run would end without a word
         raise UsageError(f'--resume {args.resume!r}: the run has trained {start_epoch} epochs, all that --epochs '
                          f'{args.epochs} asks for; a larger --epochs trains it further')
+    if kept and primary:
+        flags = ', '.join(f'--{k.replace("_", "-")} {v}' for k, (v, _) in kept.items())
+        held = ', '.join(f'{k.replace("_", " ")} {value}' for k, (_, value) in kept.items())
+        _logger.warning(f'--resume {args.resume}: {flags} not applied: the optimizer state of the checkpoint keeps '
+                        f'the run\'s {held} (timm\'s resume); --initial-checkpoint {args.resume} starts a new run from '
+                        'its weights with them')
     changed = _changed_flags(resume.get('args'), args) if resume is not None else ''
     if changed and primary:  # e.g. a resume line without the run's flags: the defaults train on (said once it does)
         _logger.warning(f'--resume {args.resume}: the run was trained with other flags ({changed}); it continues, '
@@ -789,6 +833,8 @@ def train(args: argparse.Namespace, datasets=None) -> Dict[str, Any]:
                 and hasattr(saver, 'load_state_dict_from_checkpoint'):
             saver.load_state_dict_from_checkpoint(args.resume)
         trim_summary(os.path.join(output_dir, 'summary.csv'), start_epoch)
+        if resume is not None and _continues_in(args.resume, output_dir):
+            _drop_discarded_best(saver, output_dir, args.resume, resume, start_epoch)
         _logger.info(f'{args.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.3f}M parameters, '
                      f'{num_classes} classes, {len(train_ds)} training images at {_data_summary(data_config)}, '
                      f'epochs {start_epoch + 1}..{num_epochs} of {num_epochs}, output {output_dir}')
@@ -836,6 +882,16 @@ def train(args: argparse.Namespace, datasets=None) -> Dict[str, Any]:
 _BOOKKEEPING = {'command', 'func', 'resume', 'epochs', 'experiment', 'output', 'log_interval', 'progress',
                 'checkpoint_hist', 'device', 'dist_backend', 'initial_checkpoint', 'rank', 'world_size', 'local_rank',
                 'distributed'}
+
+
+def _hyperparameters(optimizer: torch.optim.Optimizer) -> Dict[str, Any]:
+    """The optimizer's lr (its schedule's base, `initial_lr`, once a scheduler has set it), weight decay (the
+    largest of its parameter groups': timm's groups of biases and norms have none) and momentum where it has one,
+    keyed by the flags' names in `args` (values of None where the optimizer has no such setting)."""
+    groups = optimizer.param_groups
+    decays = [g['weight_decay'] for g in groups if 'weight_decay' in g]
+    return dict(lr=groups[0].get('initial_lr', groups[0].get('lr')), weight_decay=max(decays) if decays else None,
+                momentum=groups[0].get('momentum'))
 
 
 def _changed_flags(recorded: Optional[argparse.Namespace], args: argparse.Namespace) -> str:
