@@ -134,6 +134,34 @@ def test_run_of_a_module_that_is_not_there_is_one_line(capsys):
         assert capsys.readouterr().err.strip().splitlines() == [f'timm-elastic run: error: no module named {target!r}']
 
 
+def test_run_takes_what_python_runs(tmp_path, monkeypatch, capsys):
+    """`timm-elastic run` runs what `python X` runs: a script, whose __file__ is absolute (a relative one broke
+    os.path.dirname(__file__) once the script changed folder), a folder or a zip archive with a __main__.py (said not
+    to exist); a missing SCRIPT is named alone (argparse asked for ARGS too, which are optional)."""
+    import zipfile
+    from timm_elastic.cli import main
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, 'argv', list(sys.argv))  # run sets both for the script
+    monkeypatch.setattr(sys, 'path', list(sys.path))
+    code = 'import sys, timm\nprint(__file__, sys.argv[1:], timm.is_model("resnext_tiny_elastic"))\n'
+    (tmp_path / 'tool').mkdir()
+    (tmp_path / 'tool' / 's.py').write_text(code)
+    (tmp_path / 'app').mkdir()
+    (tmp_path / 'app' / '__main__.py').write_text(code)
+    with zipfile.ZipFile(tmp_path / 'app.zip', 'w') as z:
+        z.writestr('__main__.py', code)
+    for target, file in (('tool/s.py', 'tool/s.py'), ('app', 'app/__main__.py'), ('app.zip', 'app.zip/__main__.py')):
+        assert main(['run', target, '--x', '1']) == 0
+        assert capsys.readouterr().out == f"{tmp_path / file} ['--x', '1'] True\n", target
+    (tmp_path / 'empty').mkdir()
+    assert main(['run', 'empty']) == 2
+    assert capsys.readouterr().err == "timm-elastic run: error: folder 'empty' has no __main__.py to run\n"
+    for args in (['run'], ['run', '-m']):
+        assert main(args) == 2
+        assert capsys.readouterr().err == ('timm-elastic run: error: name the script to run (or, with -m, the module): '
+                                           'timm-elastic run SCRIPT [ARGS ...]\n')
+
+
 def test_help():
     proc = run('models', '--help')
     assert proc.returncode == 0 and '--filter' in proc.stdout and 'GMACs' not in proc.stderr

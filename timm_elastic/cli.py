@@ -294,7 +294,11 @@ def _data(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     import runpy
+    import zipfile
     import timm_elastic  # noqa: F401  (registers the models, whatever TIMM_ELASTIC_AUTOLOAD says)
+    if args.target is None:
+        return _fail('run', ValueError('name the script to run (or, with -m, the module): timm-elastic run SCRIPT '
+                                       '[ARGS ...]'))
     if args.module:
         import importlib.util
         if not getattr(sys.flags, 'safe_path', False):  # python -m finds modules in the working folder (not with -P)
@@ -308,11 +312,15 @@ def _run(args: argparse.Namespace) -> int:
         sys.argv = [args.target, *args.args]
         runpy.run_module(args.target, run_name='__main__', alter_sys=True)
         return 0
-    if not os.path.isfile(args.target):
+    if not os.path.exists(args.target):
         return _fail('run', FileNotFoundError(f'script {args.target!r} does not exist'))
+    path = os.path.abspath(args.target)  # the script's __file__, absolute as python gives it
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, '__main__.py')):
+        return _fail('run', FileNotFoundError(f'folder {args.target!r} has no __main__.py to run'))
     sys.argv = [args.target, *args.args]
-    sys.path.insert(0, os.path.dirname(os.path.abspath(args.target)))
-    runpy.run_path(args.target, run_name='__main__')
+    if os.path.isfile(path) and not zipfile.is_zipfile(path):  # a folder or a zip archive: runpy puts it on sys.path
+        sys.path.insert(0, os.path.dirname(path))
+    runpy.run_path(path, run_name='__main__')
     return 0
 
 
@@ -692,7 +700,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "TIMM_ELASTIC_AUTOLOAD=0); this is the explicit way.",
         epilog='example: timm-elastic run train.py --model resnext50_elastic --data-dir /data/imagenet')
     p.add_argument('-m', dest='module', action='store_true', help='SCRIPT is a module name, as python -m')
-    p.add_argument('target', metavar='SCRIPT', help='the script (or, with -m, module) to run')
+    # optional to argparse, so that a missing SCRIPT is named alone (it listed ARGS as required too); _run asks for it
+    p.add_argument('target', metavar='SCRIPT', nargs='?',
+                   help='the script (a folder or zip archive with a __main__.py too; with -m, a module) to run')
     p.add_argument('args', nargs=argparse.REMAINDER, metavar='ARGS', help='its arguments')
     p.set_defaults(func=_run)
     return parser
