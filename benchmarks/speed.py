@@ -69,6 +69,7 @@ import torch.nn.functional as F
 import timm
 import timm_elastic
 from timm_elastic._io import write_json
+from timm_elastic.stress import MIN_SIZE
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _usage import at_least, output_path  # noqa: E402
@@ -515,7 +516,8 @@ def parse_args(argv=None):
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--json', metavar='PATH', help='also write the results and the machine as JSON')
     args = parser.parse_args(argv)
-    at_least(parser, args, 1, 'threads', 'batch_size', 'train_batch_size', 'img_size')
+    at_least(parser, args, 1, 'threads', 'batch_size', 'train_batch_size')
+    at_least(parser, args, MIN_SIZE, 'img_size')  # below the models' total stride their last map is empty
     at_least(parser, args, 0, 'warmup', 'min_time', 'breakdown')
     output_path(parser, args.json)
     if args.rounds < 2 or args.rounds % 2:

@@ -188,7 +188,8 @@ def test_free_resampling_computes_nothing_and_keeps_layouts():
     ('speed', ['--batch-size', '-2'], '--batch-size must be at least 1, got -2'),
     ('speed', ['--threads', '0'], '--threads must be at least 1, got 0'),
     ('speed', ['--threads', '-1'], '--threads must be at least 1, got -1'),
-    ('speed', ['--img-size', '0'], '--img-size must be at least 1, got 0'),
+    ('speed', ['--img-size', '0'], '--img-size must be at least 32, got 0'),
+    ('speed', ['--img-size', '16'], '--img-size must be at least 32, got 16'),  # was a traceback, after building
     ('speed', ['--breakdown', '-1'], '--breakdown must be at least 0, got -1'),
     ('speed', ['--min-time', '-1'], '--min-time must be at least 0, got -1.0'),
     ('speed', ['--warmup', '-1'], '--warmup must be at least 0, got -1'),
