@@ -67,7 +67,8 @@ def _diff(ours: float, reference: float) -> str:
 
 def _print_paper_rows(rows, img_size: int) -> None:
     print(f'Models registered in timm by timm-elastic: parameters and GMACs (multiply-adds) at '
-          f'{img_size}x{img_size}, beside the published numbers (at 224x224).')
+          f'{img_size}x{img_size}, beside the paper\'s numbers or (source: original code) the original '
+          f'implementation\'s model counted the same way (at 224x224).')
     header = (f'{"model":<22} {"paper row":<22} {"params (M)":>10} {"paper":>7} {"diff":>8} '
               f'{"GMACs":>7} {"paper":>6} {"diff":>8}  source')
     print(header)
@@ -640,8 +641,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_model_args(p, segment=False)  # the page is of classifiers
     p.add_argument('--baseline', metavar='NAME', default=None,
                    help='a baseline model to compare predictions with (e.g. resnext_tiny, resnext50_32x4d)')
-    p.add_argument('--baseline-checkpoint', metavar='PATH', default='',
-                   help="the baseline's weights (without it: its pretrained weights, with --pretrained)")
+    p.add_argument('--baseline-checkpoint', metavar='PATH', default='', help=_BASELINE_CHECKPOINT_HELP)
     p.add_argument('--out', metavar='DIR', required=True,
                    help='folder for policy.html, the PNGs and policy.json (created; see --force)')
     p.add_argument('--force', action='store_true', help='replace DIR if it holds files')
@@ -666,8 +666,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_model_args(p, segment=False)
     p.add_argument('--baseline', metavar='NAME', default=None,
                    help='the baseline model to compare with (e.g. dla_x60); without it, --model alone is evaluated')
-    p.add_argument('--baseline-checkpoint', metavar='PATH', default='',
-                   help="the baseline's weights (without it: its pretrained weights, with --pretrained)")
+    p.add_argument('--baseline-checkpoint', metavar='PATH', default='', help=_BASELINE_CHECKPOINT_HELP)
     p.add_argument('--sizes', type=int, nargs='+', metavar='N', default=None,
                    help="square test sizes in pixels (default: the paper's 96 224 448 896 in proportion to the "
                         "model's input size: those for 224, 32 64 128 256 for the built-in data's 64)")
@@ -726,6 +725,10 @@ def _check_integers(args: argparse.Namespace) -> None:
     if input_size is not None and min(input_size[1:]) < 32:
         raise ValueError(f'--input-size H and W must be at least 32, got {input_size[1]} {input_size[2]}')
 
+
+# policy's and stress's --baseline-checkpoint
+_BASELINE_CHECKPOINT_HELP = ("the baseline's weights (without it: its pretrained weights, with --pretrained); with "
+                             '--use-ema its EMA weights too (both models are scored alike, so it must hold them)')
 
 # the inputs a written file must not replace: files of these flags, and anything in these folders
 _INPUT_FILES = (('checkpoint', '--checkpoint'), ('baseline_checkpoint', '--baseline-checkpoint'),

@@ -11,8 +11,9 @@ __all__ = ['PaperRow', 'count_params', 'count_gmacs']
 
 @dataclass(frozen=True)
 class PaperRow:
-    """A model as the paper, or the original code, counts it: parameters (millions) and
-    multiply-adds (billions) for one 224x224 image."""
+    """A model as the paper prints it, or the original implementation's model (source 'original code')
+    counted as `count_params` / `count_gmacs` count ours: parameters (millions) and multiply-adds (billions)
+    for one 224x224 image."""
     row: str
     params_m: float
     gmacs: float
@@ -29,7 +30,10 @@ def count_gmacs(model: nn.Module, input_size: Tuple[int, int, int] = (3, 224, 22
     """Multiply-adds, in billions, of one eval-mode forward pass of a single (C, H, W) image.
 
     Counted by `torch.utils.flop_counter.FlopCounterMode` (convolutions and matrix products;
-    pooling, normalisation and resampling are not counted, as in the paper): GMACs = FLOPs / 2e9.
+    pooling, normalisation, activations and resampling are not counted): GMACs = FLOPs / 2e9. The paper
+    does not say what it counted; its numbers equal this count at its precision but for the DLA-X+Elastic
+    rows. The original repository's own counter (`utils.add_flops_counting_methods`) counts BatchNorm, ReLU
+    and pooling layers too.
     """
     was_training = model.training
     model.eval()
