@@ -867,6 +867,9 @@ def test_progress_bar_in_a_terminal_only(tmp_path):
     (['compare', '--dataset', 'torch/cifar10'], 'compare trains on the built-in dataset; leave out --dataset '),
     (['compare', '--dataset', 'torch/cifar10', '--data-dir', '.'],
      'compare trains on the built-in dataset; leave out --data-dir and --dataset (timm-elastic train takes them)'),
+    # a folder named as the built-in dataset (README: timm-elastic data --out scaleshapes) is a --data-dir all the same
+    (['compare', '--data-dir', 'scaleshapes'],
+     'compare trains on the built-in dataset; leave out --data-dir (timm-elastic train takes it)'),
     (['train', '--in-chans', '1'], "--in-chans 1 reads the images as greyscale through timm's create_dataset (an "
                                    "image folder, torch/..., hfds/...); the built-in data's images are RGB"),
     (['train', '--in-chans', '2'], '--in-chans 2: the loaders read images as RGB (3 channels) or, with --in-chans 1'),

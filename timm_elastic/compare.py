@@ -101,8 +101,8 @@ def compare(args: argparse.Namespace) -> Dict[str, List[Dict[str, Any]]]:
     `compare.json` in the folder that holds the runs (the first process of a torchrun writes)."""
     from ._io import write_json
     twin = twin_of(args.model, args.task)
-    given = [f'--{flag.replace("_", "-")}' for flag in ('data_dir', 'dataset')
-             if getattr(args, flag) and getattr(args, flag) != BUILTIN]
+    given = [flag for flag, value in (('--data-dir', args.data_dir), ('--dataset', args.dataset))
+             if value and not (flag == '--dataset' and value == BUILTIN)]  # (a folder may be named scaleshapes)
     if given:
         raise UsageError(f'compare trains on the built-in dataset; leave out {" and ".join(given)} (timm-elastic '
                          f'train takes {"them" if len(given) > 1 else "it"})')
