@@ -30,7 +30,6 @@ import csv
 import io
 import logging
 import os
-import shutil
 import sys
 import time
 from collections import OrderedDict
@@ -683,9 +682,7 @@ def _drop_discarded_best(saver, folder: str, resume_path: str, resume: Dict[str,
         _logger.warning(f'{best} held an epoch after the resumed checkpoint and was removed: the best kept epoch\'s '
                         'checkpoint is gone; the next epoch writes it')
         return
-    temporary = best + '.partial'
-    shutil.copyfile(source, temporary)
-    saver._replace(temporary, best)
+    saver._duplicate(source, best)  # as timm's saver writes model_best: a hard link to the checkpoint, or a copy
 
 
 def train(args: argparse.Namespace, datasets=None) -> Dict[str, Any]:
